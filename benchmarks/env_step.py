@@ -1,0 +1,83 @@
+"""Env steps per second of the default environment versus a bare PyTorch loop doing the same work.
+
+The bare loop trains the same autoencoder with the same batch size and patch size on uniformly drawn
+patches of the same pool, and computes the same loss-map snapshots (pool and probe images, at the same
+steps). The ratio env / bare tells what the environment's bookkeeping (strata, observation, reward,
+checks) costs on top of the unavoidable work.
+
+    python benchmarks/env_step.py [--episodes 3] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import nbs_gym  # noqa: F401  (registers the env ids)
+from nbs_gym.autoencoder import AutoencoderTrainer
+
+
+def time_env(env: gym.Env, episodes: int) -> tuple[float, int]:
+    action = np.zeros(env.action_space.shape, np.float32)
+    env.reset(seed=0)
+    steps, start = 0, time.perf_counter()
+    for episode in range(episodes):
+        env.reset(seed=episode)
+        terminated = False
+        while not terminated:
+            _, _, terminated, _, _ = env.step(action)
+            steps += 1
+    return time.perf_counter() - start, steps
+
+
+def time_bare_loop(env: gym.Env, episodes: int) -> tuple[float, int]:
+    """The same updates and snapshots with no environment around them."""
+    unwrapped = env.unwrapped
+    cfg = unwrapped.config
+    trainer = AutoencoderTrainer(unwrapped._snapshot_images.shape[1], cfg.autoencoder)
+    images = unwrapped._snapshot_images
+    n_patches = len(unwrapped._patch_image)
+    image_of = torch.as_tensor(unwrapped._patch_image, device=trainer.device)
+    y_of = torch.as_tensor(unwrapped._patch_y, device=trainer.device)
+    x_of = torch.as_tensor(unwrapped._patch_x, device=trainer.device)
+    offsets = torch.arange(cfg.patch_size, device=trainer.device)
+    snapshots = set(cfg.snapshot_steps)
+    generator = torch.Generator().manual_seed(0)
+    steps, start = 0, time.perf_counter()
+    for _ in range(episodes):
+        trainer.reset(generator)
+        trainer.loss_maps(images)
+        for step in range(1, cfg.episode_length + 1):
+            ids = torch.randint(n_patches, (cfg.batch_size,), generator=generator).to(trainer.device)
+            rows = y_of[ids][:, None] + offsets
+            cols = x_of[ids][:, None] + offsets
+            patches = images[image_of[ids][:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+            trainer.update(patches)
+            if step in snapshots:
+                trainer.loss_maps(images).cpu()
+            steps += 1
+    return time.perf_counter() - start, steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=3, help="episodes timed for each variant")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    args = parser.parse_args()
+    env = gym.make("nbs_gym/NeuralBatchSampling-v0", device=args.device)
+    time_env(env, 1)  # warm-up: allocator, kernels, imports
+    bare_seconds, bare_steps = time_bare_loop(env, args.episodes)
+    env_seconds, env_steps = time_env(env, args.episodes)
+    bare_rate, env_rate = bare_steps / bare_seconds, env_steps / env_seconds
+    print(f"device: {env.unwrapped.device}  torch threads: {torch.get_num_threads()}")
+    print(f"bare PyTorch loop : {bare_rate:8.1f} steps/s")
+    print(f"environment       : {env_rate:8.1f} steps/s")
+    print(f"ratio env / bare  : {env_rate / bare_rate:8.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""Datasets of images with pixel anomaly masks, and the semi-supervised split over them.
+
+- :func:`load_dataset` turns a spec string (``"synthetic"``, ``"synthetic:grid"``, ``"mvtec:/data/bottle"``)
+  into an :class:`AnomalyDataset`.
+- :func:`make_split` draws the labeled set L and the evaluation set E as a :class:`SemiSupervisedSplit`.
+"""
+
+from nbs_gym.data.base import AnomalyDataset, DatasetError
+from nbs_gym.data.loading import load_dataset
+from nbs_gym.data.split import SemiSupervisedSplit, make_split
+from nbs_gym.data.synthetic import SYNTHETIC_CATEGORIES
+
+__all__ = [
+    "SYNTHETIC_CATEGORIES",
+    "AnomalyDataset",
+    "DatasetError",
+    "SemiSupervisedSplit",
+    "load_dataset",
+    "make_split",
+]

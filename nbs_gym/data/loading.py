@@ -1,0 +1,62 @@
+"""One entry point from a dataset spec string to an :class:`~nbs_gym.data.base.AnomalyDataset`."""
+
+from __future__ import annotations
+
+from nbs_gym.data.base import AnomalyDataset, DatasetError
+from nbs_gym.data.mvtec import load_mvtec
+from nbs_gym.data.synthetic import DEFAULT_CATEGORY, SYNTHETIC_CATEGORIES, generate_synthetic
+
+__all__ = ["load_dataset"]
+
+_VALID_SPECS = (
+    f"'synthetic' (= 'synthetic:{DEFAULT_CATEGORY}'), "
+    f"'synthetic:<category>' with category one of {', '.join(SYNTHETIC_CATEGORIES)}, "
+    "or 'mvtec:<path to a category folder>'"
+)
+
+
+def load_dataset(
+    spec: str = "synthetic",
+    image_size: int = 64,
+    seed: int = 0,
+    channels: int | None = None,
+    **synthetic_sizes: int,
+) -> AnomalyDataset:
+    """Load the dataset a spec string names.
+
+    Args:
+        spec: ``"synthetic"``, ``"synthetic:<category>"`` (see
+            :data:`~nbs_gym.data.synthetic.SYNTHETIC_CATEGORIES`) or ``"mvtec:<path>"``.
+        image_size: Side length of the returned images, in pixels (synthetic: at least 32).
+        seed: Seed of the synthetic generator; folder datasets ignore it.
+        channels: 1 or 3 to convert, None to keep the source's channels (synthetic: 1).
+        **synthetic_sizes: ``n_train``, ``n_test_good`` and ``n_test_per_defect`` of
+            :func:`~nbs_gym.data.synthetic.generate_synthetic`; synthetic specs only.
+
+    Returns:
+        The dataset, its ``spec`` in canonical form (``"synthetic:fabric"``, ``"mvtec:/abs/path"``).
+
+    Raises:
+        DatasetError: If the spec is malformed or names an unknown scheme or category (the message lists
+            the valid ones), or the source itself is broken.
+
+    Example:
+        >>> dataset = load_dataset("synthetic:grid", image_size=32, n_train=4, n_test_good=2,
+        ...                        n_test_per_defect=2)
+        >>> dataset.spec, dataset.images.shape, dataset.defect_type_names
+        ('synthetic:grid', (16, 1, 32, 32), ('hole', 'missing', 'scratch', 'stain', 'tear'))
+    """
+    if not isinstance(spec, str):
+        raise DatasetError(f"dataset spec must be a string, got {spec!r}; valid specs: {_VALID_SPECS}")
+    scheme, separator, argument = spec.partition(":")
+    if scheme == "synthetic":
+        category = argument if separator else DEFAULT_CATEGORY
+        dataset = generate_synthetic(category, image_size=image_size, seed=seed, **synthetic_sizes)
+    elif scheme == "mvtec" and argument:
+        if synthetic_sizes:
+            names = ", ".join(sorted(synthetic_sizes))
+            raise DatasetError(f"{names} only apply to synthetic datasets, not {spec!r}")
+        dataset = load_mvtec(argument, image_size=image_size)
+    else:
+        raise DatasetError(f"unknown dataset spec {spec!r}; valid specs: {_VALID_SPECS}")
+    return dataset if channels is None else dataset.with_channels(channels)

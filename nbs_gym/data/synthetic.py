@@ -1,0 +1,323 @@
+"""The embedded default dataset: procedural grayscale textures with small, exactly masked defects.
+
+Three categories mimic the texture classes of MVTec AD: ``fabric`` (a woven cloth), ``grid`` (a lattice of
+pins joined by bars) and ``stochastic`` (a smooth random surface). Each anomalous image holds one of five
+defect types; its mask is exactly the set of pixels the defect changed.
+
+Everything is drawn from ``numpy.random.default_rng`` streams keyed by ``(seed, category, group, index)``, so
+a dataset is a pure function of its arguments and an image does not change when other groups' counts do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+from nbs_gym.data.base import GOOD, AnomalyDataset, DatasetError, check_int
+
+__all__ = [
+    "DEFAULT_CATEGORY",
+    "DEFECT_TYPES",
+    "MAX_COVERAGE",
+    "MIN_COVERAGE",
+    "MIN_IMAGE_SIZE",
+    "SYNTHETIC_CATEGORIES",
+    "generate_synthetic",
+]
+
+SYNTHETIC_CATEGORIES: tuple[str, ...] = ("fabric", "grid", "stochastic")
+"""Texture categories of the synthetic dataset."""
+
+DEFAULT_CATEGORY = "fabric"
+
+DEFECT_TYPES: tuple[str, ...] = ("tear", "hole", "stain", "scratch", "missing")
+"""Defect types, one folder each in the test set."""
+
+MIN_IMAGE_SIZE = 32
+
+MIN_COVERAGE = 0.005
+MAX_COVERAGE = 0.05
+"""Share of the image every defect mask covers: shapes are drawn to land well inside the range, and the
+rare draw outside it (a defect over a spot it barely changes) is redrawn."""
+
+# A pixel counts as changed when it moves by at least 2.5 grey levels of 255; smaller moves are undone, so
+# that the mask is exactly the set of pixels that differ from the defect-free texture.
+_MIN_CHANGE = 0.01
+_MAX_DRAWS = 100
+# Texture periods and defect sizes are given for a 64-pixel image and scale with the image, so that a
+# dataset looks the same at every resolution.
+_REFERENCE_SIZE = 64.0
+
+
+def generate_synthetic(
+    category: str = DEFAULT_CATEGORY,
+    *,
+    image_size: int = 64,
+    seed: int = 0,
+    n_train: int = 60,
+    n_test_good: int = 20,
+    n_test_per_defect: int = 10,
+) -> AnomalyDataset:
+    """Generate a synthetic texture dataset.
+
+    Args:
+        category: One of :data:`SYNTHETIC_CATEGORIES`.
+        image_size: Side length in pixels, at least 32.
+        seed: Non-negative generator seed; the same arguments always give the same arrays.
+        n_train: Normal training images (``train/good/*``), at least 1.
+        n_test_good: Normal test images (``test/good/*``).
+        n_test_per_defect: Anomalous test images per defect type (``test/<defect>/*``).
+
+    Returns:
+        A grayscale dataset with spec ``"synthetic:<category>"``: the training images, then the good test
+        images, then each defect type's images in :data:`DEFECT_TYPES` order.
+
+    Raises:
+        DatasetError: If the category is unknown or a size or the seed is out of range.
+    """
+    if category not in SYNTHETIC_CATEGORIES:
+        raise DatasetError(
+            f"unknown synthetic category {category!r}; choose one of {', '.join(SYNTHETIC_CATEGORIES)}"
+        )
+    check_int(image_size, "image_size", MIN_IMAGE_SIZE)
+    check_int(seed, "seed", 0)
+    check_int(n_train, "n_train", 1)
+    check_int(n_test_good, "n_test_good", 0)
+    check_int(n_test_per_defect, "n_test_per_defect", 0)
+
+    draw_texture = _TEXTURES[category]
+    category_key = SYNTHETIC_CATEGORIES.index(category)
+    groups: list[tuple[str, str, int]] = [("train", GOOD, n_train), ("test", GOOD, n_test_good)]
+    groups += [("test", defect, n_test_per_defect) for defect in DEFECT_TYPES]
+
+    images: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    names: list[str] = []
+    defect_types: list[str] = []
+    is_train: list[bool] = []
+    for group_key, (split, defect, count) in enumerate(groups):
+        digits = max(3, len(str(count - 1)))
+        for index in range(count):
+            rng = np.random.default_rng([seed, category_key, group_key, index])
+            texture = draw_texture(rng, image_size)
+            if defect == GOOD:
+                image, mask = texture.image, np.zeros((image_size, image_size), dtype=bool)
+            else:
+                image, mask = _add_defect(rng, defect, texture)
+            images.append(image)
+            masks.append(mask)
+            names.append(f"{split}/{defect}/{index:0{digits}d}")
+            defect_types.append(defect)
+            is_train.append(split == "train")
+    return AnomalyDataset(
+        spec=f"synthetic:{category}",
+        images=np.stack(images)[:, None].astype(np.float32),
+        masks=np.stack(masks),
+        is_train=np.array(is_train, dtype=bool),
+        defect_types=tuple(defect_types),
+        names=tuple(names),
+    )
+
+
+class _Texture(NamedTuple):
+    """A defect-free texture and what a defect needs to know about it."""
+
+    image: np.ndarray  # (H, W) float64 in [0, 1]
+    surface: np.ndarray  # the image with its elements (threads, pins, relief) removed: level + grain
+    period: float  # size of one texture element, in pixels
+
+
+def _fabric(rng: np.random.Generator, size: int) -> _Texture:
+    """Plain weave: warp and weft threads alternate on top from one crossing to the next."""
+    scale = size / _REFERENCE_SIZE
+    period = 8.0 * scale * rng.uniform(0.95, 1.05)
+    angle = rng.normal(0.0, 0.03)
+    y, x = _coordinates(size)
+    u = (x * np.cos(angle) + y * np.sin(angle)) / period + rng.uniform(0.0, 2.0)
+    v = (y * np.cos(angle) - x * np.sin(angle)) / period + rng.uniform(0.0, 2.0)
+    column, across_u = np.divmod(u, 1.0)
+    row, across_v = np.divmod(v, 1.0)
+    warp_on_top = (column + row) % 2 == 0
+    # Each thread is brightest on its axis and dark in the gaps, and darkens where it dives under the
+    # crossing thread, which gives the weave its relief.
+    warp = np.sin(np.pi * across_u) ** 0.6 * (0.7 + 0.3 * np.sin(np.pi * across_v))
+    weft = 0.9 * np.sin(np.pi * across_v) ** 0.6 * (0.7 + 0.3 * np.sin(np.pi * across_u))
+    surface = 0.18 + rng.uniform(-0.03, 0.03) + rng.normal(0.0, 0.015, (size, size))
+    image = surface + 0.6 * rng.uniform(0.93, 1.07) * np.where(warp_on_top, warp, weft)
+    return _Texture(np.clip(image, 0.0, 1.0), np.clip(surface, 0.0, 1.0), period)
+
+
+def _grid(rng: np.random.Generator, size: int) -> _Texture:
+    """Lattice of dome-shaded pins joined by thin horizontal bars; each pin is slightly misplaced."""
+    scale = size / _REFERENCE_SIZE
+    period = 10.0 * scale * rng.uniform(0.97, 1.03)
+    y, x = _coordinates(size)
+    row, within_y = np.divmod(y / period + rng.uniform(0.0, 1.0), 1.0)
+    column, within_x = np.divmod(x / period + rng.uniform(0.0, 1.0), 1.0)
+    n_cells = int(size / period) + 3
+    jitter = rng.normal(0.0, 0.04 * period, (2, n_cells, n_cells))
+    cell = (row.astype(int), column.astype(int))
+    dy = (within_y - 0.5) * period - jitter[0][cell]
+    dx = (within_x - 0.5) * period - jitter[1][cell]
+    radius = 0.27 * period
+    distance = np.hypot(dy, dx)
+    edge = 0.6 * scale  # soft edges about a pixel wide, as an optical image has
+    pin = np.clip((radius - distance) / edge + 0.5, 0.0, 1.0) * (1.0 - 0.3 * (distance / radius) ** 2)
+    bar = 0.45 * np.clip((0.07 * period - np.abs(dy)) / edge + 0.5, 0.0, 1.0)
+    surface = 0.25 + rng.uniform(-0.03, 0.03) + rng.normal(0.0, 0.015, (size, size))
+    image = surface + 0.55 * rng.uniform(0.93, 1.07) * np.maximum(pin, bar)
+    return _Texture(np.clip(image, 0.0, 1.0), np.clip(surface, 0.0, 1.0), period)
+
+
+def _stochastic(rng: np.random.Generator, size: int) -> _Texture:
+    """Smooth random surface: white noise low-pass filtered at two scales, a fresh draw per image."""
+    scale = size / _REFERENCE_SIZE
+    freq_y = np.fft.fftfreq(size)[:, None]
+    freq_x = np.fft.rfftfreq(size)[None, :]
+    squared_freq = freq_y**2 + freq_x**2
+    field = np.zeros((size, size))
+    for correlation_length, weight in ((2.0, 1.0), (6.0, 0.7)):
+        sigma = correlation_length * scale * rng.uniform(0.85, 1.15)
+        # Transfer function of a Gaussian blur with standard deviation sigma (pixels).
+        gain = np.exp(-2.0 * (np.pi * sigma) ** 2 * squared_freq)
+        layer = np.fft.irfft2(np.fft.rfft2(rng.standard_normal((size, size))) * gain, s=(size, size))
+        field += weight * layer / layer.std()
+    level = 0.5 + rng.uniform(-0.04, 0.04)
+    grain = rng.normal(0.0, 0.01, (size, size))
+    image = level + grain + 0.12 * field / field.std()
+    # The bare substrate under the relief is darker than its mean, so that a missing patch of relief shows
+    # as a flat dull area rather than as an invisible flat patch at the texture's own mean level.
+    surface = level - 0.12 + grain
+    return _Texture(np.clip(image, 0.0, 1.0), np.clip(surface, 0.0, 1.0), 8.0 * scale)
+
+
+_TEXTURES: dict[str, Callable[[np.random.Generator, int], _Texture]] = {
+    "fabric": _fabric,
+    "grid": _grid,
+    "stochastic": _stochastic,
+}
+
+
+def _add_defect(rng: np.random.Generator, defect: str, texture: _Texture) -> tuple[np.ndarray, np.ndarray]:
+    """Return the texture with one ``defect`` and the mask of exactly the pixels it changed."""
+    draw = _DEFECTS[defect]
+    size = texture.image.shape[0]
+    for _ in range(_MAX_DRAWS):
+        candidate, region = draw(rng, texture)
+        changed = region & (np.abs(np.clip(candidate, 0.0, 1.0) - texture.image) >= _MIN_CHANGE)
+        if MIN_COVERAGE <= changed.mean() <= MAX_COVERAGE:
+            return np.where(changed, np.clip(candidate, 0.0, 1.0), texture.image), changed
+    # Unreachable with the shape ranges below; a clear failure beats a silently mislabeled dataset.
+    raise RuntimeError(
+        f"could not draw a {defect!r} defect covering {MIN_COVERAGE:.1%}-{MAX_COVERAGE:.1%} "
+        f"of a {size}x{size} image in {_MAX_DRAWS} draws"
+    )
+
+
+def _tear(rng: np.random.Generator, texture: _Texture) -> tuple[np.ndarray, np.ndarray]:
+    """Irregular thin line, darker (a split) or brighter (frayed fibres) than the texture."""
+    image = texture.image
+    size = image.shape[0]
+    n_steps = 8
+    step = rng.uniform(0.3, 0.45) * size / n_steps
+    heading = rng.uniform(0.0, 2.0 * np.pi) + np.cumsum(rng.normal(0.0, 0.45, n_steps))
+    steps = step * np.stack([np.sin(heading), np.cos(heading)], axis=1)
+    points = _place(rng, np.vstack([np.zeros((1, 2)), np.cumsum(steps, axis=0)]), size)
+    region = _polyline_distance(points, size) <= max(0.9, 1.2 * size / _REFERENCE_SIZE)
+    if rng.random() < 0.5:
+        return image * rng.uniform(0.3, 0.45), region
+    return image + (1.0 - image) * rng.uniform(0.45, 0.6), region
+
+
+def _hole(rng: np.random.Generator, texture: _Texture) -> tuple[np.ndarray, np.ndarray]:
+    """Irregular blob where the material is gone and a dark backing shows through."""
+    size = texture.image.shape[0]
+    radius = np.sqrt(rng.uniform(0.012, 0.03) * size**2 / np.pi)
+    centre = rng.uniform(1.5 * radius + 1.0, size - 1.5 * radius - 1.0, 2)
+    y, x = _coordinates(size)
+    dy, dx = y - centre[0], x - centre[1]
+    theta = np.arctan2(dy, dx)
+    phases = rng.uniform(0.0, 2.0 * np.pi, 2)
+    boundary = radius * (1.0 + 0.18 * np.sin(3.0 * theta + phases[0]) + 0.1 * np.sin(5.0 * theta + phases[1]))
+    return 0.35 * texture.surface, np.hypot(dy, dx) <= boundary
+
+
+def _stain(rng: np.random.Generator, texture: _Texture) -> tuple[np.ndarray, np.ndarray]:
+    """Elliptic smooth shift of intensity, strongest at its centre and fading to nothing at its rim."""
+    size = texture.image.shape[0]
+    area = rng.uniform(0.015, 0.035) * size**2
+    aspect = rng.uniform(1.0, 2.0)
+    semi_major = np.sqrt(area * aspect / np.pi)
+    semi_minor = semi_major / aspect
+    centre = rng.uniform(semi_major + 1.0, size - semi_major - 1.0, 2)
+    angle = rng.uniform(0.0, np.pi)
+    y, x = _coordinates(size)
+    dy, dx = y - centre[0], x - centre[1]
+    along = (dx * np.cos(angle) + dy * np.sin(angle)) / semi_major
+    across = (dy * np.cos(angle) - dx * np.sin(angle)) / semi_minor
+    radius_sq = along**2 + across**2
+    amplitude = rng.uniform(0.2, 0.3) * rng.choice([-1.0, 1.0])
+    # The mask follows from the change threshold: the faint rim below it is not part of the defect.
+    return texture.image + amplitude * np.clip(1.0 - radius_sq, 0.0, None), radius_sq < 1.0
+
+
+def _scratch(rng: np.random.Generator, texture: _Texture) -> tuple[np.ndarray, np.ndarray]:
+    """Thin straight bright line."""
+    image = texture.image
+    size = image.shape[0]
+    half_length = rng.uniform(0.35, 0.6) * size / 2.0
+    angle = rng.uniform(0.0, np.pi)
+    ends = np.array([[-1.0], [1.0]]) * half_length * np.array([np.sin(angle), np.cos(angle)])
+    points = _place(rng, ends, size)
+    # At least ~0.75 px either side keeps a diagonal line connected at small image sizes.
+    region = _polyline_distance(points, size) <= max(0.75, 0.8 * size / _REFERENCE_SIZE)
+    return image + (1.0 - image) * rng.uniform(0.45, 0.6), region
+
+
+def _missing(rng: np.random.Generator, texture: _Texture) -> tuple[np.ndarray, np.ndarray]:
+    """Rectangle, about one element wide, where the texture's elements are missing: bare surface shows."""
+    size = texture.image.shape[0]
+    thickness = texture.period * rng.uniform(0.7, 1.0)
+    length = texture.period * rng.uniform(1.6, 2.6)
+    height, width = (thickness, length) if rng.random() < 0.5 else (length, thickness)
+    top = rng.uniform(1.0, size - height - 1.0)
+    left = rng.uniform(1.0, size - width - 1.0)
+    y, x = _coordinates(size)
+    region = (y >= top) & (y < top + height) & (x >= left) & (x < left + width)
+    return texture.surface, region
+
+
+_DEFECTS: dict[str, Callable[[np.random.Generator, _Texture], tuple[np.ndarray, np.ndarray]]] = {
+    "tear": _tear,
+    "hole": _hole,
+    "stain": _stain,
+    "scratch": _scratch,
+    "missing": _missing,
+}
+
+
+def _coordinates(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column coordinate of every pixel, as float arrays of shape (size, size)."""
+    y, x = np.mgrid[0:size, 0:size]
+    return y.astype(np.float64), x.astype(np.float64)
+
+
+def _place(rng: np.random.Generator, points: np.ndarray, size: int) -> np.ndarray:
+    """Translate (y, x) points to a random position where their bounding box lies inside the image."""
+    low, high = points.min(axis=0), points.max(axis=0)
+    margin = 2.0
+    target_low = rng.uniform(margin, size - margin - (high - low))
+    return points - low + target_low
+
+
+def _polyline_distance(points: np.ndarray, size: int) -> np.ndarray:
+    """Distance of every pixel to the polyline through ``points`` ((n, 2) array of (y, x))."""
+    pixels = np.stack(_coordinates(size))[None]  # (1, 2, H, W)
+    start = points[:-1, :, None, None]
+    segment = points[1:, :, None, None] - start
+    offset = pixels - start
+    t = np.clip((offset * segment).sum(axis=1) / (segment**2).sum(axis=1), 0.0, 1.0)
+    closest = start + t[:, None] * segment
+    return np.sqrt(((pixels - closest) ** 2).sum(axis=1)).min(axis=0)

@@ -1,0 +1,472 @@
+"""``NeuralBatchSamplingEnv``: autoencoder training as a Gymnasium environment."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import deque
+from pathlib import Path
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from nbs_gym.autoencoder import AutoencoderTrainer
+from nbs_gym.config import ConfigError, EnvConfig
+from nbs_gym.data import AnomalyDataset, SemiSupervisedSplit, load_dataset, make_split
+from nbs_gym.profiles import LossProfiles
+from nbs_gym.separation import separation
+
+# Observation values are log10-losses, their changes, shares and progress; the bound only guards
+# against overflow (a loss of exactly zero), real values stay within about [-10, 1].
+OBS_BOUND = 20.0
+_LOSS_FLOOR = 1e-12
+# Pixels of L read by the separation measure: all anomalous pixels up to this many, and up to
+# _NORMAL_PER_ANOMALOUS times as many normal ones. Keeps a snapshot's reward cheap on large data.
+_MAX_ANOMALOUS_PIXELS = 4096
+_NORMAL_PER_ANOMALOUS = 4
+
+
+class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
+    """Train an autoencoder on image patches; the agent chooses what each training batch holds.
+
+    ## Description
+
+    An episode is one training run of a small convolutional autoencoder from a fresh initialisation,
+    ``episode_length`` Adam updates long, on patches of the autoencoder's pool of images (normal
+    training images, the labeled set L and, in the transductive default, the evaluation set E without
+    labels). Each step, the agent's action sets the batch composition: how the ``batch_size`` patches of
+    the next update are drawn from ``S`` groups of the patch pool. At ``profile_length`` evenly spaced
+    snapshots the per-pixel loss maps of every probe image (L and E) are recorded; the sequence of a
+    pixel's losses is its loss profile. The reward is how much better the profiles of L separate
+    anomalous from normal pixels, the signal a downstream anomaly classifier learns from.
+
+    Groups are label-free. In the ``strata`` mode (default) they are loss strata: patches sorted by
+    their current reconstruction loss (refreshed from every batch and every snapshot) and cut into
+    ``n_strata`` equal quantile bins, lowest loss first. In the ``spatial`` mode they are the cells of a
+    ``spatial_grid`` x ``spatial_grid`` grid of patch locations (row-major).
+
+    ## Action Space
+
+    * ``strata`` / ``spatial``: ``Box(-1, 1, (S,), float32)``. Group ``g`` is drawn with probability
+      proportional to ``n_g * exp(a_g / temperature)`` (``n_g`` its number of patches), then a patch
+      uniformly within it; the zero action is plain uniform sampling over all patches.
+    * ``discrete``: ``Discrete(S + 1)``; ``a < S`` draws the whole batch from stratum ``a``, ``a = S``
+      draws uniformly from all patches.
+
+    ## Observation Space
+
+    ``Box(-20, 20, (3S + 3,), float32)``, label-free:
+
+    | index          | observation                                                       | min  | max |
+    |----------------|-------------------------------------------------------------------|------|-----|
+    | 0 .. S-1       | log10 mean current loss of the patches of group g                 | -20  | 20  |
+    | S .. 2S-1      | change of that level since the previous snapshot                  | -20  | 20  |
+    | 2S .. 3S-1     | share of group g among the patches of the last ``history`` batches | 0    | 1   |
+    | 3S             | progress: updates done / ``episode_length``                        | 0    | 1   |
+    | 3S + 1         | log10 training loss of the last batch                             | -20  | 20  |
+    | 3S + 2         | log10 mean current loss over the whole pool                       | -20  | 20  |
+
+    ## Rewards
+
+    The potential is the separation ``S_t`` (measure ``reward``, see :mod:`nbs_gym.separation`) of L's
+    profiles recorded so far; ``S_0`` is that of the freshly initialised autoencoder's loss maps. It
+    changes only at snapshots. ``info["rewards"]`` holds both terms every step:
+
+    * ``separation_gain``: ``S_t - S_{t-1}`` — the reward when ``reward_mode="dense"`` (default); the
+      return of an episode is then exactly ``S_T - S_0``.
+    * ``final_separation``: ``S_T`` at the last step, else 0 — the reward when ``reward_mode="terminal"``.
+
+    ## Starting State
+
+    Autoencoder weights drawn from a torch generator seeded from ``np_random``, a fresh Adam state, the
+    strata of the initial reconstruction losses, an empty sampling history.
+
+    ## Episode End
+
+    * Termination: after ``episode_length`` updates (the horizon is part of the task; progress is
+      observed).
+    * Truncation: never by the env itself; a ``TimeLimit`` wrapper may add it.
+
+    ## Arguments
+
+    Keyword arguments of ``gymnasium.make`` (flat; see :class:`nbs_gym.config.EnvConfig` for all):
+
+    | parameter        | type       | default       | meaning                                              |
+    |------------------|------------|---------------|------------------------------------------------------|
+    | dataset          | str        | "synthetic"   | ``synthetic[:category]`` or ``mvtec:PATH``          |
+    | image_size       | int        | 64            | side of the images after resizing                    |
+    | episode_length   | int        | 200           | autoencoder updates per episode                      |
+    | batch_size       | int        | 32            | patches per update                                   |
+    | patch_size       | int        | 16            | side of a patch                                      |
+    | profile_length   | int        | 10            | snapshots K per episode                              |
+    | action_mode      | str        | "strata"      | "strata", "spatial" or "discrete"                    |
+    | n_strata         | int        | 5             | loss strata S                                        |
+    | reward           | str        | "auroc"       | "auroc", "fisher" or "prediction_loss"               |
+    | reward_mode      | str        | "dense"       | "dense" or "terminal"                                |
+    | device           | str        | "auto"        | "cpu", "cuda[:N]" or "auto"                          |
+    | profile_dir      | str | None | None          | folder to write each finished episode's profiles    |
+    | config           | EnvConfig  | None          | a whole config instead of the flat keywords          |
+    | dataset_object   | AnomalyDataset | None      | an already loaded dataset (skips loading ``dataset``)|
+
+    ## Version History
+
+    * v0: Initial version.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        *,
+        config: EnvConfig | None = None,
+        dataset_object: AnomalyDataset | None = None,
+        profile_dir: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if config is not None and kwargs:
+            raise ConfigError(f"{sorted(kwargs)[0]}: pass either config or flat settings, not both")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode: got {render_mode!r}, expected None or 'rgb_array'")
+        self.config = config if config is not None else EnvConfig.from_kwargs(**kwargs)
+        self.render_mode = render_mode
+        self.profile_dir = Path(profile_dir) if profile_dir is not None else None
+        cfg, data = self.config, self.config.data
+
+        dataset = dataset_object if dataset_object is not None else load_dataset(
+            data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels
+        )
+        if dataset.image_size != data.image_size:
+            raise ConfigError(f"image_size: {data.image_size}, but the dataset's images are {dataset.image_size}")
+        self.split: SemiSupervisedSplit = make_split(
+            dataset,
+            n_labeled_anomalous_per_type=data.n_labeled_anomalous_per_type,
+            n_labeled_normal=data.n_labeled_normal,
+            seed=data.split_seed,
+            transductive=data.transductive,
+        )
+        # The env keeps the images and L's masks only: E's masks never reach the agent or the reward.
+        self.dataset_spec = dataset.spec
+        self.image_size = dataset.image_size
+        self._images = dataset.images
+        self._labeled_masks = dataset.masks[np.asarray(self.split.labeled, dtype=np.int64)]
+        self._fingerprint = dataset_fingerprint(dataset)
+        self.trainer = AutoencoderTrainer(dataset.channels, cfg.autoencoder)
+        self.device = self.trainer.device
+
+        # Images whose loss maps a snapshot computes: the pool (for the strata) and the probes (profiles).
+        pool, probe = np.asarray(self.split.pool), np.asarray(self.split.probe)
+        snapshot_index = np.union1d(pool, probe)
+        self._pool_rows = np.searchsorted(snapshot_index, pool)
+        self._probe_rows = np.searchsorted(snapshot_index, probe)
+        self._snapshot_images = torch.as_tensor(dataset.images[snapshot_index], device=self.device)
+        self._build_patch_grid(len(pool))
+        self._build_groups()
+        self._build_separation_pixels()
+
+        n_groups = cfg.n_groups
+        if cfg.action_mode == "discrete":
+            self.action_space: spaces.Space[Any] = spaces.Discrete(n_groups + 1)
+        else:
+            self.action_space = spaces.Box(-1.0, 1.0, shape=(n_groups,), dtype=np.float32)
+        self.observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(3 * n_groups + 3,), dtype=np.float32)
+
+        self._snapshot_at = {step: k for k, step in enumerate(cfg.snapshot_steps)}
+        self._episode = -1
+        self._step_count = 0
+        self.last_profiles: LossProfiles | None = None
+
+    # ------------------------------------------------------------------ gymnasium API
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        cfg = self.config
+        self._episode += 1
+        self._episode_seed = int(self.np_random.integers(2**63 - 1))
+        self.trainer.reset(torch.Generator().manual_seed(self._episode_seed))
+        self._step_count = 0
+        self._batch_loss = float("nan")
+
+        maps = self.trainer.loss_maps(self._snapshot_images)
+        self._refresh_patch_losses(maps)
+        self._restratify()
+        self._display_map = maps[self._probe_rows[self._display_probe]].cpu().numpy()
+        k, n_probe, size = cfg.profile_length, len(self._probe_rows), self.image_size
+        self._loss_maps = np.zeros((k, n_probe, size, size), dtype=np.float32)
+        self._n_snapshots = 0
+        initial = maps[self._probe_rows[: len(self.split.labeled)]].cpu().numpy()[None]
+        self._initial_separation = self._separation_of(initial)
+        self._separation = self._previous_separation = self._initial_separation
+        self._levels_at_snapshot = self._group_levels()
+        self._recent_counts: deque[np.ndarray] = deque(maxlen=cfg.history)
+        self._position_counts = np.zeros(self._n_positions, dtype=np.int64)
+        self._batch_loss = float(self._patch_loss.mean())
+        self.last_profiles = None
+        self._last_composition = self._group_sizes / self._group_sizes.sum()
+        return self._observation(), self._info(snapshot=False)
+
+    def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._step_count >= self.config.episode_length:
+            raise RuntimeError("step() called after the episode terminated; call reset() first")
+        composition = self.batch_composition(action)
+        patch_ids, group_counts = self._draw(composition)
+        per_patch = self.trainer.update(self._gather_patches(patch_ids)).cpu().numpy()
+        self._patch_loss[patch_ids] = per_patch
+        self._batch_loss = float(per_patch.mean())
+        self._recent_counts.append(group_counts)
+        np.add.at(self._position_counts, self._patch_position[patch_ids], 1)
+        self._last_composition = composition
+        self._step_count += 1
+
+        self._previous_separation = self._separation
+        snapshot = self._step_count in self._snapshot_at
+        if snapshot:
+            self._take_snapshot()
+        self._restratify()
+        terminated = self._step_count == self.config.episode_length
+        rewards = self._rewards(terminated)
+        reward = rewards["separation_gain" if self.config.reward_mode == "dense" else "final_separation"]
+        info = self._info(snapshot=snapshot, rewards=rewards)
+        if terminated:
+            self.last_profiles = self._episode_profiles()
+            if self.profile_dir is not None:
+                path = self.profile_dir / f"episode_{self._episode:05d}.npz"
+                info["profile_path"] = str(self.last_profiles.save(path))
+        return self._observation(), reward, terminated, False, info
+
+    def render(self) -> np.ndarray | None:
+        """``rgb_array``: probe image | its latest loss map | where the batches came from (pool average)."""
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode; pass render_mode='rgb_array'")
+            return None
+        from matplotlib import colormaps
+
+        image = self._images[self.split.probe[self._display_probe]]
+        gray = image.mean(axis=0) if image.shape[0] == 1 else None
+        panel_image = np.repeat(gray[..., None], 3, axis=2) if gray is not None else image.transpose(1, 2, 0)
+        loss = self._display_map / max(float(self._display_map.max()), _LOSS_FLOOR)
+        coverage = self._sampling_coverage()
+        panels = [
+            panel_image,
+            colormaps["inferno"](loss)[..., :3],
+            colormaps["viridis"](coverage / max(float(coverage.max()), 1.0))[..., :3],
+        ]
+        size = self.image_size
+        gap = np.ones((size, 2, 3))
+        frame = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+        scale = max(1, 256 // size)
+        frame = np.kron(frame, np.ones((scale, scale, 1)))
+        return (np.clip(frame, 0.0, 1.0) * 255).astype(np.uint8)
+
+    # ------------------------------------------------------------------ public helpers
+
+    def batch_composition(self, action: Any) -> np.ndarray:
+        """Probability of each group for the next batch, from an action; a bad action is a ValueError."""
+        cfg = self.config
+        n_groups = cfg.n_groups
+        if cfg.action_mode == "discrete":
+            value = np.asarray(action)
+            if value.size != 1 or not np.issubdtype(value.dtype, np.integer) or not 0 <= int(value) <= n_groups:
+                raise ValueError(
+                    f"action: expected an integer in [0, {n_groups}] for Discrete({n_groups + 1}), got {action!r}"
+                )
+            choice = int(value)
+            if choice == n_groups:
+                return self._group_sizes / self._group_sizes.sum()
+            composition = np.zeros(n_groups)
+            composition[choice] = 1.0
+            return composition
+        value = np.asarray(action, dtype=np.float64)
+        if value.shape != (n_groups,):
+            raise ValueError(f"action: expected shape ({n_groups},) in [-1, 1], got shape {value.shape}")
+        if not np.isfinite(value).all():
+            raise ValueError(f"action: expected finite values in [-1, 1] of shape ({n_groups},), got {value}")
+        if (np.abs(value) > 1.0 + 1e-6).any():
+            raise ValueError(f"action: expected values in [-1, 1] of shape ({n_groups},), got {value}")
+        logits = value / cfg.temperature + np.log(self._group_sizes)
+        weights = np.exp(logits - logits.max())
+        return weights / weights.sum()
+
+    @property
+    def separation(self) -> float:
+        """Current separation S_t of L's profiles (the reward's potential)."""
+        return self._separation
+
+    # ------------------------------------------------------------------ construction
+
+    def _build_patch_grid(self, n_pool: int) -> None:
+        cfg, size = self.config, self.image_size
+        offsets = np.arange(0, size - cfg.patch_size + 1, cfg.stride)
+        ys, xs = np.meshgrid(offsets, offsets, indexing="ij")
+        self._grid_side = len(offsets)
+        self._n_positions = ys.size
+        n_patches = n_pool * self._n_positions
+        self._patch_image = np.repeat(self._pool_rows, self._n_positions)
+        self._patch_position = np.tile(np.arange(self._n_positions), n_pool)
+        self._patch_y = np.tile(ys.ravel(), n_pool)
+        self._patch_x = np.tile(xs.ravel(), n_pool)
+        if n_patches < cfg.batch_size:
+            raise ConfigError(f"batch_size: {cfg.batch_size} is larger than the patch pool ({n_patches} patches)")
+        self._offsets = torch.arange(cfg.patch_size, device=self.device)
+        self._patch_loss = np.zeros(n_patches)
+        labeled_anomalous = np.flatnonzero(self._labeled_masks.any(axis=(1, 2)))
+        self._display_probe = int(labeled_anomalous[0]) if labeled_anomalous.size else 0
+
+    def _build_groups(self) -> None:
+        cfg = self.config
+        n_patches, n_groups = len(self._patch_loss), cfg.n_groups
+        if n_patches < n_groups:
+            raise ConfigError(f"n_strata: {n_groups} groups, but the pool has only {n_patches} patches")
+        if cfg.action_mode == "spatial":
+            centre_y = self._patch_y + cfg.patch_size / 2
+            centre_x = self._patch_x + cfg.patch_size / 2
+            side, size = cfg.spatial_grid, self.image_size
+            row = np.minimum((centre_y * side) // size, side - 1)
+            column = np.minimum((centre_x * side) // size, side - 1)
+            cell = row * side + column
+            self._patch_group = cell.astype(np.int64)
+            self._group_sizes = np.bincount(self._patch_group, minlength=n_groups).astype(np.float64)
+            if (self._group_sizes == 0).any():
+                raise ConfigError(
+                    f"spatial_grid: a {side}x{side} grid leaves cells without patch centres; "
+                    f"the patch grid has {self._grid_side} positions per side"
+                )
+            self._order = np.argsort(self._patch_group, kind="stable")
+        else:
+            bounds = (np.arange(n_groups + 1) * n_patches) // n_groups
+            self._group_sizes = np.diff(bounds).astype(np.float64)
+            self._patch_group = np.zeros(n_patches, dtype=np.int64)
+            self._order = np.arange(n_patches)
+        self._group_starts = np.concatenate([[0], np.cumsum(self._group_sizes[:-1])]).astype(np.int64)
+
+    def _build_separation_pixels(self) -> None:
+        masks = self._labeled_masks.ravel()
+        anomalous, normal = np.flatnonzero(masks), np.flatnonzero(~masks)
+        if anomalous.size == 0 or normal.size == 0:
+            raise ConfigError("n_labeled_anomalous_per_type: the labeled set needs anomalous and normal pixels")
+        rng = np.random.default_rng(self.config.data.split_seed)
+        if anomalous.size > _MAX_ANOMALOUS_PIXELS:
+            anomalous = np.sort(rng.choice(anomalous, _MAX_ANOMALOUS_PIXELS, replace=False))
+        n_normal = min(normal.size, _NORMAL_PER_ANOMALOUS * anomalous.size)
+        normal = np.sort(rng.choice(normal, n_normal, replace=False))
+        self._separation_pixels = np.concatenate([anomalous, normal])
+        self._separation_labels = np.concatenate([np.ones(anomalous.size, bool), np.zeros(n_normal, bool)])
+
+    # ------------------------------------------------------------------ dynamics
+
+    def _draw(self, composition: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Patch ids of one batch: a group per draw by ``composition``, then a patch uniformly within it."""
+        groups = self.np_random.choice(len(composition), size=self.config.batch_size, p=composition)
+        within = self.np_random.integers(0, self._group_sizes[groups].astype(np.int64))
+        patch_ids = self._order[self._group_starts[groups] + within]
+        return patch_ids, np.bincount(groups, minlength=len(composition))
+
+    def _gather_patches(self, patch_ids: np.ndarray) -> torch.Tensor:
+        """(B, C, p, p) patches, cut from the pool images on the device in one indexing operation."""
+        image = torch.as_tensor(self._patch_image[patch_ids], device=self.device)
+        rows = torch.as_tensor(self._patch_y[patch_ids], device=self.device)[:, None] + self._offsets
+        cols = torch.as_tensor(self._patch_x[patch_ids], device=self.device)[:, None] + self._offsets
+        patches = self._snapshot_images[image[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+        return patches.permute(0, 3, 1, 2)
+
+    def _take_snapshot(self) -> None:
+        maps = self.trainer.loss_maps(self._snapshot_images)
+        self._refresh_patch_losses(maps)
+        probe_maps = maps[self._probe_rows].cpu().numpy()
+        self._loss_maps[self._n_snapshots] = probe_maps
+        self._n_snapshots += 1
+        self._display_map = probe_maps[self._display_probe]
+        self._separation = self._separation_of(self._loss_maps[: self._n_snapshots, : len(self.split.labeled)])
+        self._levels_at_snapshot = self._group_levels()
+
+    def _refresh_patch_losses(self, maps: torch.Tensor) -> None:
+        """Every pool patch's current loss, as the mean of the loss map over its window."""
+        cfg = self.config
+        pooled = torch.nn.functional.avg_pool2d(maps[self._pool_rows][:, None], cfg.patch_size, cfg.stride)
+        self._patch_loss = pooled.reshape(-1).cpu().numpy().astype(np.float64)
+
+    def _restratify(self) -> None:
+        if self.config.action_mode != "spatial":
+            self._order = np.argsort(self._patch_loss, kind="stable")
+            self._patch_group[self._order] = np.repeat(
+                np.arange(len(self._group_sizes)), self._group_sizes.astype(np.int64)
+            )
+
+    def _separation_of(self, labeled_maps: np.ndarray) -> float:
+        features = labeled_maps.reshape(labeled_maps.shape[0], -1)[:, self._separation_pixels].T
+        return separation(features, self._separation_labels, self.config.reward)
+
+    def _rewards(self, terminated: bool) -> dict[str, float]:
+        return {
+            "separation_gain": float(self._separation - self._previous_separation),
+            "final_separation": float(self._separation) if terminated else 0.0,
+        }
+
+    def _group_levels(self) -> np.ndarray:
+        sums = np.bincount(self._patch_group, weights=self._patch_loss, minlength=len(self._group_sizes))
+        return np.log10(np.maximum(sums / self._group_sizes, _LOSS_FLOOR))
+
+    def _observation(self) -> np.ndarray:
+        levels = self._group_levels()
+        if self._recent_counts:
+            shares = np.sum(self._recent_counts, axis=0) / (len(self._recent_counts) * self.config.batch_size)
+        else:
+            shares = np.zeros(len(self._group_sizes))
+        extra = [
+            self._step_count / self.config.episode_length,
+            np.log10(max(self._batch_loss, _LOSS_FLOOR)),
+            np.log10(max(float(self._patch_loss.mean()), _LOSS_FLOOR)),
+        ]
+        observation = np.concatenate([levels, levels - self._levels_at_snapshot, shares, extra])
+        return np.clip(observation, -OBS_BOUND, OBS_BOUND).astype(np.float32)
+
+    def _info(self, snapshot: bool, rewards: dict[str, float] | None = None) -> dict[str, Any]:
+        return {
+            "step": self._step_count,
+            "separation": float(self._separation),
+            "initial_separation": float(self._initial_separation),
+            "rewards": rewards if rewards is not None else self._rewards(False) | {"separation_gain": 0.0},
+            "ae_loss": float(self._batch_loss),
+            "batch_composition": self._last_composition.astype(np.float32),
+            "snapshot": snapshot,
+            "n_snapshots": self._n_snapshots,
+        }
+
+    def _sampling_coverage(self) -> np.ndarray:
+        """How often each pixel location was inside a sampled patch this episode, summed over images."""
+        cfg, size = self.config, self.image_size
+        side = self._grid_side
+        counts = torch.as_tensor(self._position_counts.reshape(1, 1, side, side), dtype=torch.float32)
+        kernel = torch.ones(1, 1, cfg.patch_size, cfg.patch_size)
+        coverage = torch.nn.functional.conv_transpose2d(counts, kernel, stride=cfg.stride)[0, 0]
+        padded = np.zeros((size, size))
+        padded[: coverage.shape[0], : coverage.shape[1]] = coverage.numpy()
+        return padded
+
+    def _episode_profiles(self) -> LossProfiles:
+        probe = np.asarray(self.split.probe, dtype=np.int64)
+        return LossProfiles(
+            loss_maps=self._loss_maps.copy(),
+            snapshot_steps=np.asarray(self.config.snapshot_steps, dtype=np.int64),
+            images=self._images[probe],
+            probe_indices=probe,
+            labeled_masks=self._labeled_masks,
+            split=self.split,
+            metadata={
+                "config": self.config.to_dict(),
+                "dataset": self.dataset_spec,
+                "dataset_fingerprint": self._fingerprint,
+                "episode": self._episode,
+                "episode_seed": self._episode_seed,
+                "separation": float(self._separation),
+                "initial_separation": float(self._initial_separation),
+            },
+        )
+
+
+def dataset_fingerprint(dataset: AnomalyDataset) -> str:
+    """A short digest of a dataset's images, stored in profile files to catch a mismatched dataset."""
+    return hashlib.sha1(np.ascontiguousarray(dataset.images).tobytes()).hexdigest()[:16]

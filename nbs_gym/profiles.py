@@ -1,0 +1,166 @@
+"""Loss profiles of one episode: K snapshots of the loss maps of every probe image, and their files.
+
+A profile file is a NumPy ``.npz`` archive written atomically (a temporary file in the same folder,
+then ``os.replace``), holding:
+
+==================  =====================  ===================================================
+key                 dtype, shape           meaning
+==================  =====================  ===================================================
+``loss_maps``       float16 (K, N, H, W)   loss map of each probe image at each snapshot
+``snapshot_steps``  int64 (K,)             autoencoder updates done at each snapshot
+``images``          float16 (N, C, H, W)   the probe images (for figures and image-aware models)
+``probe_indices``   int64 (N,)             dataset index of each probe image
+``labeled_masks``   bool (n_L, H, W)       masks of the labeled images (the first n_L probes)
+``metadata``        0-d unicode            JSON: format version, split, env config, seed, episode
+==================  =====================  ===================================================
+
+Probe images are the labeled set L followed by the evaluation set E, in the split's order. The
+masks of E are not in the file: only the evaluator reads them, from the dataset itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nbs_gym.data import SemiSupervisedSplit
+
+FORMAT_VERSION = 1
+_KEYS = ("loss_maps", "snapshot_steps", "images", "probe_indices", "labeled_masks", "metadata")
+
+
+class ProfileFileError(ValueError):
+    """A profile file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True, eq=False)
+class LossProfiles:
+    """The loss profiles recorded during one episode.
+
+    Attributes:
+        loss_maps: (K, N, H, W) loss map of each probe image at each of the K snapshots.
+        snapshot_steps: (K,) updates done at each snapshot.
+        images: (N, C, H, W) the probe images.
+        probe_indices: (N,) dataset index of each probe image (L first, then E).
+        labeled_masks: (n_L, H, W) masks of the labeled probes.
+        split: The semi-supervised split of the run.
+        metadata: Everything else worth keeping: env config, seed, episode index, dataset spec.
+    """
+
+    loss_maps: np.ndarray
+    snapshot_steps: np.ndarray
+    images: np.ndarray
+    probe_indices: np.ndarray
+    labeled_masks: np.ndarray
+    split: SemiSupervisedSplit
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        k, n, h, w = self.loss_maps.shape
+        checks = {
+            "snapshot_steps": (self.snapshot_steps.shape, (k,)),
+            "images": (self.images.shape[:1] + self.images.shape[2:], (n, h, w)),
+            "probe_indices": (self.probe_indices.shape, (n,)),
+            "labeled_masks": (self.labeled_masks.shape, (len(self.split.labeled), h, w)),
+        }
+        for name, (got, expected) in checks.items():
+            if tuple(got) != tuple(expected):
+                raise ProfileFileError(f"{name}: shape {tuple(got)} does not match the loss maps, expected {expected}")
+        if len(self.split.probe) != n or not np.array_equal(self.split.probe, self.probe_indices):
+            raise ProfileFileError("probe_indices: do not match the split's labeled + evaluation images")
+
+    @property
+    def n_labeled(self) -> int:
+        """Number of labeled probe images (the first ``n_labeled`` of every probe axis)."""
+        return len(self.split.labeled)
+
+    @property
+    def profile_length(self) -> int:
+        """Number of snapshots K."""
+        return int(self.loss_maps.shape[0])
+
+    def labeled_profiles(self) -> tuple[np.ndarray, np.ndarray]:
+        """Loss maps (K, n_L, H, W) and masks (n_L, H, W) of the labeled set L."""
+        return self.loss_maps[:, : self.n_labeled], self.labeled_masks
+
+    def evaluation_profiles(self) -> np.ndarray:
+        """Loss maps (K, n_E, H, W) of the evaluation set E."""
+        return self.loss_maps[:, self.n_labeled :]
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the profiles to ``path`` (``.npz``) atomically; returns the path written."""
+        path = Path(path)
+        metadata = {"format_version": FORMAT_VERSION, "split": json.loads(self.split.to_json()), **self.metadata}
+        arrays = {
+            "loss_maps": self.loss_maps.astype(np.float16),
+            "snapshot_steps": self.snapshot_steps.astype(np.int64),
+            "images": self.images.astype(np.float16),
+            "probe_indices": self.probe_indices.astype(np.int64),
+            "labeled_masks": self.labeled_masks.astype(bool),
+            "metadata": np.array(json.dumps(metadata)),
+        }
+        write_atomic(path, lambda handle: np.savez(handle, **arrays))
+        return path
+
+
+def load_profiles(path: str | os.PathLike[str]) -> LossProfiles:
+    """Read a profile file written by :meth:`LossProfiles.save`; needs no environment.
+
+    Raises:
+        ProfileFileError: The file is missing, truncated, of another format version or inconsistent.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ProfileFileError(f"{path}: no such profile file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in _KEYS if key not in archive.files]
+            if missing:
+                raise ProfileFileError(f"{path}: not a profile file, missing {', '.join(missing)}")
+            arrays = {key: archive[key] for key in _KEYS}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+        if isinstance(error, ProfileFileError):
+            raise
+        raise ProfileFileError(f"{path}: unreadable or truncated profile file ({error})") from error
+    metadata = json.loads(str(arrays["metadata"]))
+    version = metadata.pop("format_version", None)
+    if version != FORMAT_VERSION:
+        raise ProfileFileError(f"{path}: format version {version}, this nbs_gym reads {FORMAT_VERSION}")
+    split = SemiSupervisedSplit.from_json(json.dumps(metadata.pop("split")))
+    try:
+        return LossProfiles(
+            loss_maps=arrays["loss_maps"].astype(np.float32),
+            snapshot_steps=arrays["snapshot_steps"],
+            images=arrays["images"].astype(np.float32),
+            probe_indices=arrays["probe_indices"],
+            labeled_masks=arrays["labeled_masks"],
+            split=split,
+            metadata=metadata,
+        )
+    except ProfileFileError as error:
+        raise ProfileFileError(f"{path}: {error}") from error
+
+
+def write_atomic(path: Path, write: Any) -> None:
+    """Call ``write(handle)`` on a temporary file beside ``path``, then move it into place.
+
+    A crash mid-write leaves the previous file (or none), never a truncated one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

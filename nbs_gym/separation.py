@@ -1,0 +1,97 @@
+"""How well loss profiles separate anomalous from normal pixels: the environment's reward measures.
+
+A pixel's loss profile is the vector of its reconstruction losses at the snapshots taken so far.
+Every measure here reads profiles of labeled pixels only, as features ``(n_pixels, k)`` with boolean
+labels, and works on log-losses (reconstruction losses span orders of magnitude):
+
+``auroc``
+    AUROC of Fisher's linear discriminant of the standardised log-profiles; 0.5 is chance, 1.0 a
+    perfect linear read-out. Cheap enough for every snapshot.
+``fisher``
+    Fisher's criterion of that discriminant, (difference of class means)^2 / (sum of class
+    variances), in [0, inf).
+``prediction_loss``
+    The paper's reward: minus the class-balanced binary cross-entropy of a logistic-regression
+    predictor fitted to the profiles (higher is better; 0 is a perfect fit, ``-log 2`` is chance).
+
+All are in-sample measures of separability, not estimates of test performance: the downstream
+classifier (:mod:`nbs_gym.classifier`) is what is evaluated on held-out images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+_EPS = 1e-10
+_SHRINKAGE = 1e-3
+
+
+def separation(features: np.ndarray, labels: np.ndarray, measure: str = "auroc") -> float:
+    """Separation of anomalous from normal pixels by the named measure.
+
+    Args:
+        features: Loss profiles, shape (n_pixels, k), non-negative losses.
+        labels: Boolean anomaly labels, shape (n_pixels,); both classes must be present.
+        measure: ``"auroc"``, ``"fisher"`` or ``"prediction_loss"``.
+
+    Returns:
+        The separation as a Python float (higher is better for every measure).
+    """
+    if measure not in MEASURES:
+        raise ValueError(f"measure: got {measure!r}, expected one of {', '.join(MEASURES)}")
+    features = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels, dtype=bool)
+    if features.ndim != 2 or labels.shape != (features.shape[0],):
+        raise ValueError(
+            f"features must be (n_pixels, k) and labels (n_pixels,); got {features.shape} and {labels.shape}"
+        )
+    if labels.all() or not labels.any():
+        raise ValueError("labels: separation needs both anomalous and normal pixels")
+    return MEASURES[measure](_standardised_log(features), labels)
+
+
+def auroc_separation(x: np.ndarray, labels: np.ndarray) -> float:
+    """AUROC of the Fisher discriminant of standardised features ``x``."""
+    return float(roc_auc_score(labels, x @ _fisher_direction(x, labels)))
+
+
+def fisher_separation(x: np.ndarray, labels: np.ndarray) -> float:
+    """Fisher's criterion of the Fisher discriminant of standardised features ``x``."""
+    projected = x @ _fisher_direction(x, labels)
+    anomalous, normal = projected[labels], projected[~labels]
+    spread = anomalous.var() + normal.var()
+    return float((anomalous.mean() - normal.mean()) ** 2 / max(spread, _EPS))
+
+
+def prediction_loss_separation(x: np.ndarray, labels: np.ndarray) -> float:
+    """Minus the class-balanced cross-entropy of logistic regression fitted on ``x``."""
+    weights = np.where(labels, 0.5 / labels.mean(), 0.5 / (1.0 - labels.mean()))
+    model = LogisticRegression(C=1.0, max_iter=200)
+    model.fit(x, labels, sample_weight=weights)
+    probability = np.clip(model.predict_proba(x)[:, 1], _EPS, 1.0 - _EPS)
+    nll = -(labels * np.log(probability) + (~labels) * np.log1p(-probability))
+    return float(-(weights * nll).sum() / weights.sum())
+
+
+MEASURES: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "auroc": auroc_separation,
+    "fisher": fisher_separation,
+    "prediction_loss": prediction_loss_separation,
+}
+
+
+def _standardised_log(features: np.ndarray) -> np.ndarray:
+    logs = np.log(features + _EPS)
+    return (logs - logs.mean(axis=0)) / np.maximum(logs.std(axis=0), _EPS)
+
+
+def _fisher_direction(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Direction ``w`` maximising Fisher's criterion, with a little ridge shrinkage for stability."""
+    anomalous, normal = x[labels], x[~labels]
+    within = np.atleast_2d(np.cov(anomalous, rowvar=False)) + np.atleast_2d(np.cov(normal, rowvar=False))
+    within += _SHRINKAGE * np.eye(x.shape[1])
+    return np.linalg.solve(within, anomalous.mean(axis=0) - normal.mean(axis=0))

@@ -1,0 +1,429 @@
+"""Tests of nbs_gym.data: the synthetic dataset, MVTec-style folders, and the semi-supervised split."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nbs_gym.data import (
+    SYNTHETIC_CATEGORIES,
+    AnomalyDataset,
+    DatasetError,
+    SemiSupervisedSplit,
+    load_dataset,
+    make_split,
+)
+from nbs_gym.data.synthetic import _TEXTURES, DEFECT_TYPES, MAX_COVERAGE, MIN_COVERAGE, _add_defect
+
+SMALL = {"n_train": 4, "n_test_good": 3, "n_test_per_defect": 3}
+
+
+@pytest.fixture(scope="module")
+def fabric() -> AnomalyDataset:
+    return load_dataset("synthetic")
+
+
+# --- synthetic -------------------------------------------------------------------------------------------
+
+
+def test_default_synthetic_is_fabric_with_documented_layout(fabric: AnomalyDataset) -> None:
+    assert fabric.spec == "synthetic:fabric"
+    assert fabric.images.shape == (130, 1, 64, 64)
+    assert fabric.images.dtype == np.float32
+    assert fabric.masks.shape == (130, 64, 64) and fabric.masks.dtype == np.bool_
+    assert 0.0 <= fabric.images.min() and fabric.images.max() <= 1.0
+    assert (fabric.n_images, fabric.image_size, fabric.channels) == (130, 64, 1)
+    assert int(fabric.is_train.sum()) == 60 and not fabric.is_anomalous[fabric.is_train].any()
+    counts = Counter(fabric.defect_types)
+    assert counts == {"good": 80, **dict.fromkeys(DEFECT_TYPES, 10)}
+    assert fabric.defect_type_names == tuple(sorted(DEFECT_TYPES))
+    assert fabric.names[0] == "train/good/000" and fabric.names[60] == "test/good/000"
+    assert "test/tear/003" in fabric.names
+
+
+def test_synthetic_is_deterministic_per_seed() -> None:
+    first, again = (
+        load_dataset("synthetic:grid", seed=3, **SMALL),
+        load_dataset("synthetic:grid", seed=3, **SMALL),
+    )
+    other = load_dataset("synthetic:grid", seed=4, **SMALL)
+    assert np.array_equal(first.images, again.images) and np.array_equal(first.masks, again.masks)
+    assert first.names == again.names
+    assert not np.array_equal(first.images, other.images)
+
+
+def test_synthetic_image_does_not_depend_on_other_groups_counts() -> None:
+    small = load_dataset("synthetic:stochastic", n_train=2, n_test_good=1, n_test_per_defect=1)
+    large = load_dataset("synthetic:stochastic", n_train=5, n_test_good=4, n_test_per_defect=2)
+    for name in small.names:
+        i, j = small.names.index(name), large.names.index(name)
+        assert np.array_equal(small.images[i], large.images[j]), name
+
+
+@pytest.mark.parametrize("category", SYNTHETIC_CATEGORIES)
+def test_every_category_has_every_defect_with_exact_small_masks(category: str) -> None:
+    dataset = load_dataset(f"synthetic:{category}", seed=1)
+    assert dataset.defect_type_names == tuple(sorted(DEFECT_TYPES))
+    coverage = dataset.masks.mean(axis=(1, 2))
+    anomalous = dataset.is_anomalous
+    assert np.all(coverage[~anomalous] == 0.0)
+    assert np.all((coverage[anomalous] >= MIN_COVERAGE) & (coverage[anomalous] <= MAX_COVERAGE))
+    assert (MIN_COVERAGE, MAX_COVERAGE) == (0.005, 0.05)
+
+
+@pytest.mark.parametrize("category", SYNTHETIC_CATEGORIES)
+@pytest.mark.parametrize("defect", DEFECT_TYPES)
+def test_defect_mask_is_exactly_the_changed_pixels(category: str, defect: str) -> None:
+    """Against the defect-free texture (private helpers): visible, exactly masked, never saturated."""
+    for index in range(5):
+        rng = np.random.default_rng([11, index])
+        texture = _TEXTURES[category](rng, 64)
+        image, mask = _add_defect(rng, defect, texture)
+        change = np.abs(image.astype(np.float32) - texture.image.astype(np.float32))
+        assert np.array_equal(change > 0, mask)
+        assert 0.05 < change[mask].mean() < 0.6, (index, change[mask].mean())
+        # Only a bright stain over the brightest texture clips, and only on a small part of the stain.
+        saturated = (image[mask] >= 0.999) | (image[mask] <= 0.001)
+        assert saturated.mean() < 0.25
+
+
+def test_synthetic_good_test_images_are_fresh_draws(fabric: AnomalyDataset) -> None:
+    goods = fabric.images[~fabric.is_anomalous, 0]
+    assert len({g.tobytes() for g in goods}) == len(goods)
+
+
+@pytest.mark.parametrize("image_size", [32, 48, 96])
+def test_synthetic_image_size(image_size: int) -> None:
+    dataset = load_dataset("synthetic:fabric", image_size=image_size, **SMALL)
+    assert dataset.images.shape == (4 + 3 + 15, 1, image_size, image_size)
+    assert dataset.masks.shape == (22, image_size, image_size)
+    coverage = dataset.masks[dataset.is_anomalous].mean(axis=(1, 2))
+    assert np.all((coverage >= MIN_COVERAGE) & (coverage <= MAX_COVERAGE))
+
+
+def test_synthetic_default_generation_is_fast() -> None:
+    start = time.perf_counter()
+    load_dataset("synthetic:grid")
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"image_size": 16}, "image_size"),
+        ({"seed": -1}, "seed"),
+        ({"n_train": 0}, "n_train"),
+        ({"n_test_per_defect": -2}, "n_test_per_defect"),
+    ],
+)
+def test_synthetic_rejects_bad_arguments(kwargs: dict[str, int], field: str) -> None:
+    with pytest.raises(DatasetError, match=field):
+        load_dataset("synthetic", **kwargs)
+
+
+@pytest.mark.parametrize("spec", ["synthetic:carpet", "synthetic:", "imagenet:/x", "mvtec:", "fabric"])
+def test_unknown_spec_lists_valid_choices(spec: str) -> None:
+    with pytest.raises(DatasetError) as error:
+        load_dataset(spec)
+    assert all(category in str(error.value) for category in SYNTHETIC_CATEGORIES)
+
+
+def test_channels_conversion(fabric: AnomalyDataset) -> None:
+    rgb = load_dataset("synthetic", channels=3, **SMALL)
+    assert rgb.images.shape[1] == 3 and np.array_equal(rgb.images[:, 0], rgb.images[:, 2])
+    gray = rgb.with_channels(1)
+    np.testing.assert_allclose(gray.images[:, 0], rgb.images[:, 0], atol=1e-6)
+    assert fabric.with_channels(1) is fabric
+    with pytest.raises(DatasetError, match="channels"):
+        fabric.with_channels(2)
+
+
+def test_dataset_validation_names_the_field(fabric: AnomalyDataset) -> None:
+    fields = {
+        "spec": fabric.spec,
+        "images": fabric.images,
+        "masks": fabric.masks,
+        "is_train": fabric.is_train,
+        "defect_types": fabric.defect_types,
+        "names": fabric.names,
+    }
+    broken = {
+        "images": fabric.images.astype(np.float64),
+        "masks": fabric.masks[:, :10],
+        "is_train": ~fabric.is_train,  # marks anomalous images as training images
+        "names": fabric.names[:-1] + fabric.names[:1],  # a repeated name
+        "defect_types": fabric.defect_types[:-1],
+    }
+    for field, value in broken.items():
+        with pytest.raises(DatasetError, match=field):
+            AnomalyDataset(**{**fields, field: value})
+    above_one = fabric.images.copy()
+    above_one[0, 0, 0, 0] = 1.5
+    with pytest.raises(DatasetError, match="images"):
+        AnomalyDataset(**{**fields, "images": above_one})
+    good_with_mask = fabric.masks.copy()
+    good_with_mask[0, 0, 0] = True
+    with pytest.raises(DatasetError, match="masks"):
+        AnomalyDataset(**{**fields, "masks": good_with_mask})
+
+
+# --- MVTec-style folders -----------------------------------------------------------------------------------
+
+
+def _write_image(path: Path, size: tuple[int, int] = (40, 30), mode: str = "L", value: int = 128) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(value)
+    shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(path)
+
+
+def _write_mask(
+    path: Path, size: tuple[int, int] = (40, 30), box: tuple[int, int, int, int] = (0, 0, 20, 15)
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mask = np.zeros((size[1], size[0]), dtype=np.uint8)
+    left, top, right, bottom = box
+    mask[top:bottom, left:right] = 255
+    Image.fromarray(mask).save(path)
+
+
+def _make_category(root: Path, rgb_image: str | None = None) -> Path:
+    """A tiny MVTec AD category: 3 train, 2 test good, 2 test crack (top-left quarter masked)."""
+    for i in range(3):
+        _write_image(root / "train" / "good" / f"{i:03d}.png", value=i)
+    for i in range(2):
+        _write_image(root / "test" / "good" / f"{i:03d}.png", value=10 + i)
+        _write_image(root / "test" / "crack" / f"{i:03d}.png", value=20 + i)
+        _write_mask(root / "ground_truth" / "crack" / f"{i:03d}_mask.png")
+    if rgb_image is not None:
+        _write_image(root / rgb_image, mode="RGB", value=99)
+    return root
+
+
+def test_mvtec_folder_loads_counts_types_masks(tmp_path: Path) -> None:
+    root = _make_category(tmp_path / "bottle")
+    dataset = load_dataset(f"mvtec:{root}", image_size=16)
+    assert dataset.spec == f"mvtec:{root.resolve()}"
+    assert dataset.images.shape == (7, 1, 16, 16) and dataset.images.dtype == np.float32
+    assert dataset.names == (
+        "train/good/000",
+        "train/good/001",
+        "train/good/002",
+        "test/crack/000",
+        "test/crack/001",
+        "test/good/000",
+        "test/good/001",
+    )
+    assert dataset.is_train.tolist() == [True] * 3 + [False] * 4
+    assert dataset.defect_types == ("good",) * 3 + ("crack", "crack", "good", "good")
+    assert dataset.defect_type_names == ("crack",)
+    # The 40x30 mask's left half of the top half, resized to 16x16 by nearest neighbour.
+    expected = np.zeros((16, 16), dtype=bool)
+    expected[:8, :8] = True
+    assert np.array_equal(dataset.masks[3], expected) and np.array_equal(dataset.masks[4], expected)
+    assert not dataset.masks[[0, 1, 2, 5, 6]].any()
+    # Bilinear resize of the source pixels, scaled to [0, 1].
+    with Image.open(root / "train" / "good" / "001.png") as source:
+        resized = np.asarray(source.resize((16, 16), Image.Resampling.BILINEAR), dtype=np.float32) / 255
+    np.testing.assert_allclose(dataset.images[1, 0], resized)
+
+
+def test_mvtec_rgb_image_makes_the_dataset_rgb(tmp_path: Path) -> None:
+    root = _make_category(tmp_path / "cable", rgb_image="test/good/002.png")
+    dataset = load_dataset(f"mvtec:{root}", image_size=8)
+    assert dataset.channels == 3 and dataset.n_images == 8
+    gray = dataset.images[dataset.names.index("train/good/000")]
+    assert np.array_equal(gray[0], gray[1]) and np.array_equal(gray[0], gray[2])
+    assert load_dataset(f"mvtec:{root}", image_size=8, channels=1).channels == 1
+
+
+def test_btad_layout_with_ok_folders_and_plain_mask_names(tmp_path: Path) -> None:
+    root = tmp_path / "01"
+    _write_image(root / "train" / "ok" / "0000.bmp")
+    _write_image(root / "test" / "ok" / "0001.bmp")
+    _write_image(root / "test" / "ko" / "0002.bmp")
+    _write_mask(root / "ground_truth" / "ko" / "0002.png")
+    dataset = load_dataset(f"mvtec:{root}", image_size=8)
+    assert dataset.names == ("train/ok/0000", "test/ko/0002", "test/ok/0001")
+    assert dataset.defect_types == ("good", "ko", "good")
+    assert dataset.masks[1].any()
+
+
+def test_mvtec_spec_rejects_synthetic_sizes(tmp_path: Path) -> None:
+    root = _make_category(tmp_path / "bottle")
+    with pytest.raises(DatasetError, match="n_train"):
+        load_dataset(f"mvtec:{root}", n_train=3)
+
+
+def _missing_root(root: Path) -> Path:
+    return root / "nowhere"
+
+
+def _missing_train(root: Path) -> Path:
+    shutil.rmtree(root / "train" / "good")
+    return root / "train" / "good"
+
+
+def _empty_train(root: Path) -> Path:
+    for path in (root / "train" / "good").iterdir():
+        path.unlink()
+    return root / "train" / "good"
+
+
+def _missing_test(root: Path) -> Path:
+    shutil.rmtree(root / "test")
+    return root / "test"
+
+
+def _missing_mask(root: Path) -> Path:
+    (root / "ground_truth" / "crack" / "001_mask.png").unlink()
+    return root / "ground_truth" / "crack" / "001_mask.png"
+
+
+def _mask_of_other_size(root: Path) -> Path:
+    _write_mask(root / "ground_truth" / "crack" / "000_mask.png", size=(20, 20))
+    return root / "ground_truth" / "crack" / "000_mask.png"
+
+
+def _corrupt_image(root: Path) -> Path:
+    (root / "test" / "good" / "001.png").write_bytes(b"not a png at all")
+    return root / "test" / "good" / "001.png"
+
+
+def _truncated_image(root: Path) -> Path:
+    path = root / "train" / "good" / "002.png"
+    path.write_bytes(path.read_bytes()[:60])
+    return path
+
+
+def _corrupt_mask(root: Path) -> Path:
+    (root / "ground_truth" / "crack" / "000_mask.png").write_bytes(b"\x89PNG garbage")
+    return root / "ground_truth" / "crack" / "000_mask.png"
+
+
+@pytest.mark.parametrize(
+    "break_folder",
+    [
+        _missing_root,
+        _missing_train,
+        _empty_train,
+        _missing_test,
+        _missing_mask,
+        _mask_of_other_size,
+        _corrupt_image,
+        _truncated_image,
+        _corrupt_mask,
+    ],
+)
+def test_broken_folder_error_names_the_path(tmp_path: Path, break_folder: Callable[[Path], Path]) -> None:
+    root = _make_category(tmp_path / "bottle")
+    offending = break_folder(root)
+    target = offending if break_folder is _missing_root else root
+    with pytest.raises(DatasetError) as error:
+        load_dataset(f"mvtec:{target}", image_size=8)
+    assert str(offending.resolve()) in str(error.value)
+
+
+# --- semi-supervised split ---------------------------------------------------------------------------------
+
+
+def test_split_is_deterministic_disjoint_and_complete(fabric: AnomalyDataset) -> None:
+    split = make_split(fabric, n_labeled_anomalous_per_type=3, n_labeled_normal=4, seed=7)
+    assert split == make_split(fabric, n_labeled_anomalous_per_type=3, n_labeled_normal=4, seed=7)
+    assert split != make_split(fabric, n_labeled_anomalous_per_type=3, n_labeled_normal=4, seed=8)
+    train, labeled, evaluation = set(split.train), set(split.labeled), set(split.evaluation)
+    assert not (train & labeled or train & evaluation or labeled & evaluation)
+    assert train == set(np.flatnonzero(fabric.is_train).tolist())
+    assert labeled | evaluation == set(np.flatnonzero(~fabric.is_train).tolist())
+    for group in (split.train, split.labeled, split.evaluation):
+        assert list(group) == sorted(group)
+    types = Counter(fabric.defect_types[i] for i in split.labeled)
+    assert types == {"good": 4, **dict.fromkeys(DEFECT_TYPES, 3)}
+    assert split.dataset == "synthetic:fabric" and split.seed == 7
+
+
+def test_split_caps_labeled_counts() -> None:
+    dataset = load_dataset("synthetic", n_train=2, n_test_good=3, n_test_per_defect=3)
+    split = make_split(dataset, n_labeled_anomalous_per_type=10, n_labeled_normal=10)
+    types = Counter(dataset.defect_types[i] for i in split.labeled)
+    # Half of each type, rounded down; all good test images but one.
+    assert types == {"good": 2, **dict.fromkeys(DEFECT_TYPES, 1)}
+    evaluation_types = Counter(dataset.defect_types[i] for i in split.evaluation)
+    assert evaluation_types == {"good": 1, **dict.fromkeys(DEFECT_TYPES, 2)}
+
+
+def test_split_larger_counts_label_a_superset(fabric: AnomalyDataset) -> None:
+    small = make_split(fabric, n_labeled_anomalous_per_type=1, n_labeled_normal=1, seed=2)
+    large = make_split(fabric, n_labeled_anomalous_per_type=4, n_labeled_normal=3, seed=2)
+    assert set(small.labeled) < set(large.labeled)
+
+
+def test_split_warns_when_no_anomalous_image_can_be_labeled() -> None:
+    dataset = load_dataset("synthetic", n_train=2, n_test_good=2, n_test_per_defect=1)
+    with pytest.warns(UserWarning, match="no anomalous image is labeled"):
+        split = make_split(dataset)
+    assert all(not dataset.is_anomalous[i] for i in split.labeled)
+
+
+def test_transductive_and_inductive_pools(fabric: AnomalyDataset) -> None:
+    transductive = make_split(fabric, transductive=True)
+    inductive = make_split(fabric, transductive=False)
+    assert transductive.labeled == inductive.labeled
+    assert sorted(transductive.pool.tolist()) == list(range(fabric.n_images))
+    assert inductive.pool.tolist() == list(inductive.train + inductive.labeled)
+    assert transductive.probe.tolist() == list(transductive.labeled + transductive.evaluation)
+    assert transductive.pool.dtype == np.int64 and inductive.probe.dtype == np.int64
+
+
+def test_split_json_round_trip_and_atomic_save(fabric: AnomalyDataset, tmp_path: Path) -> None:
+    split = make_split(fabric, seed=5, transductive=False)
+    assert SemiSupervisedSplit.from_json(split.to_json()) == split
+    path = tmp_path / "split.json"
+    split.save(path)
+    split.save(path)  # overwriting goes through the same temporary-file-and-replace path
+    assert SemiSupervisedSplit.load(path) == split
+    assert [p.name for p in tmp_path.iterdir()] == ["split.json"]
+    assert json.loads(path.read_text())["labeled"] == list(split.labeled)
+
+
+def test_split_load_errors_name_the_file_or_field(fabric: AnomalyDataset, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="absent.json"):
+        SemiSupervisedSplit.load(tmp_path / "absent.json")
+    data = json.loads(make_split(fabric).to_json())
+    del data["labeled"]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"bad\.json.*labeled"):
+        SemiSupervisedSplit.load(path)
+    overlapping = json.loads(make_split(fabric).to_json())
+    overlapping["evaluation"] = sorted(overlapping["evaluation"] + [overlapping["labeled"][0]])
+    with pytest.raises(DatasetError, match="disjoint"):
+        SemiSupervisedSplit.from_json(json.dumps(overlapping))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"n_labeled_anomalous_per_type": -1}, "n_labeled_anomalous_per_type"),
+        ({"n_labeled_normal": -3}, "n_labeled_normal"),
+        ({"n_labeled_normal": 1.5}, "n_labeled_normal"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_split_rejects_bad_counts(fabric: AnomalyDataset, kwargs: dict[str, float], field: str) -> None:
+    with pytest.raises(DatasetError, match=field):
+        make_split(fabric, **kwargs)
+
+
+def test_split_needs_anomalous_images() -> None:
+    only_good = load_dataset("synthetic", n_train=2, n_test_good=2, n_test_per_defect=0)
+    with pytest.raises(DatasetError, match="no anomalous test images"):
+        make_split(only_good)

@@ -1,0 +1,215 @@
+"""The environment contract of DESIGN.md, for every registered id."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import nbs_gym
+from nbs_gym.config import ConfigError
+from nbs_gym.profiles import load_profiles
+
+# Small enough for a few seconds per episode on two CPU cores, large enough to be the real thing.
+SMALL = {
+    "episode_length": 20,
+    "profile_length": 4,
+    "batch_size": 8,
+    "image_size": 32,
+    "patch_size": 8,
+    "device": "cpu",
+}
+ENV_IDS = sorted(nbs_gym.ENV_IDS)
+
+
+def make(env_id: str = "nbs_gym/NeuralBatchSampling-v0", **kwargs) -> gym.Env:
+    return gym.make(env_id, **{**SMALL, **kwargs})
+
+
+def rollout(env: gym.Env, seed: int, actions: list) -> tuple[list, list, list[dict]]:
+    observation, info = env.reset(seed=seed)
+    observations, rewards, infos = [observation], [], [info]
+    for action in actions:
+        observation, reward, terminated, truncated, info = env.step(action)
+        observations.append(observation)
+        rewards.append(reward)
+        infos.append(info)
+        if terminated or truncated:
+            break
+    return observations, rewards, infos
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_gymnasium_and_sb3_checkers_pass(env_id: str) -> None:
+    env = make(env_id, render_mode="rgb_array").unwrapped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a checker warning is a failure here
+        gym_check_env(env, skip_render_check=False)
+        sb3_check_env(env, warn=True)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_random_episode_terminates_after_exactly_episode_length_steps(env_id: str) -> None:
+    env = make(env_id)
+    env.reset(seed=3)
+    env.action_space.seed(3)
+    for step in range(1, SMALL["episode_length"] + 1):
+        observation, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert env.observation_space.contains(observation)
+        assert isinstance(reward, float) and isinstance(terminated, bool) and isinstance(truncated, bool)
+        assert not truncated
+        assert terminated == (step == SMALL["episode_length"])
+        assert info["step"] == step
+    assert info["n_snapshots"] == SMALL["profile_length"]
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(env.action_space.sample())
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_same_seed_and_actions_give_identical_rollouts_and_profiles(env_id: str, tmp_path: Path) -> None:
+    envs = [make(env_id, profile_dir=tmp_path / name) for name in ("a", "b")]
+    space = envs[0].action_space
+    space.seed(11)
+    actions = [space.sample() for _ in range(SMALL["episode_length"])]
+    (obs_a, rew_a, info_a), (obs_b, rew_b, info_b) = (rollout(env, 5, actions) for env in envs)
+    np.testing.assert_array_equal(np.stack(obs_a), np.stack(obs_b))
+    assert rew_a == rew_b
+    profiles = [load_profiles(info[-1]["profile_path"]) for info in (info_a, info_b)]
+    np.testing.assert_array_equal(profiles[0].loss_maps, profiles[1].loss_maps)
+    assert profiles[0].metadata["episode_seed"] == profiles[1].metadata["episode_seed"]
+
+
+def test_different_seeds_give_different_autoencoder_initialisations() -> None:
+    env = make().unwrapped
+    env.reset(seed=0)
+    first = [p.detach().clone() for p in env.trainer.model.parameters()]
+    env.reset(seed=1)
+    second = list(env.trainer.model.parameters())
+    assert any(not np.array_equal(a.numpy(), b.detach().numpy()) for a, b in zip(first, second, strict=True))
+    env.reset(seed=0)
+    again = list(env.trainer.model.parameters())
+    assert all(np.array_equal(a.numpy(), b.detach().numpy()) for a, b in zip(first, again, strict=True))
+
+
+@pytest.mark.parametrize("measure", ["auroc", "fisher", "prediction_loss"])
+def test_dense_return_equals_final_minus_initial_separation(measure: str) -> None:
+    env = make(reward=measure)
+    _, rewards, infos = rollout(env, 2, [env.action_space.sample() for _ in range(SMALL["episode_length"])])
+    final, initial = infos[-1]["separation"], infos[0]["initial_separation"]
+    assert sum(rewards) == pytest.approx(final - initial, abs=1e-9)
+    assert any(abs(r) > 0 for r in rewards), "the separation never changed"
+    assert all(set(info["rewards"]) == {"separation_gain", "final_separation"} for info in infos)
+
+
+def test_terminal_reward_is_the_final_separation_at_the_last_step_only() -> None:
+    env = make(reward_mode="terminal")
+    actions = [np.zeros(env.action_space.shape, np.float32)] * SMALL["episode_length"]
+    _, rewards, infos = rollout(env, 0, actions)
+    assert rewards[:-1] == [0.0] * (len(rewards) - 1)
+    assert rewards[-1] == pytest.approx(infos[-1]["separation"])
+
+
+def test_zero_action_is_uniform_sampling_over_patches() -> None:
+    env = make().unwrapped
+    env.reset(seed=0)
+    composition = env.batch_composition(np.zeros(env.action_space.shape, np.float32))
+    np.testing.assert_allclose(composition, env._group_sizes / env._group_sizes.sum())
+
+
+def test_one_hot_discrete_action_draws_only_from_that_stratum() -> None:
+    env = make("nbs_gym/NeuralBatchSamplingDiscrete-v0").unwrapped
+    env.reset(seed=0)
+    highest = env.config.n_strata - 1
+    _, _, _, _, info = env.step(highest)
+    np.testing.assert_array_equal(info["batch_composition"], np.eye(env.config.n_strata)[highest])
+    assert env._recent_counts[-1][highest] == SMALL["batch_size"]
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        (np.zeros(3, np.float32), r"expected shape \(5,\) in \[-1, 1\], got shape \(3,\)"),
+        (np.array([0, 0, np.nan, 0, 0], np.float32), "expected finite values"),
+        (np.array([0, 0, np.inf, 0, 0], np.float32), "expected finite values"),
+        (np.array([0, 0, 1.5, 0, 0], np.float32), r"expected values in \[-1, 1\]"),
+    ],
+)
+def test_bad_box_action_is_a_value_error_stating_shape_and_bounds(action: np.ndarray, message: str) -> None:
+    env = make().unwrapped
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=message):
+        env.step(action)
+
+
+@pytest.mark.parametrize("action", [6, -1, 2.5, np.array([1, 2])])
+def test_bad_discrete_action_is_a_value_error(action) -> None:
+    env = make("nbs_gym/NeuralBatchSamplingDiscrete-v0").unwrapped
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"integer in \[0, 5\] for Discrete\(6\)"):
+        env.step(action)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"batch_size": 10**6}, "batch_size"),
+        ({"profile_length": 1}, "profile_length"),
+        ({"episode_length": 3}, "episode_length"),
+        ({"patch_size": 6}, "patch_size"),
+        ({"reward": "accuracy"}, "reward"),
+        ({"action_mode": "grid"}, "action_mode"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"batchsize": 8}, "batchsize"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_invalid_config_is_rejected_at_construction_naming_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{field}:"):
+        make(**kwargs)
+
+
+def test_bad_dataset_path_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_category"
+    with pytest.raises(ValueError, match=str(missing)):
+        make(dataset=f"mvtec:{missing}")
+
+
+def test_render_shows_image_loss_map_and_sampling_coverage() -> None:
+    env = make(render_mode="rgb_array")
+    env.reset(seed=0)
+    for _ in range(5):
+        env.step(env.action_space.sample())
+    frame = env.render()
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+    assert frame.shape[1] > 3 * frame.shape[0] - 1  # three square panels side by side
+    assert frame.std() > 0
+
+
+def test_profiles_on_disk_match_the_episode_and_hide_evaluation_masks(tmp_path: Path) -> None:
+    env = make(profile_dir=tmp_path)
+    _, _, infos = rollout(env, 0, [np.zeros(env.action_space.shape, np.float32)] * SMALL["episode_length"])
+    profiles = load_profiles(infos[-1]["profile_path"])
+    unwrapped = env.unwrapped
+    assert profiles.loss_maps.shape == (SMALL["profile_length"], len(unwrapped.split.probe), 32, 32)
+    np.testing.assert_allclose(profiles.loss_maps, unwrapped.last_profiles.loss_maps, rtol=1e-3, atol=1e-6)
+    assert profiles.labeled_masks.shape[0] == len(unwrapped.split.labeled)
+    assert list(profiles.snapshot_steps) == list(unwrapped.config.snapshot_steps)
+    assert profiles.snapshot_steps[-1] == SMALL["episode_length"]
+    assert profiles.split == unwrapped.split
+    with np.load(infos[-1]["profile_path"]) as archive:
+        assert "evaluation_masks" not in archive.files and archive["loss_maps"].dtype == np.float16
+
+
+def test_uniform_episode_profiles_carry_the_anomaly_signal() -> None:
+    """Sanity of the science: the autoencoder reconstructs L's defects worse than L's normal pixels."""
+    env = gym.make("nbs_gym/NeuralBatchSampling-v0", device="cpu")
+    _, _, infos = rollout(env, 0, [np.zeros(env.action_space.shape, np.float32)] * 10**6)
+    maps, masks = env.unwrapped.last_profiles.labeled_profiles()
+    final = maps[-1]
+    assert final[masks].mean() > 1.5 * final[~masks].mean()
+    assert infos[-1]["separation"] > 0.6
