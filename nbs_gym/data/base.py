@@ -52,9 +52,7 @@ class AnomalyDataset:
     def __post_init__(self) -> None:
         images, masks, is_train = self.images, self.masks, self.is_train
         _check(isinstance(self.spec, str) and bool(self.spec), "spec", "must be a non-empty string")
-        _check(
-            isinstance(images, np.ndarray), "images", f"must be a numpy array, got {type(images).__name__}"
-        )
+        _check(isinstance(images, np.ndarray), "images", f"must be a numpy array, got {type(images).__name__}")
         _check(
             images.ndim == 4 and images.shape[0] >= 1,
             "images",

@@ -164,9 +164,7 @@ def load_samples(samples: Sequence[MVTecSample], spec: str, image_size: int = 64
 def _image_files(folder: Path) -> list[Path]:
     """Image files of ``folder`` sorted by name; hidden files (e.g. macOS ``._*`` forks) are skipped."""
     files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     )
     by_stem: dict[str, Path] = {}
     for path in files:

@@ -59,9 +59,7 @@ class SemiSupervisedSplit:
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset:
-            raise DatasetError(
-                f"SemiSupervisedSplit.dataset: must be a non-empty string, got {self.dataset!r}"
-            )
+            raise DatasetError(f"SemiSupervisedSplit.dataset: must be a non-empty string, got {self.dataset!r}")
         if not isinstance(self.transductive, bool):
             raise DatasetError(f"SemiSupervisedSplit.transductive: must be a bool, got {self.transductive!r}")
         for name in ("seed", "n_labeled_anomalous_per_type", "n_labeled_normal"):

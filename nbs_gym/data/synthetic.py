@@ -37,10 +37,10 @@ DEFECT_TYPES: tuple[str, ...] = ("tear", "hole", "stain", "scratch", "missing")
 
 MIN_IMAGE_SIZE = 32
 
+# Share of the image every defect mask covers. Shapes are drawn to land well inside the range (about
+# 1-4 %); the rare draw outside it (a defect over a spot it barely changes) is redrawn.
 MIN_COVERAGE = 0.005
 MAX_COVERAGE = 0.05
-"""Share of the image every defect mask covers: shapes are drawn to land well inside the range, and the
-rare draw outside it (a defect over a spot it barely changes) is redrawn."""
 
 # A pixel counts as changed when it moves by at least 2.5 grey levels of 255; smaller moves are undone, so
 # that the mask is exactly the set of pixels that differ from the defect-free texture.
@@ -78,9 +78,7 @@ def generate_synthetic(
         DatasetError: If the category is unknown or a size or the seed is out of range.
     """
     if category not in SYNTHETIC_CATEGORIES:
-        raise DatasetError(
-            f"unknown synthetic category {category!r}; choose one of {', '.join(SYNTHETIC_CATEGORIES)}"
-        )
+        raise DatasetError(f"unknown synthetic category {category!r}; choose one of {', '.join(SYNTHETIC_CATEGORIES)}")
     check_int(image_size, "image_size", MIN_IMAGE_SIZE)
     check_int(seed, "seed", 0)
     check_int(n_train, "n_train", 1)
@@ -206,9 +204,10 @@ def _add_defect(rng: np.random.Generator, defect: str, texture: _Texture) -> tup
     size = texture.image.shape[0]
     for _ in range(_MAX_DRAWS):
         candidate, region = draw(rng, texture)
-        changed = region & (np.abs(np.clip(candidate, 0.0, 1.0) - texture.image) >= _MIN_CHANGE)
+        candidate = np.clip(candidate, 0.0, 1.0)
+        changed = region & (np.abs(candidate - texture.image) >= _MIN_CHANGE)
         if MIN_COVERAGE <= changed.mean() <= MAX_COVERAGE:
-            return np.where(changed, np.clip(candidate, 0.0, 1.0), texture.image), changed
+            return np.where(changed, candidate, texture.image), changed
     # Unreachable with the shape ranges below; a clear failure beats a silently mislabeled dataset.
     raise RuntimeError(
         f"could not draw a {defect!r} defect covering {MIN_COVERAGE:.1%}-{MAX_COVERAGE:.1%} "
