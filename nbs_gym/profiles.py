@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from nbs_gym.data import SemiSupervisedSplit
+from nbs_gym.io import write_atomic
 
 FORMAT_VERSION = 1
 _KEYS = ("loss_maps", "snapshot_steps", "images", "probe_indices", "labeled_masks", "metadata")
@@ -146,21 +146,3 @@ def load_profiles(path: str | os.PathLike[str]) -> LossProfiles:
         )
     except ProfileFileError as error:
         raise ProfileFileError(f"{path}: {error}") from error
-
-
-def write_atomic(path: Path, write: Any) -> None:
-    """Call ``write(handle)`` on a temporary file beside ``path``, then move it into place.
-
-    A crash mid-write leaves the previous file (or none), never a truncated one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from itertools import pairwise
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from nbs_gym.data.base import AnomalyDataset, DatasetError, check_int
+from nbs_gym.io import write_text_atomic
 
 __all__ = ["SemiSupervisedSplit", "make_split"]
 
@@ -130,17 +130,7 @@ class SemiSupervisedSplit:
         Args:
             path: Destination file; its folder must exist.
         """
-        path = Path(path)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                file.write(self.to_json())
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        write_text_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SemiSupervisedSplit:
