@@ -183,22 +183,37 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        cfg = self.config
+        self.trainer.reset(self._begin_episode())
+        return self._finish_reset(self.trainer.loss_maps(self._snapshot_images))
+
+    def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        patch_ids = self._begin_step(action)
+        per_patch = self.trainer.update(self._gather_patches(patch_ids))
+        maps = self.trainer.loss_maps(self._snapshot_images) if self._snapshot_due else None
+        return self._finish_step(per_patch.cpu().numpy(), maps)
+
+    # The phases below split reset() and step() around the autoencoder's work, so that the vector env
+    # can run that work for all its sub-environments in one batched computation.
+
+    def _begin_episode(self) -> torch.Generator:
+        """Draw the episode's seed from ``np_random``; returns the generator the weights are drawn from."""
         self._episode += 1
         self._episode_seed = int(self.np_random.integers(2**63 - 1))
-        self.trainer.reset(torch.Generator().manual_seed(self._episode_seed))
-        self._step_count = 0
-        self._batch_loss = float("nan")
+        return torch.Generator().manual_seed(self._episode_seed)
 
-        maps = self.trainer.loss_maps(self._snapshot_images)
+    def _finish_reset(self, maps: torch.Tensor) -> tuple[np.ndarray, dict[str, Any]]:
+        """Episode state from the loss maps (snapshot images) of the freshly initialised autoencoder."""
+        cfg = self.config
+        self._step_count = 0
         self._refresh_patch_losses(maps)
         self._restratify()
-        self._display_map = maps[self._probe_rows[self._display_probe]].cpu().numpy()
+        n_labeled = len(self.split.labeled)
+        probe_maps = maps[self._probe_rows].cpu().numpy()
+        self._display_map = probe_maps[self._display_probe]
         k, n_probe, size = cfg.profile_length, len(self._probe_rows), self.image_size
         self._loss_maps = np.zeros((k, n_probe, size, size), dtype=np.float32)
         self._n_snapshots = 0
-        initial = maps[self._probe_rows[: len(self.split.labeled)]].cpu().numpy()[None]
-        self._initial_separation = self._separation_of(initial)
+        self._initial_separation = self._separation_of(probe_maps[None, :n_labeled])
         self._separation = self._previous_separation = self._initial_separation
         self._levels_at_snapshot = self._group_levels()
         self._recent_counts: deque[np.ndarray] = deque(maxlen=cfg.history)
@@ -208,23 +223,34 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         self._last_composition = self._group_sizes / self._group_sizes.sum()
         return self._observation(), self._info(snapshot=False)
 
-    def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+    def _begin_step(self, action: Any) -> np.ndarray:
+        """Validate the action and draw the batch; returns the patch ids to train on."""
         if self._step_count >= self.config.episode_length:
             raise RuntimeError("step() called after the episode terminated; call reset() first")
         composition = self.batch_composition(action)
         patch_ids, group_counts = self._draw(composition)
-        per_patch = self.trainer.update(self._gather_patches(patch_ids)).cpu().numpy()
-        self._patch_loss[patch_ids] = per_patch
-        self._batch_loss = float(per_patch.mean())
         self._recent_counts.append(group_counts)
         np.add.at(self._position_counts, self._patch_position[patch_ids], 1)
         self._last_composition = composition
-        self._step_count += 1
+        self._pending_patch_ids = patch_ids
+        return patch_ids
 
+    @property
+    def _snapshot_due(self) -> bool:
+        """Whether the update now being done is followed by a snapshot of the loss maps."""
+        return self._step_count + 1 in self._snapshot_at
+
+    def _finish_step(
+        self, per_patch: np.ndarray, maps: torch.Tensor | None
+    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Bookkeeping after the update: patch losses, snapshot (``maps`` when due), reward, observation."""
+        self._patch_loss[self._pending_patch_ids] = per_patch
+        self._batch_loss = float(per_patch.mean())
+        self._step_count += 1
         self._previous_separation = self._separation
-        snapshot = self._step_count in self._snapshot_at
+        snapshot = maps is not None
         if snapshot:
-            self._take_snapshot()
+            self._take_snapshot(maps)
         self._restratify()
         terminated = self._step_count == self.config.episode_length
         rewards = self._rewards(terminated)
@@ -338,7 +364,8 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         else:
             bounds = (np.arange(n_groups + 1) * n_patches) // n_groups
             self._group_sizes = np.diff(bounds).astype(np.float64)
-            self._patch_group = np.zeros(n_patches, dtype=np.int64)
+            self._stratum_of_rank = np.repeat(np.arange(n_groups), np.diff(bounds))
+            self._patch_group = self._stratum_of_rank.copy()
             self._order = np.arange(n_patches)
         self._group_starts = np.concatenate([[0], np.cumsum(self._group_sizes[:-1])]).astype(np.int64)
 
@@ -372,8 +399,7 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         patches = self._snapshot_images[image[:, None, None], :, rows[:, :, None], cols[:, None, :]]
         return patches.permute(0, 3, 1, 2)
 
-    def _take_snapshot(self) -> None:
-        maps = self.trainer.loss_maps(self._snapshot_images)
+    def _take_snapshot(self, maps: torch.Tensor) -> None:
         self._refresh_patch_losses(maps)
         probe_maps = maps[self._probe_rows].cpu().numpy()
         self._loss_maps[self._n_snapshots] = probe_maps
@@ -391,9 +417,8 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
     def _restratify(self) -> None:
         if self.config.action_mode != "spatial":
             self._order = np.argsort(self._patch_loss, kind="stable")
-            self._patch_group[self._order] = np.repeat(
-                np.arange(len(self._group_sizes)), self._group_sizes.astype(np.int64)
-            )
+            self._patch_group = np.empty_like(self._order)
+            self._patch_group[self._order] = self._stratum_of_rank
 
     def _separation_of(self, labeled_maps: np.ndarray) -> float:
         features = labeled_maps.reshape(labeled_maps.shape[0], -1)[:, self._separation_pixels].T
