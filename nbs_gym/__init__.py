@@ -19,6 +19,7 @@ from nbs_gym.config import AutoencoderConfig, ConfigError, DataConfig, EnvConfig
 __version__ = "0.1.0"
 
 ENTRY_POINT = "nbs_gym.env:NeuralBatchSamplingEnv"
+VECTOR_ENTRY_POINT = "nbs_gym.vector:NeuralBatchSamplingVectorEnv"
 
 # id -> default keyword arguments. One env class; the ids differ only in configuration.
 ENV_IDS: dict[str, dict[str, Any]] = {
@@ -31,7 +32,7 @@ ENV_IDS: dict[str, dict[str, Any]] = {
 def _register_envs() -> None:
     for env_id, kwargs in ENV_IDS.items():
         if env_id not in gym.registry:  # importing twice (or reloading) must not warn or fail
-            gym.register(id=env_id, entry_point=ENTRY_POINT, kwargs=kwargs)
+            gym.register(id=env_id, entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT, kwargs=kwargs)
 
 
 _register_envs()

@@ -114,3 +114,99 @@ class AutoencoderTrainer:
             (self.model(part) - part).square().mean(dim=1) for part in torch.split(images, chunk, dim=0)
         ]
         return torch.cat(maps, dim=0)
+
+
+class BatchedAutoencoderTrainer:
+    """N independent autoencoders trained as one batched computation on the device.
+
+    The N models' parameters are stacked along a leading axis and run through
+    :func:`torch.func.vmap` (for convolutions this becomes grouped convolutions), so one update of all N
+    costs one launch of each layer instead of N. Each model has its own initialisation, its own Adam
+    state (moments and step count) and its own data; numerically each slot follows exactly the update
+    rule of :class:`AutoencoderTrainer` (same initialisation draws, same Adam arithmetic), up to float
+    rounding of the batched kernels.
+
+    Args:
+        n_models: Number of autoencoders N.
+        channels: Image channels.
+        config: Architecture, learning rate and device (shared by all N).
+    """
+
+    _BETAS = (0.9, 0.999)
+    _EPS = 1e-8
+
+    def __init__(self, n_models: int, channels: int, config: AutoencoderConfig) -> None:
+        if n_models < 1:
+            raise ValueError(f"n_models: must be >= 1, got {n_models}")
+        self.n_models = n_models
+        self.config = config
+        self.device = resolve_device(config.device)
+        # The template draws initial weights on the CPU exactly as a single trainer does; the module on
+        # the device only supplies the architecture to functional_call.
+        self._template = ConvAutoencoder(channels, config.width, config.depth, config.latent_channels)
+        self._module = ConvAutoencoder(channels, config.width, config.depth, config.latent_channels).to(self.device)
+        self.params = {
+            name: torch.zeros((n_models, *p.shape), device=self.device, requires_grad=True)
+            for name, p in self._template.named_parameters()
+        }
+        self._exp_avg = {name: torch.zeros_like(p) for name, p in self.params.items()}
+        self._exp_avg_sq = {name: torch.zeros_like(p) for name, p in self.params.items()}
+        self._steps = torch.zeros(n_models, dtype=torch.float64, device=self.device)
+        self._update_all = torch.func.vmap(self._per_patch_loss)
+        self._maps_all = torch.func.vmap(self._loss_map, in_dims=(0, None))
+
+    @torch.no_grad()
+    def reset(self, slots: list[int], generators: list[torch.Generator]) -> None:
+        """Fresh weights for the models in ``slots``, each drawn from its generator; fresh Adam state."""
+        for slot, generator in zip(slots, generators, strict=True):
+            self._template.reset_parameters(generator)
+            for name, value in self._template.named_parameters():
+                self.params[name][slot].copy_(value)
+                self._exp_avg[name][slot].zero_()
+                self._exp_avg_sq[name][slot].zero_()
+            self._steps[slot] = 0
+
+    def update(self, patches: torch.Tensor) -> torch.Tensor:
+        """One Adam step of every model on its own batch; ``patches`` is (N, B, C, p, p).
+
+        Returns:
+            The per-patch mean squared error before the step, shape (N, B), detached.
+        """
+        self._module.train()
+        per_patch = self._update_all(self.params, patches)
+        names = list(self.params)
+        # Summing the N mean losses gives each model exactly the gradient of its own loss.
+        grads = torch.autograd.grad(per_patch.mean(dim=1).sum(), [self.params[name] for name in names])
+        self._adam_step(dict(zip(names, grads, strict=True)))
+        return per_patch.detach()
+
+    @torch.no_grad()
+    def loss_maps(self, images: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+        """Loss maps of the same ``images`` (M, C, H, W) under every model: shape (N, M, H, W)."""
+        self._module.eval()
+        params = {name: p.detach() for name, p in self.params.items()}
+        return torch.cat([self._maps_all(params, part) for part in torch.split(images, chunk, dim=0)], dim=1)
+
+    def _per_patch_loss(self, params: dict[str, torch.Tensor], patches: torch.Tensor) -> torch.Tensor:
+        reconstruction = torch.func.functional_call(self._module, params, (patches,))
+        return (reconstruction - patches).square().mean(dim=(1, 2, 3))
+
+    def _loss_map(self, params: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        return (torch.func.functional_call(self._module, params, (images,)) - images).square().mean(dim=1)
+
+    @torch.no_grad()
+    def _adam_step(self, grads: dict[str, torch.Tensor]) -> None:
+        """Adam as ``torch.optim.Adam`` computes it, with a step count per model."""
+        beta1, beta2 = self._BETAS
+        self._steps += 1
+        bias_correction1 = 1 - beta1**self._steps
+        step_size = (self.config.learning_rate / bias_correction1).float()
+        bias_correction2_sqrt = ((1 - beta2**self._steps) ** 0.5).float()
+        for name, param in self.params.items():
+            grad = grads[name]
+            shape = (self.n_models,) + (1,) * (param.dim() - 1)
+            exp_avg, exp_avg_sq = self._exp_avg[name], self._exp_avg_sq[name]
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt.view(shape)).add_(self._EPS)
+            param.sub_(step_size.view(shape) * exp_avg / denom)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections import deque
@@ -315,6 +316,22 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         logits = value / cfg.temperature + np.log(self._group_sizes)
         weights = np.exp(logits - logits.max())
         return weights / weights.sum()
+
+    def _spawn(self, profile_dir: Path | None) -> NeuralBatchSamplingEnv:
+        """A sibling sharing this env's dataset, split, patch grid and device tensors, for the vector env.
+
+        Episode state is created by reset (never mutated in place across episodes), so siblings only
+        share read-only state. The sibling has no trainer of its own: the vector env trains all
+        siblings' autoencoders in one batched engine and drives the step phases itself.
+        """
+        sibling = copy.copy(self)
+        sibling._np_random = None
+        sibling._np_random_seed = None
+        sibling.trainer = None
+        sibling.profile_dir = profile_dir
+        sibling._episode = -1
+        sibling.last_profiles = None
+        return sibling
 
     @property
     def separation(self) -> float:

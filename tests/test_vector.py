@@ -1,0 +1,140 @@
+"""The batched engine and the vector env: same numbers as separate autoencoders and single envs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+
+import nbs_gym
+from nbs_gym.autoencoder import AutoencoderTrainer, BatchedAutoencoderTrainer
+from nbs_gym.config import AutoencoderConfig
+from nbs_gym.profiles import load_profiles
+from nbs_gym.vector import NeuralBatchSamplingVectorEnv, SB3VecEnv
+
+SMALL = {
+    "episode_length": 12,
+    "profile_length": 3,
+    "batch_size": 8,
+    "image_size": 32,
+    "patch_size": 8,
+    "device": "cpu",
+}
+
+
+def make_vec(num_envs: int, env_id: str = "nbs_gym/NeuralBatchSampling-v0", **kwargs) -> gym.vector.VectorEnv:
+    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **{**SMALL, **kwargs})
+
+
+def test_batched_engine_equals_separate_autoencoders() -> None:
+    config = AutoencoderConfig(device="cpu")
+    n = 3
+    batched = BatchedAutoencoderTrainer(n, 1, config)
+    singles = [AutoencoderTrainer(1, config) for _ in range(n)]
+    batched.reset(list(range(n)), [torch.Generator().manual_seed(seed) for seed in range(n)])
+    for seed, single in enumerate(singles):
+        single.reset(torch.Generator().manual_seed(seed))
+    data = torch.Generator().manual_seed(42)
+    for _ in range(15):
+        patches = torch.rand(n, 8, 1, 16, 16, generator=data)
+        batched_losses = batched.update(patches)
+        single_losses = torch.stack([single.update(patches[i]) for i, single in enumerate(singles)])
+        torch.testing.assert_close(batched_losses, single_losses, rtol=1e-5, atol=1e-7)
+    images = torch.rand(4, 1, 32, 32, generator=data)
+    expected = torch.stack([single.loss_maps(images) for single in singles])
+    torch.testing.assert_close(batched.loss_maps(images), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_resetting_one_slot_leaves_the_others_untouched() -> None:
+    batched = BatchedAutoencoderTrainer(2, 1, AutoencoderConfig(device="cpu"))
+    batched.reset([0, 1], [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)])
+    batched.update(torch.rand(2, 4, 1, 16, 16))
+    before = {name: p.detach().clone() for name, p in batched.params.items()}
+    batched.reset([0], [torch.Generator().manual_seed(7)])
+    fresh = AutoencoderTrainer(1, AutoencoderConfig(device="cpu"))
+    fresh.reset(torch.Generator().manual_seed(7))
+    for (name, value), (_, reference) in zip(batched.params.items(), fresh.model.named_parameters(), strict=True):
+        torch.testing.assert_close(value[1], before[name][1], rtol=0, atol=0)
+        torch.testing.assert_close(value[0], reference.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("env_id", sorted(nbs_gym.ENV_IDS))
+def test_sub_environments_follow_single_envs_with_the_same_seeds(env_id: str) -> None:
+    n, seed = 3, 20
+    venv = make_vec(n, env_id)
+    singles = [gym.make(env_id, **SMALL) for _ in range(n)]
+    observations, _ = venv.reset(seed=seed)
+    single_obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(singles)]
+    np.testing.assert_allclose(observations, np.stack(single_obs), atol=1e-5)
+    venv.action_space.seed(0)
+    for step in range(SMALL["episode_length"] + 4):  # crosses an autoreset
+        actions = venv.action_space.sample()
+        observations, rewards, terminations, truncations, infos = venv.step(actions)
+        expected_obs, expected_rewards = [], []
+        for i, env in enumerate(singles):
+            observation, reward, terminated, _, _ = env.step(actions[i])
+            assert terminations[i] == terminated
+            expected_obs.append(env.reset()[0] if terminated else observation)
+            expected_rewards.append(reward)
+        np.testing.assert_allclose(observations, np.stack(expected_obs), atol=1e-4)
+        np.testing.assert_allclose(rewards, expected_rewards, atol=1e-6)
+        assert not truncations.any()
+        if step == SMALL["episode_length"] - 1:
+            assert terminations.all() and infos["_final_obs"].all()
+            assert all(venv.single_observation_space.contains(o) for o in infos["final_obs"])
+            assert infos["final_info"]["step"].tolist() == [SMALL["episode_length"]] * n
+
+
+def test_vector_env_spaces_and_seeded_reset_are_consistent() -> None:
+    venv = make_vec(2)
+    assert isinstance(venv.unwrapped, NeuralBatchSamplingVectorEnv)
+    assert venv.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+    first, info = venv.reset(seed=3)
+    assert venv.observation_space.contains(first)
+    assert info["_separation"].all() and info["separation"].shape == (2,)
+    second, _ = venv.reset(seed=3)
+    np.testing.assert_array_equal(first, second)
+    with pytest.raises(ValueError, match="one action per sub-environment"):
+        venv.step(np.zeros((3, 5), np.float32))
+    with pytest.raises(ValueError, match="expected 2 seeds"):
+        venv.reset(seed=[1, 2, 3])
+
+
+def test_each_sub_environment_writes_its_own_profiles(tmp_path: Path) -> None:
+    venv = make_vec(2, profile_dir=tmp_path)
+    venv.reset(seed=0)
+    for _ in range(SMALL["episode_length"]):
+        _, _, terminations, _, infos = venv.step(np.zeros((2, 5), np.float32))
+    assert terminations.all()
+    paths = list(infos["final_info"]["profile_path"])
+    assert [Path(p).parent.name for p in paths] == ["env_000", "env_001"]
+    maps = [load_profiles(p).loss_maps for p in paths]
+    assert not np.array_equal(maps[0], maps[1])  # different seeds, different autoencoders
+
+
+def test_sb3_adapter_meets_the_vecenv_contract_and_ppo_learns_on_it() -> None:
+    vec_env = SB3VecEnv(make_vec(2).unwrapped)
+    vec_env.seed(5)
+    observations = vec_env.reset()
+    assert observations.shape == (2, *vec_env.observation_space.shape)
+    again = SB3VecEnv(make_vec(2).unwrapped)
+    again.seed(5)
+    np.testing.assert_array_equal(observations, again.reset())
+    dones_seen = 0
+    for _ in range(SMALL["episode_length"]):
+        observations, rewards, dones, infos = vec_env.step(np.zeros((2, 5), np.float32))
+        assert rewards.dtype == np.float32 and len(infos) == 2
+        for done, info in zip(dones, infos, strict=True):
+            if done:
+                dones_seen += 1
+                assert vec_env.observation_space.contains(info["terminal_observation"])
+                assert info["TimeLimit.truncated"] is False
+    assert dones_seen == 2
+    assert vec_env.get_attr("image_size") == [32, 32]
+    model = PPO("MlpPolicy", vec_env, n_steps=24, batch_size=24, n_epochs=1, seed=0, device="cpu")
+    model.learn(total_timesteps=96)
+    assert model.num_timesteps == 96
