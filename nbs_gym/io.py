@@ -22,6 +22,8 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file as 0600; give it the permissions a plain open() would have.
+        os.chmod(temporary, 0o666 & ~_umask())
         with os.fdopen(descriptor, "wb") as handle:
             write(handle)
             handle.flush()
@@ -36,3 +38,9 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
