@@ -1,0 +1,300 @@
+"""Built-in batch samplers that follow a fixed rule: the baselines an RL sampler has to beat.
+
+Each has Stable-Baselines3's surface (``learn`` is a no-op returning ``self``; ``predict``;
+``save``/``load`` as JSON), so ``nbs_gym.train`` and user code treat them like any trained agent.
+All accept one observation ``(obs_dim,)`` or a batch ``(n_envs, obs_dim)`` as SB3's ``VecEnv`` gives.
+
+=================  ==========================================================================
+name               rule
+=================  ==========================================================================
+``uniform``        zero action: plain SGD on uniformly drawn patches, the paper's "no sampler"
+                   ablation (discrete mode: the uniform action ``S``)
+``random``         uniformly random actions from a seeded copy of the action space
+``hard_mining``    favour the groups with the highest current loss: the action grows with the
+                   group's loss rank (in the strata mode: with the stratum index)
+``curriculum``     easy to hard: favour low-loss groups early, high-loss ones late, moving with
+                   the observation's progress entry from 0 to 1
+=================  ==========================================================================
+
+The rank-based rules read the per-group loss levels (observation entries ``0 .. S-1``) rather than
+assuming the groups are sorted, so they also mean something in the spatial mode, where the groups
+are image regions. In the strata mode the levels are sorted, and the rank is the stratum index.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+from gymnasium import spaces
+
+from nbs_gym.env import OBS_BOUND
+from nbs_gym.io import write_atomic
+
+__all__ = [
+    "BASELINES",
+    "BaselineSampler",
+    "CurriculumSampler",
+    "HardMiningSampler",
+    "RandomSampler",
+    "UniformSampler",
+]
+
+
+class HasSpaces(Protocol):
+    """Anything with the env's spaces: a ``gymnasium.Env``, an SB3 ``VecEnv``, a wrapper."""
+
+    action_space: spaces.Space[Any]
+    observation_space: spaces.Space[Any]
+
+
+@dataclass(frozen=True)
+class _Spaces:
+    """The spaces of an env, rebuilt from a saved sampler when ``load`` gets no env."""
+
+    action_space: spaces.Space[Any]
+    observation_space: spaces.Space[Any]
+
+
+class BaselineSampler:
+    """Common part of the fixed-rule samplers: spaces, batching, no-op training, JSON files.
+
+    Args:
+        env: The env (or vectorised env) whose spaces the sampler acts in.
+        seed: Seed of the sampler's own randomness (only ``random`` has any).
+
+    Raises:
+        ValueError: The spaces are not those of :class:`nbs_gym.env.NeuralBatchSamplingEnv`.
+    """
+
+    name: ClassVar[str] = ""
+    file_suffix: ClassVar[str] = ".json"
+    action_modes: ClassVar[tuple[str, ...]] = ("strata", "spatial", "discrete")
+    default_action_mode: ClassVar[str] = "strata"
+
+    def __init__(self, env: HasSpaces, seed: int | None = None) -> None:
+        self.action_space = env.action_space
+        self.observation_space = env.observation_space
+        self.seed = seed
+        self.num_timesteps = 0
+        self.discrete = isinstance(self.action_space, spaces.Discrete)
+        if self.discrete:
+            self.n_groups = int(self.action_space.n) - 1
+        elif isinstance(self.action_space, spaces.Box) and len(self.action_space.shape) == 1:
+            self.n_groups = int(self.action_space.shape[0])
+        else:
+            raise ValueError(f"{self.name}: expected a Discrete or 1-D Box action space, got {self.action_space}")
+        self.obs_dim = 3 * self.n_groups + 3
+        if self.observation_space.shape != (self.obs_dim,):
+            raise ValueError(
+                f"{self.name}: observation shape {self.observation_space.shape} does not fit {self.n_groups} "
+                f"groups; expected ({self.obs_dim},)"
+            )
+
+    def learn(self, total_timesteps: int, callback: Any = None, progress_bar: bool = False) -> BaselineSampler:
+        """Nothing to learn: a fixed rule. Returns ``self``."""
+        return self
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """The action for one observation ``(obs_dim,)`` or a batch ``(n, obs_dim)``; ``state`` passes through.
+
+        Returns float32 actions of shape ``(S,)`` / ``(n, S)`` in Box modes, int64 of shape ``()`` /
+        ``(n,)`` in the discrete mode, as SB3's ``predict`` does.
+        """
+        rows = np.asarray(observation, dtype=np.float32)
+        batched = rows.ndim == 2
+        if not batched:
+            rows = rows[None]
+        if rows.ndim != 2 or rows.shape[1] != self.obs_dim:
+            raise ValueError(
+                f"{self.name}: expected an observation of shape ({self.obs_dim},) or (n, {self.obs_dim}), "
+                f"got {np.shape(observation)}"
+            )
+        if self.discrete:
+            actions = self._choose(rows).astype(np.int64)
+        else:
+            actions = np.clip(self._weigh(rows), -1.0, 1.0).astype(np.float32)
+        return (actions if batched else actions[0]), state
+
+    def params(self) -> dict[str, Any]:
+        """The rule's keyword arguments, as :meth:`save` stores them."""
+        return {}
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the sampler's name, parameters, seed and spaces to ``path`` as JSON, atomically."""
+        record = {
+            "sampler": self.name,
+            "params": self.params(),
+            "seed": self.seed,
+            "n_groups": self.n_groups,
+            "discrete": self.discrete,
+        }
+        text = json.dumps(record, indent=2).encode()
+        write_atomic(Path(path), lambda handle: handle.write(text))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], env: HasSpaces | None = None) -> BaselineSampler:
+        """Read a sampler written by :meth:`save`; without ``env`` the spaces are rebuilt from the file.
+
+        Raises:
+            ValueError: The file is not a saved sampler of this class (or, on the base class, of any
+                built-in baseline).
+        """
+        try:
+            record = json.loads(Path(path).read_text())
+            sampler_class = BASELINES[record["sampler"]]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not a saved baseline sampler ({error})") from error
+        if not issubclass(sampler_class, cls):
+            raise ValueError(f"{path}: holds a {sampler_class.__name__}, not a {cls.__name__}")
+        if env is None:
+            n_groups = int(record["n_groups"])
+            action_space: spaces.Space[Any] = (
+                spaces.Discrete(n_groups + 1)
+                if record["discrete"]
+                else spaces.Box(-1.0, 1.0, shape=(n_groups,), dtype=np.float32)
+            )
+            observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(3 * n_groups + 3,), dtype=np.float32)
+            env = _Spaces(action_space, observation_space)
+        return sampler_class(env, seed=record["seed"], **record["params"])
+
+    # Subclasses implement one rule per action kind, vectorised over observation rows.
+
+    def _weigh(self, rows: np.ndarray) -> np.ndarray:
+        """Box modes: an ``(n, S)`` action in [-1, 1] per row."""
+        raise NotImplementedError
+
+    def _choose(self, rows: np.ndarray) -> np.ndarray:
+        """Discrete mode: an ``(n,)`` action in ``0 .. S`` per row."""
+        raise NotImplementedError
+
+    def _levels(self, rows: np.ndarray) -> np.ndarray:
+        return rows[:, : self.n_groups]
+
+    def _progress(self, rows: np.ndarray) -> np.ndarray:
+        return rows[:, 3 * self.n_groups]
+
+    def _loss_rank(self, rows: np.ndarray) -> np.ndarray:
+        """``(n, S)`` loss rank of each group scaled to [-1, 1]: -1 lowest loss, +1 highest."""
+        # Stable sort: tied levels keep the group order, so sorted strata rank by their index.
+        ranks = np.argsort(np.argsort(self._levels(rows), axis=1, kind="stable"), axis=1, kind="stable")
+        return 2.0 * ranks / (self.n_groups - 1) - 1.0
+
+
+class UniformSampler(BaselineSampler):
+    """Plain SGD: every patch equally likely (zero action; discrete: the uniform action ``S``)."""
+
+    name = "uniform"
+
+    def _weigh(self, rows: np.ndarray) -> np.ndarray:
+        return np.zeros((len(rows), self.n_groups))
+
+    def _choose(self, rows: np.ndarray) -> np.ndarray:
+        return np.full(len(rows), self.n_groups)
+
+
+class RandomSampler(BaselineSampler):
+    """Uniformly random actions from a copy of the action space seeded with ``seed``.
+
+    The actions stay random under ``deterministic=True``: randomness is the rule, and the seed makes
+    it reproducible.
+    """
+
+    name = "random"
+
+    def __init__(self, env: HasSpaces, seed: int | None = None) -> None:
+        super().__init__(env, seed)
+        # A private copy: seeding the env's own space would change what other users of it draw.
+        self._space = copy.deepcopy(self.action_space)
+        self._space.seed(seed)
+
+    def _weigh(self, rows: np.ndarray) -> np.ndarray:
+        return np.stack([self._space.sample() for _ in rows])
+
+    def _choose(self, rows: np.ndarray) -> np.ndarray:
+        return np.array([self._space.sample() for _ in rows])
+
+
+class HardMiningSampler(BaselineSampler):
+    """Hard-example mining: weight grows with the group's current loss.
+
+    Args:
+        env: The env whose spaces the sampler acts in.
+        seed: Unused (the rule is deterministic); kept for the common constructor.
+        strength: Action of the highest-loss group, in ``[0, 1]``; the lowest gets ``-strength`` and the
+            others lie evenly between. With the env's temperature ``tau`` the hardest group is drawn
+            ``exp(2 * strength / tau)`` times as often per patch as the easiest. The discrete mode always
+            draws the whole batch from the highest-loss group.
+    """
+
+    name = "hard_mining"
+
+    def __init__(self, env: HasSpaces, seed: int | None = None, strength: float = 1.0) -> None:
+        super().__init__(env, seed)
+        self.strength = _check_strength(strength, self.name)
+
+    def params(self) -> dict[str, Any]:
+        return {"strength": self.strength}
+
+    def _weigh(self, rows: np.ndarray) -> np.ndarray:
+        return self.strength * self._loss_rank(rows)
+
+    def _choose(self, rows: np.ndarray) -> np.ndarray:
+        return np.argmax(self._loss_rank(rows), axis=1)
+
+
+class CurriculumSampler(BaselineSampler):
+    """Easy to hard: low-loss groups first, high-loss groups by the end of the episode.
+
+    The action is ``strength * (2 * progress - 1) * rank``, with ``rank`` the group's loss rank in
+    ``[-1, 1]``: at progress 0 it favours the lowest-loss groups as hard mining favours the highest,
+    halfway it is uniform, at progress 1 it is hard mining. The discrete mode draws the batch from the
+    group whose loss rank is ``round(progress * (S - 1))``.
+
+    Args:
+        env: The env whose spaces the sampler acts in.
+        seed: Unused (the rule is deterministic); kept for the common constructor.
+        strength: Largest action magnitude, in ``[0, 1]``.
+    """
+
+    name = "curriculum"
+
+    def __init__(self, env: HasSpaces, seed: int | None = None, strength: float = 1.0) -> None:
+        super().__init__(env, seed)
+        self.strength = _check_strength(strength, self.name)
+
+    def params(self) -> dict[str, Any]:
+        return {"strength": self.strength}
+
+    def _weigh(self, rows: np.ndarray) -> np.ndarray:
+        direction = 2.0 * np.clip(self._progress(rows), 0.0, 1.0) - 1.0
+        return self.strength * direction[:, None] * self._loss_rank(rows)
+
+    def _choose(self, rows: np.ndarray) -> np.ndarray:
+        target = np.rint(np.clip(self._progress(rows), 0.0, 1.0) * (self.n_groups - 1))
+        # The group holding that rank: rank -1..1 back to 0..S-1.
+        group_rank = np.rint((self._loss_rank(rows) + 1.0) * (self.n_groups - 1) / 2.0)
+        return np.argmax(group_rank == target[:, None], axis=1)
+
+
+def _check_strength(strength: float, name: str) -> float:
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+        raise ValueError(f"{name}: strength must be a number in [0, 1], got {strength!r}")
+    return float(strength)
+
+
+BASELINES: dict[str, type[BaselineSampler]] = {
+    sampler.name: sampler for sampler in (UniformSampler, RandomSampler, HardMiningSampler, CurriculumSampler)
+}
+"""Built-in samplers by name."""

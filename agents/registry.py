@@ -1,0 +1,204 @@
+"""Agents by name: SB3 algorithms, sb3-contrib algorithms when installed, the built-in baselines.
+
+Each :class:`AgentSpec` knows which env action modes its agent can act in and which one it takes by
+default, so that ``--agent dqn`` picks the discrete env and ``--agent sac`` the strata Box env, while
+``sac`` with ``action_mode=discrete`` is a clear error before anything is built::
+
+    from agents import make_agent
+
+    agent = make_agent("ppo", env, seed=0, n_steps=400)
+    agent.learn(10_000)
+
+A name with a colon (``package.module:ClassName``) loads a custom sampler through the plug-in protocol
+(:mod:`agents.protocol`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gymnasium import spaces
+
+from agents.baselines import BASELINES
+from agents.protocol import load_sampler_class
+from nbs_gym import ENV_IDS
+from nbs_gym.config import ACTION_MODES, ConfigError
+
+__all__ = ["AGENTS", "ENV_ID_BY_MODE", "AgentError", "AgentSpec", "get_spec", "make_agent"]
+
+BOX_MODES: tuple[str, ...] = ("strata", "spatial")
+ENV_ID_BY_MODE: dict[str, str] = {kwargs["action_mode"]: env_id for env_id, kwargs in ENV_IDS.items()}
+"""Registered env id of each action mode."""
+
+# One PPO rollout of one default episode (200 steps), minibatches that divide it.
+_ON_POLICY_DEFAULTS: dict[str, Any] = {"n_steps": 200, "batch_size": 50}
+
+# name, module, class, action modes, default mode, policy, constructor defaults
+_ALGORITHMS: tuple[tuple[str, str, str, tuple[str, ...], str, str, dict[str, Any]], ...] = (
+    ("ppo", "stable_baselines3", "PPO", ACTION_MODES, "strata", "MlpPolicy", _ON_POLICY_DEFAULTS),
+    ("a2c", "stable_baselines3", "A2C", ACTION_MODES, "strata", "MlpPolicy", {}),
+    ("sac", "stable_baselines3", "SAC", BOX_MODES, "strata", "MlpPolicy", {}),
+    ("td3", "stable_baselines3", "TD3", BOX_MODES, "strata", "MlpPolicy", {}),
+    ("ddpg", "stable_baselines3", "DDPG", BOX_MODES, "strata", "MlpPolicy", {}),
+    ("dqn", "stable_baselines3", "DQN", ("discrete",), "discrete", "MlpPolicy", {}),
+    ("recurrent_ppo", "sb3_contrib", "RecurrentPPO", ACTION_MODES, "strata", "MlpLstmPolicy", _ON_POLICY_DEFAULTS),
+    ("trpo", "sb3_contrib", "TRPO", ACTION_MODES, "strata", "MlpPolicy", _ON_POLICY_DEFAULTS),
+    ("qrdqn", "sb3_contrib", "QRDQN", ("discrete",), "discrete", "MlpPolicy", {}),
+    ("tqc", "sb3_contrib", "TQC", BOX_MODES, "strata", "MlpPolicy", {}),
+    ("ars", "sb3_contrib", "ARS", ACTION_MODES, "strata", "MlpPolicy", {}),
+)
+
+AgentKind = Literal["sb3", "baseline", "plugin"]
+
+
+class AgentError(ValueError):
+    """An unknown agent, an agent that cannot act in the requested mode, or bad hyperparameters."""
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """How to build, and load back, one kind of agent.
+
+    Attributes:
+        name: Registry name (``"ppo"``) or the plug-in's ``"package.module:ClassName"``.
+        agent_class: The class built.
+        kind: ``"sb3"`` (an SB3 algorithm, built with a policy name), ``"baseline"`` or ``"plugin"``
+            (both built as ``agent_class(env, seed=seed, **hyperparams)``).
+        action_modes: Env action modes the agent can act in.
+        default_action_mode: Mode used when the user sets none.
+        policy: SB3 policy name (``kind == "sb3"`` only).
+        defaults: Constructor keyword arguments applied before the user's hyperparameters.
+    """
+
+    name: str
+    agent_class: type
+    kind: AgentKind
+    action_modes: tuple[str, ...]
+    default_action_mode: str
+    policy: str = "MlpPolicy"
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def file_suffix(self) -> str:
+        """Suffix of the file the agent saves to (``.zip`` for SB3, ``.json`` for baselines)."""
+        return str(getattr(self.agent_class, "file_suffix", ".zip"))
+
+    def resolve_action_mode(self, requested: str | None) -> str:
+        """The env action mode to use: ``requested``, or the agent's default when ``None``.
+
+        Raises:
+            ConfigError: ``requested`` is no action mode at all.
+            AgentError: The agent cannot act in ``requested``.
+        """
+        if requested is None:
+            return self.default_action_mode
+        if requested not in ACTION_MODES:
+            raise ConfigError(f"action_mode: got {requested!r}, expected one of {', '.join(ACTION_MODES)}")
+        if requested not in self.action_modes:
+            raise AgentError(
+                f"agent {self.name!r} cannot act in action_mode={requested!r}; "
+                f"it supports action_mode {' or '.join(self.action_modes)}"
+            )
+        return requested
+
+    def env_id(self, requested_mode: str | None = None) -> str:
+        """Registered env id for :meth:`resolve_action_mode` of ``requested_mode``."""
+        return ENV_ID_BY_MODE[self.resolve_action_mode(requested_mode)]
+
+    def check_action_space(self, action_space: spaces.Space[Any]) -> None:
+        """Raise :class:`AgentError` unless the agent can act in ``action_space``."""
+        discrete = isinstance(action_space, spaces.Discrete)
+        if not any((mode == "discrete") == discrete for mode in self.action_modes):
+            raise AgentError(
+                f"agent {self.name!r} cannot act in {action_space}; "
+                f"it supports action_mode {' or '.join(self.action_modes)}"
+            )
+
+    def build(self, env: Any, seed: int | None = None, **hyperparams: Any) -> Any:
+        """A new agent on ``env`` (a ``gymnasium.Env`` or SB3 ``VecEnv``).
+
+        Raises:
+            AgentError: The agent cannot act in the env's action space, or the constructor rejects
+                the hyperparameters (unknown name or invalid value).
+        """
+        self.check_action_space(env.action_space)
+        settings = {**self.defaults, **hyperparams}
+        try:
+            if self.kind == "sb3":
+                return self.agent_class(self.policy, env, seed=seed, verbose=0, **settings)
+            return self.agent_class(env, seed=seed, **settings)
+        except (TypeError, AssertionError) as error:
+            # SB3 validates hyperparameters with asserts; both are user input errors here.
+            raise AgentError(f"agent {self.name!r}: bad hyperparameters {settings} ({error})") from error
+
+    def load(self, path: str | os.PathLike[str], env: Any = None, device: str = "auto") -> Any:
+        """Load an agent saved by this spec's class; ``device`` applies to SB3 algorithms only."""
+        if self.kind == "sb3":
+            return self.agent_class.load(path, env=env, device=device)
+        return self.agent_class.load(path, env=env)
+
+
+def get_spec(name: str) -> AgentSpec:
+    """The spec of a registry name or of a ``package.module:ClassName`` plug-in.
+
+    Raises:
+        AgentError: Unknown name (the message lists the known ones).
+        agents.protocol.PluginError: The plug-in cannot be imported or lacks part of the protocol.
+    """
+    if ":" in name:
+        return _plugin_spec(name)
+    if name not in AGENTS:
+        raise AgentError(f"unknown agent {name!r}; choose one of {', '.join(AGENTS)} or give package.module:ClassName")
+    return AGENTS[name]
+
+
+def make_agent(name_or_path: str, env: Any, seed: int | None = None, **hyperparams: Any) -> Any:
+    """Build the agent ``name_or_path`` on ``env`` with constructor overrides ``hyperparams``.
+
+    Args:
+        name_or_path: A key of :data:`AGENTS` or ``package.module:ClassName``.
+        env: A ``gymnasium.Env`` or SB3 ``VecEnv`` of the nbs_gym environment.
+        seed: Seed of the agent's randomness (SB3 also seeds torch, numpy and the env with it).
+        **hyperparams: Constructor keyword arguments, over the registry's defaults.
+
+    Raises:
+        AgentError: Unknown agent, an action space it cannot act in, or rejected hyperparameters.
+        agents.protocol.PluginError: A plug-in that cannot be loaded.
+    """
+    return get_spec(name_or_path).build(env, seed, **hyperparams)
+
+
+def _plugin_spec(target: str) -> AgentSpec:
+    sampler_class = load_sampler_class(target)
+    modes = tuple(getattr(sampler_class, "action_modes", ACTION_MODES))
+    default = str(getattr(sampler_class, "default_action_mode", "strata" if "strata" in modes else modes[0]))
+    unknown = sorted(set(modes) - set(ACTION_MODES))
+    if unknown or default not in modes:
+        raise AgentError(
+            f"--agent {target}: class {sampler_class.__name__} declares action modes {modes} "
+            f"(default {default!r}); expected a subset of {', '.join(ACTION_MODES)} holding the default"
+        )
+    return AgentSpec(target, sampler_class, "plugin", modes, default)
+
+
+def _build_registry() -> dict[str, AgentSpec]:
+    registry: dict[str, AgentSpec] = {}
+    for name, module_name, class_name, modes, default, policy, defaults in _ALGORITHMS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # sb3-contrib is optional: its agents are listed only when installed
+            continue
+        registry[name] = AgentSpec(name, getattr(module, class_name), "sb3", modes, default, policy, defaults)
+    for name, sampler_class in BASELINES.items():
+        registry[name] = AgentSpec(
+            name, sampler_class, "baseline", sampler_class.action_modes, sampler_class.default_action_mode
+        )
+    return registry
+
+
+AGENTS: dict[str, AgentSpec] = _build_registry()
+"""Every agent known by name, SB3 and sb3-contrib algorithms first, then the built-in baselines."""

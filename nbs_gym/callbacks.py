@@ -1,0 +1,142 @@
+"""Stable-Baselines3 callbacks of ``nbs_gym.train``: episode statistics and atomic checkpoints."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+__all__ = ["AtomicCheckpointCallback", "EpisodeStatsCallback", "checkpoint_path", "latest_checkpoint", "save_atomic"]
+
+_CHECKPOINT = re.compile(r"^agent_(\d+)_steps(\.[^.]*)?$")
+
+
+class EpisodeStatsCallback(BaseCallback):
+    """Log each finished episode of the nbs_gym env to the SB3 logger (TensorBoard), at episode end.
+
+    Scalars, averaged over the episodes that end between two logger dumps:
+
+    * ``nbs/separation``: separation of L's profiles at the end of the episode (what the reward's
+      potential reached).
+    * ``nbs/ae_loss``: mean autoencoder training loss over the episode's batches.
+    * ``nbs/reward/<term>``: sum of each reward term of ``info["rewards"]`` over the episode (its
+      return, so ``separation_gain`` reads as final minus initial separation).
+    * ``nbs/composition/group_<g>``: mean probability of group ``g`` in the batch composition.
+    """
+
+    def __init__(self, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self._episodes: list[_EpisodeSums] = []
+
+    def _on_training_start(self) -> None:
+        self._episodes = [_EpisodeSums() for _ in range(self.training_env.num_envs)]
+
+    def _on_step(self) -> bool:
+        for sums, info, done in zip(self._episodes, self.locals["infos"], self.locals["dones"], strict=True):
+            sums.add(info)
+            if done:
+                for key, value in sums.episode_scalars().items():
+                    self.logger.record_mean(key, value)
+                sums.clear()
+        return True
+
+
+class AtomicCheckpointCallback(BaseCallback):
+    """Save the model every ``save_freq`` environment steps (over all envs), atomically.
+
+    Files are ``save_dir/agent_<num_timesteps>_steps<suffix>``; a crash mid-save leaves the previous
+    checkpoints intact and no partial file. SB3's ``CheckpointCallback`` writes in place instead.
+
+    Args:
+        save_freq: Environment steps between checkpoints, counted over all envs; must be >= 1.
+        save_dir: Folder of the checkpoints, created when needed.
+        suffix: File suffix (``.zip`` for SB3 models).
+        verbose: 1 prints the path of each checkpoint.
+    """
+
+    def __init__(self, save_freq: int, save_dir: str | os.PathLike[str], suffix: str = ".zip", verbose: int = 0):
+        super().__init__(verbose)
+        if save_freq < 1:
+            raise ValueError(f"save_freq: must be >= 1, got {save_freq}")
+        self.save_freq = save_freq
+        self.save_dir = Path(save_dir)
+        self.suffix = suffix
+        self._next_save = save_freq
+
+    def _on_training_start(self) -> None:
+        # A resumed model starts past zero: the next checkpoint is the next multiple of save_freq.
+        self._next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next_save:
+            path = save_atomic(self.model, checkpoint_path(self.save_dir, self.num_timesteps, self.suffix))
+            self._next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq
+            if self.verbose >= 1:
+                print(f"checkpoint: {path}")
+        return True
+
+
+def save_atomic(agent: Any, path: str | os.PathLike[str]) -> Path:
+    """``agent.save`` to a temporary file beside ``path``, then move it into place; returns ``path``.
+
+    The temporary name keeps ``path``'s suffix, so that savers which append a missing suffix (SB3
+    appends ``.zip``) write exactly the temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        agent.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def checkpoint_path(save_dir: str | os.PathLike[str], num_timesteps: int, suffix: str) -> Path:
+    """Path of the checkpoint taken after ``num_timesteps`` environment steps."""
+    return Path(save_dir) / f"agent_{num_timesteps}_steps{suffix}"
+
+
+def latest_checkpoint(save_dir: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint with the most steps in ``save_dir``, or ``None`` if there is none."""
+    folder = Path(save_dir)
+    if not folder.is_dir():
+        return None
+    found = [(int(match[1]), path) for path in folder.iterdir() if (match := _CHECKPOINT.match(path.name))]
+    return max(found)[1] if found else None
+
+
+class _EpisodeSums:
+    """Running sums of one env's current episode."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.steps = 0
+        self.ae_loss = 0.0
+        self.rewards: dict[str, float] = {}
+        self.composition: np.ndarray | None = None
+        self.separation = float("nan")
+
+    def add(self, info: dict[str, Any]) -> None:
+        self.steps += 1
+        self.ae_loss += float(info["ae_loss"])
+        for term, value in info["rewards"].items():
+            self.rewards[term] = self.rewards.get(term, 0.0) + float(value)
+        composition = np.asarray(info["batch_composition"], dtype=np.float64)
+        self.composition = composition if self.composition is None else self.composition + composition
+        self.separation = float(info["separation"])
+
+    def episode_scalars(self) -> dict[str, float]:
+        scalars = {"nbs/separation": self.separation, "nbs/ae_loss": self.ae_loss / self.steps}
+        scalars |= {f"nbs/reward/{term}": total for term, total in self.rewards.items()}
+        if self.composition is not None:
+            mean = self.composition / self.steps
+            scalars |= {f"nbs/composition/group_{g}": float(share) for g, share in enumerate(mean)}
+        return scalars

@@ -1,0 +1,630 @@
+"""``python -m nbs_gym.train``: train a batch sampler, log to TensorBoard, checkpoint, evaluate.
+
+Examples::
+
+    python -m nbs_gym.train --agent ppo
+    python -m nbs_gym.train --agent dqn --timesteps 20000 --seed 1
+    python -m nbs_gym.train --agent sac --env-kwargs episode_length=100 reward=fisher
+    python -m nbs_gym.train --agent mypackage.samplers:MySampler --hyperparams learning_rate=0.01
+    python -m nbs_gym.train --resume runs/ppo__synthetic__0__20250101-120000 --timesteps 80000
+
+After training, the sampler (deterministic) and the ``uniform`` baseline each run ``--eval-episodes``
+episodes under the same env seeds; the anomaly classifier is trained on each episode's loss profiles
+with the same seed and scored on the evaluation set E. A run directory holds:
+
+=====================================  ==========================================================
+``config.yaml``                        the resolved arguments; ``--config`` on it repeats the run
+``split.json``                         the semi-supervised split
+``events.out.tfevents.*``              TensorBoard: SB3's scalars, ``nbs/*``, ``eval/*``, figures
+``checkpoints/agent_<N>_steps.zip``    periodic and Ctrl-C checkpoints (SB3 agents)
+``agent.zip`` / ``agent.json``         the trained agent (SB3 / built-in baseline)
+``profiles/{agent,uniform}/*.npz``     loss profiles of the evaluation episodes
+``figures/*.png``                      loss profiles of L and segmentations of E, per sampler
+``metrics.json``                       ``{"agent": ..., "uniform": ...}``: classifier metrics on E
+=====================================  ==========================================================
+
+Exit status: 0 done, 2 bad arguments (one ``error:`` line on stderr), 130 interrupted (Ctrl-C saves
+a checkpoint first; ``--resume RUN_DIR`` continues from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import re
+import sys
+import textwrap
+import time
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import yaml
+from rich.console import Console
+from rich.table import Table
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import Figure, HParam, Image, Logger, configure
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
+
+from agents.baselines import UniformSampler
+from agents.registry import AgentSpec, get_spec
+from nbs_gym.callbacks import (
+    AtomicCheckpointCallback,
+    EpisodeStatsCallback,
+    checkpoint_path,
+    latest_checkpoint,
+    save_atomic,
+)
+from nbs_gym.classifier import ClassifierConfig, evaluate, evaluation_masks, fit_predictor, score_maps
+from nbs_gym.config import EnvConfig
+from nbs_gym.data import AnomalyDataset, load_dataset
+from nbs_gym.figures import profile_figure, segmentation_figure
+from nbs_gym.io import write_text_atomic
+from nbs_gym.profiles import LossProfiles, load_profiles
+from nbs_gym.vector import SB3VecEnv
+
+__all__ = ["Args", "main", "parse_args"]
+
+DEFAULT_TIMESTEPS = 40_000
+"""200 episodes of the default length: about 7 minutes of PPO training on two idle CPU cores (~10 ms a step)."""
+CONFIG_FILE = "config.yaml"
+# Evaluation episodes use env seeds disjoint from the training envs' (seed .. seed + n_envs - 1).
+EVAL_SEED_OFFSET = 1_000_000
+# Settings with their own flag, so that each has one source of truth.
+_DEDICATED_ENV_KWARGS = {
+    "dataset": "--dataset",
+    "n_labeled_anomalous_per_type": "--n-labeled-anomalous-per-type",
+    "n_labeled_normal": "--n-labeled-normal",
+    "device": "--device",
+}
+# What --resume lets the command line change; the rest comes from the run's config.yaml.
+_RESUME_OVERRIDES = ("timesteps", "eval_episodes", "checkpoint_freq", "progress", "device")
+_SUMMARY_METRICS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
+_TB_EXCLUDE = ("stdout", "log", "json", "csv")
+_METAVARS = {"agent": "NAME|MODULE:CLASS", "run_dir": "DIR", "config": "FILE", "resume": "RUN_DIR"}
+# Arguments that locate a run rather than define it: config.yaml leaves them out.
+_NOT_SAVED = ("config", "resume", "run_dir")
+
+
+@dataclass(frozen=True)
+class Args:
+    """Arguments of ``python -m nbs_gym.train``; every field is a ``--flag`` (underscores as dashes)."""
+
+    agent: str = "ppo"
+    """Sampler: ppo, a2c, sac, td3, ddpg, dqn, the sb3-contrib ones when installed (recurrent_ppo, trpo,
+    qrdqn, tqc, ars), the baselines uniform, random, hard_mining, curriculum, or package.module:ClassName.
+    The env action mode follows the agent (dqn: discrete, others: strata) unless env_kwargs sets it."""
+    timesteps: int = DEFAULT_TIMESTEPS
+    """Environment steps (autoencoder updates) to train for, summed over the envs."""
+    seed: int = 0
+    """Seed of the agent, the training envs (seed, seed + 1, ...), the evaluation episodes and the classifier."""
+    dataset: str = "synthetic"
+    """Dataset: synthetic, synthetic:CATEGORY or mvtec:PATH (an MVTec-style category folder)."""
+    n_labeled_anomalous_per_type: int = 5
+    """Labeled anomalous images per defect type (the set L)."""
+    n_labeled_normal: int = 5
+    """Labeled normal test images (in L)."""
+    n_envs: int = 1
+    """Training envs, with seeds seed, seed + 1, ... (see --vec-env)."""
+    vec_env: str = "auto"
+    """How the training envs run: batched (one NeuralBatchSamplingVectorEnv whose autoencoders train as one
+    batched network, the fast choice on a GPU), dummy (SB3 DummyVecEnv of single envs) or auto (batched
+    when --n-envs > 1, else dummy)."""
+    device: str = "auto"
+    """Device of the autoencoder, the agent and the classifier: cpu, cuda, cuda:N or auto."""
+    run_dir: str | None = None
+    """Run directory; default runs/<agent>__<dataset>__<seed>__<time>."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Env settings as KEY=VALUE (values parsed as YAML), e.g. episode_length=100 reward=fisher."""
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    """Agent constructor overrides as KEY=VALUE (values parsed as YAML), e.g. n_steps=400 learning_rate=1e-4."""
+    classifier_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Anomaly classifier settings as KEY=VALUE (nbs_gym.classifier.ClassifierConfig), e.g. kind=per_pixel
+    max_epochs=100; its seed and device default to --seed and --device."""
+    config: str | None = None
+    """YAML file of defaults for these arguments (keys as the field names: agent, timesteps, env_kwargs,
+    hyperparams, ...); flags given on the command line win."""
+    eval_episodes: int = 1
+    """Evaluation episodes per sampler (the trained one and uniform)."""
+    checkpoint_freq: int = 10_000
+    """Environment steps between checkpoints (SB3 agents); 0 disables periodic checkpoints."""
+    resume: str | None = None
+    """Run directory to continue: its config and latest checkpoint are loaded and training goes on to
+    --timesteps (which may be raised); only --timesteps, --eval-episodes, --checkpoint-freq,
+    --[no-]progress and --device may be given with it."""
+    progress: bool = True
+    """Show a progress bar while training (--no-progress hides it)."""
+
+    def __post_init__(self) -> None:
+        for name, minimum in (
+            ("timesteps", 0),
+            ("seed", 0),
+            ("n_labeled_anomalous_per_type", 1),
+            ("n_labeled_normal", 0),
+            ("n_envs", 1),
+            ("eval_episodes", 1),
+            ("checkpoint_freq", 0),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{_flag(name)}: must be an integer >= {minimum}, got {value!r}")
+        if self.vec_env not in ("auto", "batched", "dummy"):
+            raise ValueError(f"--vec-env: expected auto, batched or dummy, got {self.vec_env!r}")
+        if not (self.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", self.device)):
+            raise ValueError(f"--device: expected cpu, cuda, cuda:N or auto, got {self.device!r}")
+        for name in ("env_kwargs", "hyperparams", "classifier_kwargs"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{_flag(name)}: expected KEY=VALUE pairs (a mapping), got {getattr(self, name)!r}")
+        clashes = sorted(set(self.env_kwargs) & set(_DEDICATED_ENV_KWARGS))
+        if clashes:
+            raise ValueError(f"--env-kwargs {clashes[0]}: use {_DEDICATED_ENV_KWARGS[clashes[0]]} instead")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m nbs_gym.train`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    try:
+        args = parse_args(argv)
+        run = _prepare(args)
+    except SystemExit as exit_request:  # --help
+        return int(exit_request.code or 0)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted before training started", file=sys.stderr)
+        return 130
+    try:
+        try:
+            _train(run)
+        except KeyboardInterrupt:
+            path = save_atomic(run.agent, checkpoint_path(run.checkpoint_dir, _num_timesteps(run.agent), run.suffix))
+            print(f"\ninterrupted: checkpoint {path}; continue with --resume {run.run_dir}", file=sys.stderr)
+            return 130
+        metrics = _evaluate(run)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted during evaluation; the trained agent is in {run.run_dir}", file=sys.stderr)
+        return 130
+    finally:
+        run.close()
+    _print_comparison(metrics, run.args.agent)
+    print(f"run directory: {run.run_dir}")
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Args:
+    """Resolve the arguments: dataclass defaults < ``--config`` file < ``--resume`` run < command line.
+
+    Raises:
+        ValueError: An unknown or malformed flag, a bad value, a config file with unknown keys, or a
+            flag that ``--resume`` does not allow.
+        OSError: A config file that cannot be read.
+    """
+    given = vars(_build_parser().parse_args(argv))
+    for name in ("env_kwargs", "hyperparams", "classifier_kwargs"):
+        if name in given:
+            given[name] = dict(given[name])
+    values: dict[str, Any] = {}
+    if "config" in given:
+        values |= _read_config(Path(given["config"]), "--config")
+    if "resume" in given:
+        fixed = sorted(set(given) - {"resume", *_RESUME_OVERRIDES})
+        if fixed:
+            allowed = ", ".join(_flag(name) for name in _RESUME_OVERRIDES)
+            raise ValueError(f"{_flag(fixed[0])}: cannot change when resuming; only {allowed} can")
+        values = _read_config(Path(given["resume"]) / CONFIG_FILE, "--resume") | {"run_dir": given["resume"]}
+    return Args(**(values | given))
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+class _UsageError(ValueError):
+    """A malformed command line; reported as one ``error:`` line instead of argparse's usage block."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise _UsageError(message)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    """An argparse parser with one flag per :class:`Args` field, its docstring as the help."""
+    parser = _Parser(
+        prog="python -m nbs_gym.train",
+        description="Train a neural batch sampler on nbs_gym, log to TensorBoard, checkpoint, then evaluate "
+        "it against uniform sampling with the anomaly classifier.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        # Only flags given on the command line appear in the namespace, so that they can override
+        # --config and --resume without a default masking the file's value.
+        argument_default=argparse.SUPPRESS,
+    )
+    docs = _field_docs(Args)
+    hints = typing.get_type_hints(Args)
+    for item in dataclasses.fields(Args):
+        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+        help_text = f"{docs[item.name]} (default: {default})"
+        flag = _flag(item.name)
+        kind = hints[item.name]
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        elif typing.get_origin(kind) is dict:
+            parser.add_argument(flag, nargs="*", type=_key_value, metavar="KEY=VALUE", help=help_text)
+        else:
+            metavar = "N" if kind is int else _METAVARS.get(item.name)
+            parser.add_argument(flag, type=int if kind is int else str, metavar=metavar, help=help_text)
+    return parser
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass (attribute docstrings are not kept at run time)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    assert isinstance(body, ast.ClassDef)
+    docs: dict[str, str] = {}
+    for node, following in zip(body.body, body.body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(inspect.cleandoc(following.value.value).split())
+    return docs
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, separator, value = text.partition("=")
+    if not separator or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"{key}: value {value!r} is not valid YAML ({error})") from error
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _read_config(path: Path, source: str) -> dict[str, Any]:
+    """Arguments from a YAML mapping; ``source`` names the flag in error messages."""
+    if not path.is_file():
+        raise ValueError(f"{source}: no such file {path}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ValueError(f"{source}: {path} is not valid YAML ({error})") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"{source}: {path} must hold a mapping of argument names to values")
+    accepted = {item.name for item in dataclasses.fields(Args)} - {"config", "resume"}
+    unknown = sorted(set(values) - accepted)
+    if unknown:
+        raise ValueError(f"{source}: {path}: unknown key {unknown[0]!r}; accepted: {', '.join(sorted(accepted))}")
+    return values
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+@dataclass
+class _Run:
+    """Everything a run builds once: resolved arguments, data, envs, agent, logger, paths."""
+
+    args: Args
+    spec: AgentSpec
+    env_id: str
+    env_kwargs: dict[str, Any]
+    classifier_config: ClassifierConfig
+    dataset: AnomalyDataset
+    run_dir: Path
+    vec_env: VecEnv
+    agent: Any
+    logger: Logger
+
+    @property
+    def suffix(self) -> str:
+        return self.spec.file_suffix
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def agent_path(self) -> Path:
+        return self.run_dir / f"agent{self.suffix}"
+
+    def close(self) -> None:
+        self.vec_env.close()
+        self.logger.close()
+
+
+def _prepare(args: Args) -> _Run:
+    """Validate the whole configuration and build data, envs, agent and logger; writes config and split."""
+    spec = get_spec(args.agent)
+    mode = spec.resolve_action_mode(args.env_kwargs.get("action_mode"))
+    env_kwargs = {
+        **args.env_kwargs,
+        "action_mode": mode,
+        "dataset": args.dataset,
+        "n_labeled_anomalous_per_type": args.n_labeled_anomalous_per_type,
+        "n_labeled_normal": args.n_labeled_normal,
+        "device": args.device,
+    }
+    data = EnvConfig.from_kwargs(**env_kwargs).data  # validates every env setting before any work
+    classifier_config = _classifier_config(args)
+    # Loaded once and shared by all envs (training and evaluation), rather than once per env.
+    dataset = load_dataset(data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels)
+    run_dir = _run_dir(args)
+    env_id = spec.env_id(mode)
+    vec_env = _training_envs(args, env_id, {**env_kwargs, "dataset_object": dataset})
+    try:
+        agent = _load_agent(spec, args, run_dir, vec_env) if args.resume else _new_agent(spec, args, vec_env)
+    except BaseException:
+        vec_env.close()
+        raise
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger = configure(str(run_dir), ["tensorboard"])
+    if isinstance(agent, BaseAlgorithm):
+        agent.set_logger(logger)
+    saved = {key: value for key, value in dataclasses.asdict(args).items() if key not in _NOT_SAVED}
+    header = "# Resolved arguments of nbs_gym.train; `--config` on this file repeats the run.\n"
+    write_text_atomic(run_dir / CONFIG_FILE, header + yaml.safe_dump(saved, sort_keys=False))
+    vec_env.get_attr("split", indices=[0])[0].save(run_dir / "split.json")
+    return _Run(args, spec, env_id, env_kwargs, classifier_config, dataset, run_dir, vec_env, agent, logger)
+
+
+def _training_envs(args: Args, env_id: str, env_kwargs: dict[str, Any]) -> VecEnv:
+    """The SB3 VecEnv the agent trains on; env ``i`` is seeded with ``seed + i`` either way."""
+    batched = args.vec_env == "batched" or (args.vec_env == "auto" and args.n_envs > 1)
+    if not batched:
+        return make_vec_env(env_id, n_envs=args.n_envs, seed=args.seed, env_kwargs=env_kwargs, vec_env_cls=DummyVecEnv)
+    venv = gym.make_vec(env_id, num_envs=args.n_envs, vectorization_mode="vector_entry_point", **env_kwargs)
+    vec_env = VecMonitor(SB3VecEnv(venv.unwrapped))  # VecMonitor: SB3's episode return/length logging
+    vec_env.seed(args.seed)
+    return vec_env
+
+
+def _classifier_config(args: Args) -> ClassifierConfig:
+    settings = {"seed": args.seed, "device": args.device, **args.classifier_kwargs}
+    try:
+        return ClassifierConfig(**settings)
+    except TypeError as error:  # an unknown key
+        accepted = ", ".join(item.name for item in dataclasses.fields(ClassifierConfig))
+        raise ValueError(f"--classifier-kwargs: {error}; accepted: {accepted}") from error
+
+
+def _run_dir(args: Args) -> Path:
+    if args.resume:
+        return Path(args.resume)
+    if args.run_dir is not None:
+        run_dir = Path(args.run_dir)
+    else:
+        name = "__".join([args.agent, args.dataset, str(args.seed), time.strftime("%Y%m%d-%H%M%S")])
+        run_dir = Path("runs") / re.sub(r"[^\w.-]+", "-", name)
+    if (run_dir / CONFIG_FILE).exists():
+        raise ValueError(f"--run-dir {run_dir}: holds a run already; continue it with --resume {run_dir}")
+    return run_dir
+
+
+def _new_agent(spec: AgentSpec, args: Args, vec_env: VecEnv) -> Any:
+    hyperparams = dict(args.hyperparams)
+    if spec.kind == "sb3":
+        hyperparams.setdefault("device", args.device)
+    return spec.build(vec_env, seed=args.seed, **hyperparams)
+
+
+def _load_agent(spec: AgentSpec, args: Args, run_dir: Path, vec_env: VecEnv) -> Any:
+    """The latest checkpoint of a run, or its final agent when that is newer."""
+    candidates = (latest_checkpoint(run_dir / "checkpoints"), run_dir / f"agent{spec.file_suffix}")
+    found = [path for path in candidates if path is not None and path.is_file()]
+    if not found:
+        raise ValueError(f"--resume {run_dir}: no checkpoint and no saved agent to continue from")
+    agents = [spec.load(path, env=vec_env, device=args.device) for path in found]
+    agent = max(agents, key=_num_timesteps)
+    if isinstance(agent, BaseAlgorithm):
+        # Loading restores weights, not random streams; seeding by the step count keeps a resumed run
+        # reproducible (though not identical to one that never stopped).
+        agent.set_random_seed(args.seed + agent.num_timesteps)
+    return agent
+
+
+def _num_timesteps(agent: Any) -> int:
+    return int(getattr(agent, "num_timesteps", 0))
+
+
+def _train(run: _Run) -> None:
+    """Log the hyperparameters, train up to ``--timesteps``, save the agent."""
+    args, agent = run.args, run.agent
+    run.logger.record("hyperparameters", _markdown_table(_hparams(run)), exclude=_TB_EXCLUDE)
+    run.logger.dump(_num_timesteps(agent))
+    remaining = args.timesteps - _num_timesteps(agent)
+    if remaining > 0:
+        if isinstance(agent, BaseAlgorithm):
+            callbacks = [EpisodeStatsCallback()]
+            if args.checkpoint_freq:
+                callbacks.append(AtomicCheckpointCallback(args.checkpoint_freq, run.checkpoint_dir, run.suffix))
+            agent.learn(remaining, callback=callbacks, progress_bar=args.progress, reset_num_timesteps=False)
+        else:
+            agent.learn(remaining, callback=None, progress_bar=args.progress)
+    save_atomic(agent, run.agent_path)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def _evaluate(run: _Run) -> dict[str, Any]:
+    """Evaluate the agent and ``uniform``; write metrics.json and figures; log to TensorBoard."""
+    args = run.args
+    samplers = {"agent": run.agent, "uniform": None}
+    metrics: dict[str, Any] = {}
+    for key, sampler in samplers.items():
+        env = gym.make(
+            run.env_id,
+            render_mode="rgb_array",
+            profile_dir=run.run_dir / "profiles" / key,
+            dataset_object=run.dataset,
+            **run.env_kwargs,
+        )
+        try:
+            if sampler is None:
+                sampler = UniformSampler(env)
+            episodes = [
+                _run_episode(env, sampler, args.seed + EVAL_SEED_OFFSET + episode)
+                for episode in range(args.eval_episodes)
+            ]
+        finally:
+            env.close()
+        metrics[key] = _score(run, key, episodes)
+    write_text_atomic(run.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    _log_evaluation(run, metrics)
+    return metrics
+
+
+@dataclass
+class _Episode:
+    seed: int
+    profile_path: Path
+    final_separation: float
+    frame: np.ndarray
+
+
+def _run_episode(env: gym.Env, sampler: Any, seed: int) -> _Episode:
+    """One deterministic episode; its profiles are written by the env (``profile_dir``)."""
+    observation, _ = env.reset(seed=seed)
+    state, episode_start = None, True
+    while True:
+        action, state = sampler.predict(
+            observation, state=state, episode_start=np.array([episode_start]), deterministic=True
+        )
+        episode_start = False
+        observation, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            return _Episode(seed, Path(info["profile_path"]), float(info["separation"]), env.render())
+
+
+def _score(run: _Run, key: str, episodes: list[_Episode]) -> dict[str, Any]:
+    """Classifier metrics on E per episode (same classifier seed), averaged; figures of the first episode."""
+    per_episode = []
+    for index, episode in enumerate(episodes):
+        profiles = load_profiles(episode.profile_path)
+        predictor = fit_predictor(profiles, run.classifier_config)
+        result = evaluate(profiles, predictor)
+        per_episode.append({"predictor": result["predictor"], "final_loss": result["final_loss"]})
+        if index == 0:
+            _draw_figures(run, key, profiles, predictor, episode.frame)
+    summary: dict[str, Any] = _mean_tree(per_episode)
+    summary["final_separation"] = float(np.mean([episode.final_separation for episode in episodes]))
+    summary["episodes"] = [
+        {
+            "seed": episode.seed,
+            "final_separation": episode.final_separation,
+            "profiles": episode.profile_path.relative_to(run.run_dir).as_posix(),
+        }
+        for episode in episodes
+    ]
+    return summary
+
+
+def _mean_tree(trees: list[Any]) -> Any:
+    """Element-wise mean of equally shaped nested dicts of numbers (other leaves: the first one's)."""
+    first = trees[0]
+    if isinstance(first, dict):
+        return {key: _mean_tree([tree[key] for tree in trees]) for key in first}
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return float(np.mean(trees))
+    return first
+
+
+def _draw_figures(run: _Run, key: str, profiles: LossProfiles, predictor: Any, frame: np.ndarray) -> None:
+    """PNG figures under ``figures/`` and the same in TensorBoard, logged at the next dump."""
+    folder = run.run_dir / "figures"
+    loss_maps, masks = profiles.labeled_profiles()
+    profile = profile_figure(
+        loss_maps,
+        masks,
+        profiles.snapshot_steps,
+        title=f"{key}: loss profiles of L",
+        path=folder / f"{key}_profiles.png",
+    )
+    evaluation_masks_, _ = evaluation_masks(profiles)
+    maps = score_maps(profiles, predictor)
+    segmentation = segmentation_figure(
+        profiles.images[profiles.n_labeled :],
+        evaluation_masks_,
+        {"predictor": maps["predictor"], "final loss": maps["final_loss"]},
+        path=folder / f"{key}_segmentation.png",
+    )
+    run.logger.record(f"eval/{key}/profiles", Figure(profile, close=False), exclude=_TB_EXCLUDE)
+    run.logger.record(f"eval/{key}/segmentation", Figure(segmentation, close=False), exclude=_TB_EXCLUDE)
+    run.logger.record(f"eval/{key}/render", Image(frame, "HWC"), exclude=_TB_EXCLUDE)
+
+
+def _log_evaluation(run: _Run, metrics: dict[str, Any]) -> None:
+    """Evaluation scalars, and the hyperparameters with them for TensorBoard's HParams view."""
+    scalars = {}
+    for key, result in metrics.items():
+        scalars[f"eval/{key}/final_separation"] = result["final_separation"]
+        for source in ("predictor", "final_loss"):
+            for metric in _SUMMARY_METRICS:
+                scalars[f"eval/{key}/{source}/{metric}"] = result[source][metric]
+    for name, value in scalars.items():
+        run.logger.record(name, value)
+    run.logger.record("hparams", HParam(_hparams(run), scalars), exclude=_TB_EXCLUDE)
+    run.logger.dump(_num_timesteps(run.agent))
+
+
+def _hparams(run: _Run) -> dict[str, Any]:
+    """Flat hyperparameters: the arguments, each env setting and each agent setting."""
+    args = dataclasses.asdict(run.args)
+    flat: dict[str, Any] = {
+        key: value
+        for key, value in args.items()
+        if key not in ("env_kwargs", "hyperparams", "classifier_kwargs", "config", "resume")
+    }
+    flat |= {f"env/{key}": value for key, value in run.env_kwargs.items()}
+    flat |= {f"agent/{key}": value for key, value in {**run.spec.defaults, **run.args.hyperparams}.items()}
+    flat |= {f"classifier/{key}": value for key, value in run.classifier_config.to_dict().items()}
+    # TensorBoard's HParams accept numbers, strings and booleans only.
+    return {key: value if isinstance(value, (bool, int, float, str)) else str(value) for key, value in flat.items()}
+
+
+def _markdown_table(values: dict[str, Any]) -> str:
+    rows = "\n".join(f"|{key}|{value}|" for key, value in values.items())
+    return f"|parameter|value|\n|-|-|\n{rows}"
+
+
+def _print_comparison(metrics: dict[str, Any], agent_name: str) -> None:
+    table = Table(title="evaluation on E (classifier trained on L's loss profiles)")
+    table.add_column("metric")
+    table.add_column(agent_name, justify="right")
+    table.add_column("uniform", justify="right")
+    table.add_column("difference", justify="right")
+    rows = [
+        (f"{source}/{metric}", (source, metric))
+        for source in ("predictor", "final_loss")
+        for metric in _SUMMARY_METRICS
+    ]
+    rows.append(("final_separation", ("final_separation",)))
+    for label, path in rows:
+        agent_value, uniform_value = (_lookup(metrics[who], path) for who in ("agent", "uniform"))
+        table.add_row(label, f"{agent_value:.4f}", f"{uniform_value:.4f}", f"{agent_value - uniform_value:+.4f}")
+    Console().print(table)
+
+
+def _lookup(tree: dict[str, Any], path: tuple[str, ...]) -> float:
+    value: Any = tree
+    for key in path:
+        value = value[key]
+    return float(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

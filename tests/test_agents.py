@@ -1,0 +1,245 @@
+"""The agent registry, the built-in baselines and the plug-in protocol, on a tiny env."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+import nbs_gym  # noqa: F401  (registers the env ids)
+from agents import (
+    AGENTS,
+    BASELINES,
+    ENV_ID_BY_MODE,
+    AgentError,
+    BaselineSampler,
+    CurriculumSampler,
+    HardMiningSampler,
+    PluginError,
+    RandomSampler,
+    UniformSampler,
+    get_spec,
+    make_agent,
+)
+from agents.baselines import HasSpaces
+from nbs_gym.config import ConfigError
+
+TINY = {"episode_length": 20, "profile_length": 4, "image_size": 32, "patch_size": 8, "batch_size": 8, "device": "cpu"}
+# Replay buffers default to 10^6 transitions; a test needs a handful.
+SMALL_BUFFER = {"buffer_size": 500, "learning_starts": 10}
+
+
+@pytest.fixture(scope="module")
+def envs() -> Iterator[dict[str, gym.Env]]:
+    made = {mode: gym.make(env_id, **TINY) for mode, env_id in ENV_ID_BY_MODE.items()}
+    yield made
+    for env in made.values():
+        env.close()
+
+
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_every_registry_entry_builds_and_acts_on_its_default_mode(name: str, envs: dict[str, gym.Env]) -> None:
+    spec = AGENTS[name]
+    env = envs[spec.resolve_action_mode(None)]
+    hyperparams = SMALL_BUFFER if "buffer_size" in _init_parameters(spec.agent_class) else {}
+    agent = make_agent(name, env, seed=0, **hyperparams)
+    observation, _ = env.reset(seed=0)
+    action, _ = agent.predict(observation, deterministic=True)
+    assert env.action_space.contains(np.asarray(action, dtype=env.action_space.dtype))
+    env.step(action)
+
+
+def test_agents_pick_their_env_mode() -> None:
+    assert get_spec("ppo").resolve_action_mode(None) == "strata"
+    assert get_spec("a2c").resolve_action_mode(None) == "strata"
+    assert get_spec("dqn").resolve_action_mode(None) == "discrete"
+    assert get_spec("ppo").resolve_action_mode("spatial") == "spatial"
+    assert ENV_ID_BY_MODE["discrete"] == "nbs_gym/NeuralBatchSamplingDiscrete-v0"
+
+
+@pytest.mark.parametrize(("name", "mode"), [("sac", "discrete"), ("td3", "discrete"), ("dqn", "strata")])
+def test_impossible_pairing_is_a_clear_error(name: str, mode: str) -> None:
+    with pytest.raises(AgentError, match=rf"'{name}'.*action_mode='{mode}'"):
+        get_spec(name).resolve_action_mode(mode)
+
+
+def test_agent_on_an_env_it_cannot_act_in(envs: dict[str, gym.Env]) -> None:
+    with pytest.raises(AgentError, match="'sac' cannot act in Discrete"):
+        make_agent("sac", envs["discrete"], **SMALL_BUFFER)
+
+
+def test_unknown_agent_mode_and_hyperparameter() -> None:
+    with pytest.raises(AgentError, match="unknown agent 'nope'.*ppo"):
+        get_spec("nope")
+    with pytest.raises(ConfigError, match="action_mode"):
+        get_spec("ppo").resolve_action_mode("diagonal")
+
+
+def test_bad_hyperparameter_names_the_agent(envs: dict[str, gym.Env]) -> None:
+    with pytest.raises(AgentError, match="'ppo'.*no_such_setting"):
+        make_agent("ppo", envs["strata"], no_such_setting=1)
+
+
+def _observation(n_groups: int, levels: list[float], progress: float) -> np.ndarray:
+    observation = np.zeros(3 * n_groups + 3, dtype=np.float32)
+    observation[:n_groups] = levels
+    observation[3 * n_groups] = progress
+    return observation
+
+
+def test_hard_mining_action_increases_with_stratum_index(envs: dict[str, gym.Env]) -> None:
+    env = envs["strata"]
+    observation, _ = env.reset(seed=1)
+    action, _ = HardMiningSampler(env, strength=0.8).predict(observation)
+    assert np.all(np.diff(action) > 0)
+    assert action[-1] == pytest.approx(0.8) and action[0] == pytest.approx(-0.8)
+    composition = env.unwrapped.batch_composition(action)
+    assert np.all(np.diff(composition) > 0)  # strata are equally large: weights follow the action
+
+
+def test_hard_mining_follows_the_loss_levels_not_the_index() -> None:
+    sampler = HardMiningSampler(_spaces(4), strength=1.0)
+    action, _ = sampler.predict(_observation(4, [-1.0, -3.0, -0.5, -2.0], 0.3))
+    assert np.argsort(action).tolist() == [1, 3, 0, 2]
+    discrete = HardMiningSampler(_spaces(4, discrete=True))
+    assert int(discrete.predict(_observation(4, [-1.0, -3.0, -0.5, -2.0], 0.3))[0]) == 2
+
+
+def test_curriculum_moves_from_easy_to_hard_strata_with_progress() -> None:
+    sampler = CurriculumSampler(_spaces(5), strength=1.0)
+    levels = [-3.0, -2.5, -2.0, -1.5, -1.0]  # sorted, as in the strata mode
+    start, _ = sampler.predict(_observation(5, levels, 0.0))
+    middle, _ = sampler.predict(_observation(5, levels, 0.5))
+    end, _ = sampler.predict(_observation(5, levels, 1.0))
+    assert np.all(np.diff(start) < 0) and np.all(np.diff(end) > 0)
+    np.testing.assert_allclose(middle, 0.0, atol=1e-6)
+    discrete = CurriculumSampler(_spaces(5, discrete=True))
+    chosen = [int(discrete.predict(_observation(5, levels, p))[0]) for p in (0.0, 0.5, 1.0)]
+    assert chosen == [0, 2, 4]
+
+
+def test_uniform_is_the_zero_action_and_the_discrete_uniform_choice() -> None:
+    action, _ = UniformSampler(_spaces(3)).predict(_observation(3, [0, 1, 2], 0.1))
+    np.testing.assert_array_equal(action, np.zeros(3, dtype=np.float32))
+    assert int(UniformSampler(_spaces(3, discrete=True)).predict(_observation(3, [0, 1, 2], 0.1))[0]) == 3
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_random_is_in_the_space_and_seeded(discrete: bool) -> None:
+    batch = np.stack([_observation(4, [0, 1, 2, 3], 0.2)] * 6)
+    first, _ = RandomSampler(_spaces(4, discrete), seed=3).predict(batch)
+    second, _ = RandomSampler(_spaces(4, discrete), seed=3).predict(batch)
+    np.testing.assert_array_equal(first, second)
+    assert not all(np.array_equal(first[0], action) for action in first[1:])
+    space = _spaces(4, discrete).action_space
+    assert all(space.contains(action) for action in first)
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+@pytest.mark.parametrize("discrete", [False, True])
+def test_baselines_take_batched_observations(name: str, discrete: bool) -> None:
+    sampler = BASELINES[name](_spaces(4, discrete), seed=0)
+    batch = np.stack([_observation(4, [0, 1, 2, 3], p) for p in (0.0, 0.4, 1.0)])
+    actions, state = sampler.predict(batch, state="kept")
+    assert state == "kept"
+    assert actions.shape == ((3,) if discrete else (3, 4))
+    single, _ = sampler.predict(batch[0])
+    assert single.shape == (() if discrete else (4,))
+    with pytest.raises(ValueError, match=r"shape \(15,\)"):
+        sampler.predict(np.zeros(7))
+
+
+@pytest.mark.parametrize("with_env", [False, True])
+def test_baseline_save_load_round_trip(tmp_path, with_env: bool) -> None:
+    sampler = HardMiningSampler(_spaces(4), seed=2, strength=0.25)
+    assert sampler.learn(1000) is sampler
+    sampler.save(tmp_path / "agent.json")
+    loaded = BaselineSampler.load(tmp_path / "agent.json", env=_spaces(4) if with_env else None)
+    assert isinstance(loaded, HardMiningSampler) and loaded.strength == 0.25 and loaded.seed == 2
+    observation = _observation(4, [3, 1, 2, 0], 0.6)
+    np.testing.assert_array_equal(loaded.predict(observation)[0], sampler.predict(observation)[0])
+    with pytest.raises(ValueError, match="HardMiningSampler, not a CurriculumSampler"):
+        CurriculumSampler.load(tmp_path / "agent.json")
+
+
+def test_strength_out_of_range() -> None:
+    with pytest.raises(ValueError, match="strength"):
+        HardMiningSampler(_spaces(3), strength=2.0)
+
+
+# ------------------------------------------------------------------------------- plug-in protocol
+
+
+class GoodPlugin:
+    """A minimal custom sampler following the protocol."""
+
+    action_modes = ("strata", "spatial")
+
+    def __init__(self, env, seed=None, scale: float = 0.5) -> None:
+        self.action_space, self.scale = env.action_space, scale
+
+    def learn(self, total_timesteps, callback=None, progress_bar=False):
+        return self
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=False):
+        return np.full(self.action_space.shape, self.scale, dtype=np.float32), state
+
+    def save(self, path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, path, env=None):
+        raise NotImplementedError
+
+
+class NoPredict:
+    def learn(self, total_timesteps, callback=None, progress_bar=False):
+        return self
+
+    def save(self, path) -> None: ...
+
+    @classmethod
+    def load(cls, path, env=None): ...
+
+
+def test_plugin_builds_with_hyperparameters(envs: dict[str, gym.Env]) -> None:
+    agent = make_agent(f"{__name__}:GoodPlugin", envs["strata"], seed=0, scale=0.25)
+    assert isinstance(agent, GoodPlugin) and agent.scale == 0.25
+    spec = get_spec(f"{__name__}:GoodPlugin")
+    assert spec.kind == "plugin" and spec.default_action_mode == "strata"
+    with pytest.raises(AgentError, match="GoodPlugin.*discrete"):
+        spec.resolve_action_mode("discrete")
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("no_such_module_xyz:Sampler", "cannot import module 'no_such_module_xyz' for class Sampler"),
+        (f"{__name__}:Missing", "has no class Missing"),
+        (f"{__name__}:NoPredict", "class NoPredict lacks predict"),
+        ("just_a_module:", "expected 'package.module:ClassName'"),
+    ],
+)
+def test_plugin_errors_name_the_class(target: str, message: str) -> None:
+    with pytest.raises(PluginError, match=message):
+        get_spec(target)
+
+
+def _spaces(n_groups: int, discrete: bool = False) -> HasSpaces:
+    """An object with the spaces of an env of ``n_groups`` groups (what the samplers read)."""
+
+    class Spaces:
+        action_space = (
+            spaces.Discrete(n_groups + 1) if discrete else spaces.Box(-1.0, 1.0, (n_groups,), dtype=np.float32)
+        )
+        observation_space = spaces.Box(-20.0, 20.0, (3 * n_groups + 3,), dtype=np.float32)
+
+    return Spaces()
+
+
+def _init_parameters(agent_class: type) -> set[str]:
+    return set(inspect.signature(agent_class.__init__).parameters)

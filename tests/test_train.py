@@ -1,0 +1,259 @@
+"""Smoke tests of ``python -m nbs_gym.train`` through a subprocess, with tiny settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from gymnasium import spaces
+from stable_baselines3 import A2C, PPO
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agents.baselines import UniformSampler
+from nbs_gym.train import main, parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--env-kwargs", "episode_length=20", "profile_length=4", "image_size=32", "patch_size=8", "batch_size=8",
+    "--classifier-kwargs", "kind=per_pixel",
+    "--device", "cpu", "--seed", "3", "--no-progress",
+]  # fmt: skip
+PPO_TINY = ["--agent", "ppo", "--timesteps", "40", "--hyperparams", "n_steps=20", "batch_size=10"]
+OBSERVATION = np.zeros(18, dtype=np.float32)  # 3 * 5 strata + 3
+BOX = spaces.Box(-1.0, 1.0, (5,), dtype=np.float32)
+# Tiny networks gain nothing from intra-op threads, and on a shared machine they oversubscribe the cores.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class ConstantSampler:
+    """A plug-in sampler for these tests: one fixed action, saved as JSON."""
+
+    file_suffix = ".json"
+    action_modes = ("strata", "spatial")
+
+    def __init__(self, env: Any, seed: int | None = None, value: float = 0.5) -> None:
+        self.action_space = env.action_space
+        self.value = value
+        self.num_timesteps = 0
+
+    def learn(self, total_timesteps: int, callback: Any = None, progress_bar: bool = False) -> ConstantSampler:
+        self.num_timesteps += total_timesteps
+        return self
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=False):
+        rows = np.shape(observation)[:-1]
+        return np.full((*rows, *self.action_space.shape), self.value, dtype=np.float32), state
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        record = {"value": self.value, "n_groups": self.action_space.shape[0], "num_timesteps": self.num_timesteps}
+        Path(path).write_text(json.dumps(record))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], env: Any = None) -> ConstantSampler:
+        record = json.loads(Path(path).read_text())
+        if env is None:
+            env = type("Spaces", (), {"action_space": spaces.Box(-1.0, 1.0, (record["n_groups"],), dtype=np.float32)})
+        sampler = cls(env, value=record["value"])
+        sampler.num_timesteps = record["num_timesteps"]
+        return sampler
+
+
+def run_train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, **ONE_THREAD, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    return subprocess.run(
+        [sys.executable, "-m", "nbs_gym.train", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=environment,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def ppo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("ppo") / "run"
+    result = run_train(*PPO_TINY, *TINY, "--checkpoint-freq", "20", "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    assert "predictor/pixel_auroc" in result.stdout  # the comparison table
+    return run_dir
+
+
+def check_run_dir(run_dir: Path) -> dict[str, Any]:
+    """Files every finished run has; returns metrics.json."""
+    for name in ("config.yaml", "split.json", "metrics.json"):
+        assert (run_dir / name).is_file(), name
+    assert list(run_dir.glob("events.out.tfevents.*")), "no TensorBoard event file"
+    for who in ("agent", "uniform"):
+        assert (run_dir / "profiles" / who / "episode_00000.npz").is_file()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == {"agent", "uniform"}
+    for result in metrics.values():
+        for source in ("predictor", "final_loss"):
+            assert 0.0 <= result[source]["pixel_auroc"] <= 1.0
+            assert "per_defect_type" in result[source]
+        assert isinstance(result["final_separation"], float)
+        assert result["episodes"][0]["profiles"].startswith("profiles/")
+    return metrics
+
+
+def test_ppo_run_logs_checkpoints_and_evaluates(ppo_run: Path) -> None:
+    check_run_dir(ppo_run)
+    assert sorted(path.name for path in (ppo_run / "checkpoints").iterdir()) == [
+        "agent_20_steps.zip",
+        "agent_40_steps.zip",
+    ]
+    agent = PPO.load(ppo_run / "agent.zip", device="cpu")
+    assert agent.num_timesteps == 40
+    assert BOX.contains(agent.predict(OBSERVATION, deterministic=True)[0])
+
+    events = EventAccumulator(str(ppo_run), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    for scalar in ("nbs/separation", "nbs/ae_loss", "nbs/reward/separation_gain", "nbs/composition/group_4"):
+        assert scalar in tags["scalars"], scalar
+    assert "rollout/ep_rew_mean" in tags["scalars"] and "eval/agent/predictor/pixel_auroc" in tags["scalars"]
+    assert {"eval/agent/render", "eval/uniform/profiles", "eval/agent/segmentation"} <= set(tags["images"])
+    assert any(tag.startswith("hyperparameters") for tag in tags["tensors"])
+
+
+def test_same_seed_gives_identical_metrics(ppo_run: Path, tmp_path: Path) -> None:
+    result = run_train(*PPO_TINY, *TINY, "--checkpoint-freq", "20", "--run-dir", str(tmp_path / "again"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "again" / "metrics.json").read_text() == (ppo_run / "metrics.json").read_text()
+
+
+def test_resume_continues_to_the_requested_timesteps(ppo_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(ppo_run, run_dir)
+    result = run_train("--resume", str(run_dir), "--timesteps", "80", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    check_run_dir(run_dir)
+    assert PPO.load(run_dir / "agent.zip", device="cpu").num_timesteps == 80
+    assert (run_dir / "checkpoints" / "agent_80_steps.zip").is_file()
+    assert "timesteps: 80" in (run_dir / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("agent", "extra", "load"),
+    [
+        ("a2c", [], lambda path: A2C.load(path, device="cpu")),
+        ("uniform", [], UniformSampler.load),
+        ("test_train:ConstantSampler", ["--hyperparams", "value=0.25"], ConstantSampler.load),
+    ],
+)
+def test_other_agents_train_and_load_back(agent: str, extra: list[str], load: Any, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_train("--agent", agent, "--timesteps", "40", *extra, *TINY, "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    check_run_dir(run_dir)
+    saved = next(path for path in run_dir.glob("agent.*"))
+    action, _ = load(saved).predict(OBSERVATION, deterministic=True)
+    assert BOX.contains(np.asarray(action, dtype=np.float32))
+    if agent == "uniform":
+        assert saved.name == "agent.json" and not np.any(action)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        for key in ("predictor", "final_loss", "final_separation"):  # the same sampler under the same seeds
+            assert metrics["agent"][key] == metrics["uniform"][key]
+
+
+def test_several_envs_train_on_the_batched_vector_env(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    ppo = ["--agent", "ppo", "--timesteps", "80", "--hyperparams", "n_steps=20", "batch_size=20"]
+    result = run_train(*ppo, "--n-envs", "2", *TINY, "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    check_run_dir(run_dir)
+    assert "vec_env: auto" in (run_dir / "config.yaml").read_text()
+    assert PPO.load(run_dir / "agent.zip", device="cpu").num_timesteps == 80
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    assert {"rollout/ep_rew_mean", "nbs/separation"} <= set(events.Tags()["scalars"])
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    environment = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(REPO)}
+    command = [
+        sys.executable,
+        "-m",
+        "nbs_gym.train",
+        *PPO_TINY,
+        *TINY,
+        "--run-dir",
+        str(run_dir),
+        "--timesteps",
+        "1000000",
+    ]
+    process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "split.json").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    time.sleep(2.0)  # well into training
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr.decode()
+    assert "--resume" in stderr.decode() and b"Traceback" not in stderr
+    checkpoints = list((run_dir / "checkpoints").glob("agent_*_steps.zip"))
+    assert checkpoints and not list((run_dir / "checkpoints").glob(".*"))  # no temporary file left
+
+
+def test_bad_flag_in_a_subprocess_is_one_line_without_traceback() -> None:
+    result = run_train("--agent", "sac", "--env-kwargs", "action_mode=discrete", timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: agent 'sac' cannot act in action_mode='discrete'; it supports action_mode strata or spatial"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--agent", "nope"], "unknown agent 'nope'"),
+        (["--timesteps", "-5"], "--timesteps: must be an integer >= 0"),
+        (["--dataset", "mvtec:/does/not/exist"], "/does/not/exist"),
+        (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+        (["--env-kwargs", "dataset=synthetic"], "use --dataset"),
+        (["--env-kwargs", "episode_lenght=20"], "episode_lenght: unknown setting"),
+        (["--env-kwargs", "novalue"], "expected KEY=VALUE"),
+        (["--agent", "test_train:Nowhere"], "no class Nowhere"),
+        (["--agent", "no_such_package.sampler:Sampler"], "for class Sampler"),
+        (["--classifier-kwargs", "nope=1"], "--classifier-kwargs"),
+        (["--config", "/does/not/exist.yaml"], "--config: no such file"),
+        (["--resume", "/does/not/exist"], "--resume: no such file"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_error_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_resume_refuses_to_change_the_agent(ppo_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--resume", str(ppo_run), "--agent", "a2c"]) == 2
+    assert "--agent: cannot change when resuming" in capsys.readouterr().err
+
+
+def test_config_file_sets_defaults_and_flags_win(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("agent: a2c\ntimesteps: 100\nenv_kwargs: {episode_length: 30}\nhyperparams: {n_steps: 10}\n")
+    args = parse_args(["--config", str(config), "--timesteps", "50"])
+    assert (args.agent, args.timesteps, args.env_kwargs, args.hyperparams) == (
+        "a2c",
+        50,
+        {"episode_length": 30},
+        {"n_steps": 10},
+    )
+    config.write_text("agnet: a2c\n")
+    assert main(["--config", str(config)]) == 2
+    assert "unknown key 'agnet'" in capsys.readouterr().err
