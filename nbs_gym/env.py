@@ -510,5 +510,7 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
 
 
 def dataset_fingerprint(dataset: AnomalyDataset) -> str:
-    """A short digest of a dataset's images, stored in profile files to catch a mismatched dataset."""
-    return hashlib.sha1(np.ascontiguousarray(dataset.images).tobytes()).hexdigest()[:16]
+    """A short digest of a dataset's images and masks, stored in profile files to catch a mismatched dataset."""
+    digest = hashlib.sha1(np.ascontiguousarray(dataset.images).tobytes())
+    digest.update(np.packbits(dataset.masks).tobytes())
+    return digest.hexdigest()[:16]
