@@ -1,0 +1,745 @@
+"""``python -m nbs_gym.compare``: several samplers x seeds on one dataset, as tables of mean ± 95 % CI.
+
+Examples::
+
+    python -m nbs_gym.compare --agents ppo a2c uniform random --seeds 0 1 2 --out results/fabric
+    python -m nbs_gym.compare --agents ppo uniform --seeds 0 1 --timesteps 4000 --out results/quick \\
+        --env-kwargs episode_length=50 --hyperparams ppo.n_steps=50 ppo.batch_size=25
+    python -m nbs_gym.compare --out results/fabric --collect        # tables and plots of the runs there
+
+Each (agent, seed) is one ``python -m nbs_gym.train`` run, made in this process into
+``OUT/runs/<agent>__<seed>/``. A run whose ``metrics.json`` exists is finished and skipped, and an
+interrupted one continues from its checkpoint, so that the same command resumes an interrupted
+comparison; a finished run made with other settings is an error rather than silently mixed in.
+``--collect`` runs nothing and aggregates every finished run under ``OUT/runs`` (``--agents`` and
+``--seeds`` then select among them).
+
+Each run's ``metrics.json["agent"]`` gives a row's values (for a baseline such as ``uniform``, its own
+evaluation): pixel AUROC, AUPRO, F1-max and image AUROC on the evaluation set E of the classifier
+trained on the loss profiles (``predictor``) and of the last loss map (``final_loss``), and the final
+separation of L's profiles. Rows list ``uniform`` (the reference) first, then the other agents by
+name, whatever the order of ``--agents``, so that ``--collect`` reproduces a comparison's tables.
+
+Written to ``OUT`` (atomically):
+
+========================  ===============================================================================
+``results.md``            the table, mean ± half-width of the 95 % CI over seeds, and each agent's ratio
+                          to ``uniform`` (paired by seed) for the predictor's pixel F1-max and AUROC
+``results.csv``           the same numbers, one row per agent, columns ``<metric>_mean|ci_low|ci_high``
+``results.json``          the same plus every run's values, for scripts
+``learning_curves.png``   ``nbs/separation`` against timesteps from each run's TensorBoard events, mean
+                          ± CI over seeds; fixed-rule samplers, which do not train, as their evaluated level
+``metrics.png``           the table's columns as bars with CI error bars and each seed's value as a dot
+========================  ===============================================================================
+
+Confidence intervals are Student t over seeds (n - 1 degrees of freedom); with one seed there is none,
+shown as "–". Exit status: 0 done, 2 bad arguments or run folders (one ``error:`` line on stderr; a
+failing run prints its own), 130 interrupted (run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import re
+import shutil
+import sys
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy import stats
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agents.registry import get_spec
+from nbs_gym import train
+from nbs_gym.callbacks import latest_checkpoint
+from nbs_gym.figures import save_figure
+from nbs_gym.io import write_text_atomic
+
+__all__ = [
+    "COLUMNS",
+    "CONFIDENCE",
+    "RATIO_COLUMNS",
+    "REFERENCE_AGENT",
+    "AgentSummary",
+    "Interval",
+    "RunResult",
+    "collect_runs",
+    "main",
+    "mean_ci",
+    "run_dir_name",
+    "summarize",
+    "write_results",
+]
+
+SOURCES = ("predictor", "final_loss")
+METRICS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
+COLUMNS: tuple[str, ...] = (*(f"{source}/{metric}" for source in SOURCES for metric in METRICS), "final_separation")
+"""Table columns: ``<scorer>/<metric>`` keys of a run's ``metrics.json["agent"]``, then its final separation."""
+REFERENCE_AGENT = "uniform"
+"""The agent every other one is compared with: plain SGD, the paper's "no sampler" ablation."""
+RATIO_COLUMNS: tuple[str, ...] = ("predictor/pixel_f1_max", "predictor/pixel_auroc")
+"""Columns reported as per-seed ratios to :data:`REFERENCE_AGENT`."""
+CONFIDENCE = 0.95
+CURVE_TAG = "nbs/separation"
+"""TensorBoard scalar of the learning curves (logged by :class:`nbs_gym.callbacks.EpisodeStatsCallback`)."""
+
+# Flags that define runs; --collect only reads runs, so giving one with it is a mistake worth reporting.
+_RUN_FLAGS = ("timesteps", "dataset", "env_kwargs", "hyperparams", "classifier_kwargs", "device", "progress")
+# Saved settings that do not change a run's results.
+_COSMETIC = ("progress",)
+_NO_INTERVAL = "–"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean over seeds with its confidence interval (``nan`` bounds with fewer than two values).
+
+    Attributes:
+        mean: Sample mean.
+        low: Lower bound of the interval.
+        high: Upper bound of the interval.
+        n: Number of values.
+    """
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def half_width(self) -> float:
+        """Half the interval's width; ``nan`` without an interval."""
+        return (self.high - self.low) / 2.0
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        """JSON-ready: ``nan`` as ``None``."""
+        return {
+            "mean": _json_float(self.mean),
+            "ci_low": _json_float(self.low),
+            "ci_high": _json_float(self.high),
+            "n": self.n,
+        }
+
+
+def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> Interval:
+    """Mean and two-sided Student-t confidence interval of the mean of ``values``.
+
+    The interval is ``mean ± t_{(1 + confidence) / 2, n - 1} * s / sqrt(n)``, ``s`` the sample standard
+    deviation; with one value it is undefined (``nan`` bounds), with equal values it is the mean itself.
+
+    Raises:
+        ValueError: ``values`` is empty.
+    """
+    array = np.asarray(list(values), dtype=np.float64)
+    if array.size == 0:
+        raise ValueError("mean_ci: no values")
+    mean = float(array.mean())
+    if array.size < 2:
+        return Interval(mean, math.nan, math.nan, 1)
+    # t.ppf times the standard error rather than t.interval: the latter returns nan when all values are
+    # equal (scale 0), where the interval is exactly the mean.
+    half = float(stats.t.ppf((1.0 + confidence) / 2.0, array.size - 1) * stats.sem(array))
+    return Interval(mean, mean - half, mean + half, int(array.size))
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One finished ``nbs_gym.train`` run of a comparison.
+
+    Attributes:
+        agent: The ``--agent`` of the run.
+        seed: Its ``--seed``.
+        run_dir: The run directory.
+        config: Its resolved arguments (``config.yaml``).
+        values: Column of :data:`COLUMNS` -> the agent's value on E.
+        curve: ``(timesteps, separation)`` of the :data:`CURVE_TAG` events, or ``None`` when the run logged
+            none (fixed-rule samplers do not train).
+    """
+
+    agent: str
+    seed: int
+    run_dir: Path
+    config: dict[str, Any]
+    values: dict[str, float]
+    curve: tuple[np.ndarray, np.ndarray] | None
+
+
+@dataclass(frozen=True)
+class AgentSummary:
+    """One table row: an agent's values over its seeds.
+
+    Attributes:
+        agent: Agent name.
+        seeds: Seeds of its runs, ascending.
+        columns: Column of :data:`COLUMNS` -> mean and CI over the seeds.
+        ratios: Column of :data:`RATIO_COLUMNS` -> mean and CI of the per-seed ratio to
+            :data:`REFERENCE_AGENT` over the seeds both have; empty for the reference itself or without it.
+    """
+
+    agent: str
+    seeds: tuple[int, ...]
+    columns: dict[str, Interval]
+    ratios: dict[str, Interval]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m nbs_gym.compare`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    try:
+        options = _parse(argv)
+        out = Path(options.out)
+        if options.collect:
+            runs = collect_runs(out / "runs", agents=options.agents, seeds=options.seeds)
+        else:
+            plans = _plan(options)
+            status = _execute(plans, options)
+            if status:
+                return status
+            runs = [_read_run(plan.run_dir) for plan in plans]
+        summaries = summarize(runs)
+        written = write_results(summaries, runs, out)
+    except SystemExit as exit_request:  # --help
+        return int(exit_request.code or 0)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(_markdown_tables(summaries))
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+def run_dir_name(agent: str, seed: int) -> str:
+    """Folder of one run under ``OUT/runs``: ``<agent>__<seed>``, the agent name made path-safe."""
+    safe = re.sub(r"[^\w.-]+", "-", agent)
+    return f"{safe}__{seed}"
+
+
+def collect_runs(
+    runs_dir: str | Path, agents: Sequence[str] | None = None, seeds: Sequence[int] | None = None
+) -> list[RunResult]:
+    """Every finished run (one with ``metrics.json``) directly under ``runs_dir``, optionally filtered.
+
+    Agent and seed come from each run's ``config.yaml``, not from the folder name.
+
+    Raises:
+        ValueError: No finished run is left, a run folder is malformed, or the runs used different datasets.
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ValueError(f"{runs_dir}: no such folder; run the comparison first (without --collect)")
+    runs = [_read_run(path.parent) for path in sorted(runs_dir.glob("*/metrics.json"))]
+    runs = [run for run in runs if (agents is None or run.agent in agents) and (seeds is None or run.seed in seeds)]
+    if not runs:
+        raise ValueError(f"{runs_dir}: no finished run (a folder with metrics.json) of the selected agents and seeds")
+    datasets = sorted({str(run.config.get("dataset")) for run in runs})
+    if len(datasets) > 1:
+        raise ValueError(f"{runs_dir}: runs on different datasets ({', '.join(datasets)}); compare one at a time")
+    return runs
+
+
+def summarize(runs: Sequence[RunResult], confidence: float = CONFIDENCE) -> list[AgentSummary]:
+    """Table rows: per agent, mean and CI of each column, and the per-seed ratios to the reference.
+
+    Rows are :data:`REFERENCE_AGENT` first, then the other agents by name.
+
+    Raises:
+        ValueError: Two runs of one agent share a seed.
+    """
+    by_agent: dict[str, dict[int, RunResult]] = {}
+    for run in runs:
+        seeds = by_agent.setdefault(run.agent, {})
+        if run.seed in seeds:
+            raise ValueError(
+                f"{run.run_dir} and {seeds[run.seed].run_dir}: two runs of {run.agent} with seed {run.seed}"
+            )
+        seeds[run.seed] = run
+    reference = by_agent.get(REFERENCE_AGENT, {})
+    summaries = []
+    for agent in sorted(by_agent, key=lambda name: (name != REFERENCE_AGENT, name)):
+        seeds = dict(sorted(by_agent[agent].items()))
+        columns = {column: mean_ci((run.values[column] for run in seeds.values()), confidence) for column in COLUMNS}
+        paired = [seed for seed in seeds if seed in reference]
+        ratios = {}
+        if agent != REFERENCE_AGENT and paired:
+            for column in RATIO_COLUMNS:
+                ratios[column] = mean_ci(
+                    (seeds[seed].values[column] / reference[seed].values[column] for seed in paired), confidence
+                )
+        summaries.append(AgentSummary(agent, tuple(seeds), columns, ratios))
+    return summaries
+
+
+def write_results(summaries: Sequence[AgentSummary], runs: Sequence[RunResult], out: str | Path) -> list[Path]:
+    """Write ``results.{md,csv,json}``, ``learning_curves.png`` and ``metrics.png`` to ``out``; returns the paths."""
+    out = Path(out)
+    header = _settings(runs)
+    report = {
+        "settings": header,
+        "confidence": CONFIDENCE,
+        "columns": list(COLUMNS),
+        "agents": {
+            row.agent: {
+                "seeds": list(row.seeds),
+                "columns": {column: interval.to_dict() for column, interval in row.columns.items()},
+                f"ratio_to_{REFERENCE_AGENT}": {column: interval.to_dict() for column, interval in row.ratios.items()},
+            }
+            for row in summaries
+        },
+        "runs": [
+            {
+                "agent": run.agent,
+                "seed": run.seed,
+                "run_dir": run.run_dir.name,
+                "values": {key: _json_float(value) for key, value in run.values.items()},
+            }
+            for run in sorted(runs, key=lambda run: (run.agent, run.seed))
+        ],
+    }
+    written = [
+        write_text_atomic(out / "results.json", json.dumps(report, indent=2) + "\n"),
+        write_text_atomic(out / "results.csv", _csv_table(summaries)),
+        write_text_atomic(out / "results.md", _markdown_report(summaries, header)),
+        save_figure(_learning_curve_figure(summaries, runs), out / "learning_curves.png"),
+        save_figure(_metrics_figure(summaries, runs), out / "metrics.png"),
+    ]
+    return written
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+class _UsageError(ValueError):
+    """A malformed command line; reported as one ``error:`` line instead of argparse's usage block."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise _UsageError(message)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = _Parser(
+        prog="python -m nbs_gym.compare",
+        description="Train and evaluate several batch samplers over several seeds with nbs_gym.train, then "
+        "tabulate mean ± 95 %% CI per metric and plot learning curves.",
+        # None marks a flag as not given, so that --collect can reject run-defining flags.
+        argument_default=None,
+    )
+    parser.add_argument(
+        "--agents",
+        nargs="+",
+        metavar="AGENT",
+        help="agents as nbs_gym.train's --agent takes them "
+        "(default: ppo a2c uniform random; with --collect: every agent found)",
+    )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        metavar="N",
+        help="seeds of each agent (default: 0 1 2; with --collect: every seed found)",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder; runs go to DIR/runs")
+    parser.add_argument("--collect", action="store_true", help="run nothing: aggregate the finished runs in DIR/runs")
+    parser.add_argument(
+        "--timesteps", type=int, metavar="N", help=f"environment steps per run (default: {train.DEFAULT_TIMESTEPS})"
+    )
+    parser.add_argument("--dataset", help="synthetic, synthetic:CATEGORY or mvtec:PATH (default: synthetic)")
+    parser.add_argument("--env-kwargs", nargs="*", metavar="KEY=VALUE", help="env settings for every run")
+    parser.add_argument(
+        "--hyperparams",
+        nargs="*",
+        metavar="[AGENT.]KEY=VALUE",
+        help="agent constructor settings: KEY=VALUE for every RL algorithm (the fixed-rule "
+        "baselines take none), AGENT.KEY=VALUE for that agent only, e.g. ppo.n_steps=400",
+    )
+    parser.add_argument(
+        "--classifier-kwargs", nargs="*", metavar="KEY=VALUE", help="anomaly classifier settings for every run"
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, help="show a progress bar while training (default: on)"
+    )
+    options = parser.parse_args(argv)
+    if options.collect:
+        given = [name for name in _RUN_FLAGS if getattr(options, name) is not None]
+        if given:
+            raise _UsageError(f"--{given[0].replace('_', '-')}: has no effect with --collect, which only reads runs")
+    else:
+        options.agents = options.agents or ["ppo", "a2c", "uniform", "random"]
+        options.seeds = options.seeds if options.seeds is not None else [0, 1, 2]
+    for name in ("agents", "seeds"):
+        values = getattr(options, name) or []
+        repeated = sorted({value for value in values if values.count(value) > 1}, key=str)
+        if repeated:
+            raise _UsageError(f"--{name}: {repeated[0]} given twice")
+    if any(seed < 0 for seed in options.seeds or []):
+        raise _UsageError("--seeds: must be integers >= 0")
+    return options
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One run to make (or skip): its folder and the ``nbs_gym.train`` arguments that define it."""
+
+    agent: str
+    seed: int
+    run_dir: Path
+    argv: list[str]
+
+
+def _plan(options: argparse.Namespace) -> list[_Plan]:
+    """Validate every run's arguments, and every finished run's settings, before anything runs.
+
+    Raises:
+        ValueError: A bad agent or flag, or a run folder made with other settings.
+    """
+    for agent in options.agents:
+        get_spec(agent)
+    hyperparams = _hyperparams_by_agent(options.agents, options.hyperparams or [])
+    plans = []
+    for agent in options.agents:
+        for seed in options.seeds:
+            run_dir = Path(options.out) / "runs" / run_dir_name(agent, seed)
+            argv = ["--agent", agent, "--seed", str(seed), "--run-dir", str(run_dir)]
+            if options.timesteps is not None:
+                argv += ["--timesteps", str(options.timesteps)]
+            for flag, values in (
+                ("--env-kwargs", options.env_kwargs),
+                ("--hyperparams", hyperparams[agent]),
+                ("--classifier-kwargs", options.classifier_kwargs),
+            ):
+                if values:
+                    argv += [flag, *values]
+            for flag in ("dataset", "device"):
+                if getattr(options, flag) is not None:
+                    argv += [f"--{flag}", getattr(options, flag)]
+            if options.progress is False:
+                argv.append("--no-progress")
+            plan = _Plan(agent, seed, run_dir, argv)
+            _check_existing(plan, train.parse_args(argv))
+            plans.append(plan)
+    return plans
+
+
+def _hyperparams_by_agent(agents: Sequence[str], entries: Sequence[str]) -> dict[str, list[str]]:
+    """Each agent's ``KEY=VALUE`` list: plain entries for the RL algorithms, ``AGENT.KEY=VALUE`` for one agent."""
+    rl_agents = [agent for agent in agents if get_spec(agent).kind == "sb3"]
+    by_agent: dict[str, list[str]] = {agent: [] for agent in agents}
+    for entry in entries:
+        key, separator, value = entry.partition("=")
+        if not separator or not key:
+            raise _UsageError(f"--hyperparams: expected [AGENT.]KEY=VALUE, got {entry!r}")
+        # Plug-in names hold dots too; the key is what follows the last one.
+        target, dot, name = key.rpartition(".")
+        if not dot:
+            for agent in rl_agents:
+                by_agent[agent].append(entry)
+        elif target in by_agent:
+            by_agent[target].append(f"{name}={value}")
+        else:
+            raise _UsageError(f"--hyperparams {entry}: {target!r} is not one of --agents ({', '.join(agents)})")
+    return by_agent
+
+
+def _check_existing(plan: _Plan, args: train.Args) -> None:
+    """A run folder left by an earlier comparison must have been made with ``args``.
+
+    Raises:
+        ValueError: It was not; the message names the first differing setting.
+    """
+    config_path = plan.run_dir / train.CONFIG_FILE
+    if not config_path.is_file():
+        return
+    saved = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    expected = {
+        key: value for key, value in dataclasses.asdict(args).items() if key not in ("config", "resume", "run_dir")
+    }
+    for key in sorted(set(saved) | set(expected)):
+        if key not in _COSMETIC and saved.get(key) != expected.get(key):
+            raise ValueError(
+                f"{plan.run_dir}: made with {key}={saved.get(key)!r}, this comparison asks for "
+                f"{expected.get(key)!r}; use another --out or remove that folder"
+            )
+
+
+def _execute(plans: Sequence[_Plan], options: argparse.Namespace) -> int:
+    """Make every unfinished run; returns 0, or the exit status of the run that failed."""
+    for index, plan in enumerate(plans, start=1):
+        label = f"[{index}/{len(plans)}] {plan.agent} seed {plan.seed}"
+        if (plan.run_dir / "metrics.json").is_file():
+            print(f"{label}: done already ({plan.run_dir})")
+            continue
+        argv = plan.argv
+        if (plan.run_dir / train.CONFIG_FILE).is_file():
+            if _resumable(plan.run_dir):
+                print(f"{label}: continuing the interrupted run in {plan.run_dir}")
+                # The rest of the settings are in the run's config.yaml, checked equal to this comparison's.
+                argv = ["--resume", str(plan.run_dir), *(["--no-progress"] if options.progress is False else [])]
+            else:
+                print(f"{label}: restarting {plan.run_dir}, interrupted before its first checkpoint")
+                shutil.rmtree(plan.run_dir)
+        else:
+            print(f"{label}: training in {plan.run_dir}")
+        status = train.main(argv)
+        if status == 130:
+            print("interrupted; run the same command again to resume", file=sys.stderr)
+        if status:
+            return status
+    return 0
+
+
+def _resumable(run_dir: Path) -> bool:
+    """Whether ``nbs_gym.train --resume`` can continue the run: it has a checkpoint or a saved agent."""
+    return latest_checkpoint(run_dir / "checkpoints") is not None or any(run_dir.glob("agent.*"))
+
+
+# ---------------------------------------------------------------------------------------------- reading runs
+
+
+def _read_run(run_dir: Path) -> RunResult:
+    """A finished run's agent, seed, table values and learning curve.
+
+    Raises:
+        ValueError: ``config.yaml`` or ``metrics.json`` is missing or lacks a value of the table.
+    """
+    try:
+        config = yaml.safe_load((run_dir / train.CONFIG_FILE).read_text(encoding="utf-8"))
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["agent"]
+        values = {column: float(_lookup(metrics, column)) for column in COLUMNS}
+        agent, seed = str(config["agent"]), int(config["seed"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as error:
+        raise ValueError(f"{run_dir}: not a finished nbs_gym.train run ({type(error).__name__}: {error})") from error
+    return RunResult(agent, seed, run_dir, config, values, _read_curve(run_dir))
+
+
+def _lookup(tree: dict[str, Any], column: str) -> Any:
+    value: Any = tree
+    for key in column.split("/"):
+        value = value[key]
+    return value
+
+
+def _read_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The run's :data:`CURVE_TAG` scalars as ``(timesteps, values)``, the last value of a repeated step kept."""
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    if CURVE_TAG not in events.Tags()["scalars"]:
+        return None
+    # A resumed run logs into a second event file and may repeat steps; the later value wins.
+    by_step = {event.step: event.value for event in events.Scalars(CURVE_TAG)}
+    steps = np.array(sorted(by_step), dtype=np.float64)
+    return steps, np.array([by_step[step] for step in sorted(by_step)], dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def _settings(runs: Sequence[RunResult]) -> dict[str, Any]:
+    """What the runs share, read from their configs, so that --collect writes the same header."""
+
+    def distinct(key: str) -> list[Any]:
+        return sorted({json.dumps(run.config.get(key), sort_keys=True) for run in runs})
+
+    return {
+        "dataset": [json.loads(value) for value in distinct("dataset")],
+        "timesteps": [json.loads(value) for value in distinct("timesteps")],
+        "seeds": sorted({run.seed for run in runs}),
+        "env_kwargs": [json.loads(value) for value in distinct("env_kwargs")],
+        "classifier_kwargs": [json.loads(value) for value in distinct("classifier_kwargs")],
+    }
+
+
+def _markdown_report(summaries: Sequence[AgentSummary], settings: dict[str, Any]) -> str:
+    def listed(values: list[Any]) -> str:
+        return ", ".join(f"`{value}`" if isinstance(value, str) else f"`{json.dumps(value)}`" for value in values)
+
+    lines = [
+        "# Batch samplers compared",
+        "",
+        f"Dataset {listed(settings['dataset'])}; seeds {', '.join(map(str, settings['seeds']))}; "
+        f"timesteps per run {listed(settings['timesteps'])}; env settings {listed(settings['env_kwargs'])}; "
+        f"classifier settings {listed(settings['classifier_kwargs'])}.",
+        "",
+        "Metrics on the evaluation set E: `predictor` is the anomaly classifier trained on the loss profiles "
+        "of the labeled set L, `final_loss` the last snapshot's loss map; `final_separation` is the separation "
+        "of L's profiles at the end of the evaluation episode.",
+        "",
+        _markdown_tables(summaries),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _markdown_tables(summaries: Sequence[AgentSummary]) -> str:
+    """The main table, its note, and the ratio table when there is a reference."""
+    header = ["agent", "seeds", *COLUMNS]
+    rows = [[row.agent, str(len(row.seeds)), *(_plus_minus(row.columns[c]) for c in COLUMNS)] for row in summaries]
+    lines = _markdown_rows(header, rows, numeric_from=1)
+    lines += [
+        "",
+        f"Mean ± half-width of the {CONFIDENCE:.0%} confidence interval of the mean over seeds (Student t, "
+        f"n - 1 degrees of freedom); {_NO_INTERVAL}: one seed, no interval.",
+    ]
+    with_ratios = [row for row in summaries if row.ratios]
+    if with_ratios:
+        lines += [
+            "",
+            f"Ratio to `{REFERENCE_AGENT}` (per seed, then mean [{CONFIDENCE:.0%} CI] over paired seeds):",
+            "",
+        ]
+        ratio_rows = [
+            [row.agent, str(row.ratios[RATIO_COLUMNS[0]].n), *(_bracketed(row.ratios[c]) for c in RATIO_COLUMNS)]
+            for row in with_ratios
+        ]
+        lines += _markdown_rows(["agent", "paired seeds", *RATIO_COLUMNS], ratio_rows, numeric_from=1)
+    elif not any(row.agent == REFERENCE_AGENT for row in summaries):
+        lines += ["", f"No ratios: `{REFERENCE_AGENT}` is not among the agents."]
+    return "\n".join(lines)
+
+
+def _markdown_rows(header: list[str], rows: list[list[str]], numeric_from: int) -> list[str]:
+    align = ["---" if index < numeric_from else "---:" for index in range(len(header))]
+    return ["| " + " | ".join(cells) + " |" for cells in (header, align, *rows)]
+
+
+def _plus_minus(interval: Interval) -> str:
+    half = _NO_INTERVAL if math.isnan(interval.half_width) else f"{interval.half_width:.4f}"
+    return f"{interval.mean:.4f} ± {half}"
+
+
+def _bracketed(interval: Interval) -> str:
+    if math.isnan(interval.half_width):
+        return f"{interval.mean:.3f} [{_NO_INTERVAL}]"
+    return f"{interval.mean:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+
+
+def _csv_table(summaries: Sequence[AgentSummary]) -> str:
+    """One row per agent; an interval is three columns, empty where undefined."""
+    ratio_names = [f"{column}_ratio_to_{REFERENCE_AGENT}" for column in RATIO_COLUMNS]
+    header = ["agent", "n_seeds", "seeds"]
+    for name in (*COLUMNS, *ratio_names):
+        header += [f"{name}_mean", f"{name}_ci_low", f"{name}_ci_high"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in summaries:
+        cells: list[Any] = [row.agent, len(row.seeds), " ".join(map(str, row.seeds))]
+        intervals = [row.columns[column] for column in COLUMNS] + [row.ratios.get(column) for column in RATIO_COLUMNS]
+        for interval in intervals:
+            bounds = (interval.mean, interval.low, interval.high) if interval is not None else (math.nan,) * 3
+            cells += ["" if math.isnan(value) else repr(value) for value in bounds]
+        writer.writerow(cells)
+    return buffer.getvalue()
+
+
+def _json_float(value: float) -> float | None:
+    """``nan`` has no JSON spelling; ``None`` (``null``) stands for it."""
+    return None if math.isnan(value) else value
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def _learning_curve_figure(summaries: Sequence[AgentSummary], runs: Sequence[RunResult]) -> Figure:
+    """Mean ± CI over seeds of each agent's training curve; a fixed rule's evaluated level as a dashed band."""
+    figure = _new_figure(7.0, 4.5)
+    axis = figure.subplots()
+    colours = _colours(summaries)
+    finite_steps = [run.curve[0] for run in runs if run.curve is not None and len(run.curve[0])]
+    right = max((float(steps[-1]) for steps in finite_steps), default=1.0)
+    for row in summaries:
+        curves = [run.curve for run in runs if run.agent == row.agent and run.curve is not None and len(run.curve[0])]
+        colour = colours[row.agent]
+        if curves:
+            grid, mean, low, high = _mean_curve(curves)
+            axis.plot(grid, mean, color=colour, label=f"{row.agent} (n={len(curves)})")
+            axis.fill_between(grid, low, high, color=colour, alpha=0.2, linewidth=0)
+        else:
+            level = row.columns["final_separation"]
+            axis.axhline(level.mean, color=colour, linestyle="--", label=f"{row.agent} (fixed rule: evaluated level)")
+            if not math.isnan(level.half_width):
+                axis.axhspan(level.low, level.high, color=colour, alpha=0.1, linewidth=0)
+    axis.set_xlim(0, right)
+    axis.set_xlabel("timesteps (autoencoder updates)")
+    axis.set_ylabel(f"separation of L at episode end ({CURVE_TAG})")
+    axis.set_title(f"learning curves, mean and {CONFIDENCE:.0%} CI over seeds")
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def _mean_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    """Seeds log at different steps: interpolate each onto the union of steps where all have data."""
+    start = max(float(steps[0]) for steps, _ in curves)
+    stop = min(float(steps[-1]) for steps, _ in curves)
+    grid = np.unique(np.concatenate([steps for steps, _ in curves]))
+    grid = grid[(grid >= start) & (grid <= stop)]
+    values = np.stack([np.interp(grid, steps, curve) for steps, curve in curves])
+    intervals = [mean_ci(column) for column in values.T]
+    return (
+        grid,
+        np.array([interval.mean for interval in intervals]),
+        np.array([interval.low for interval in intervals]),
+        np.array([interval.high for interval in intervals]),
+    )
+
+
+def _metrics_figure(summaries: Sequence[AgentSummary], runs: Sequence[RunResult]) -> Figure:
+    """One panel per column: a bar per agent (mean, CI error bar) and each seed's value as a dot."""
+    n_columns = 3
+    n_rows = math.ceil(len(COLUMNS) / n_columns)
+    figure = _new_figure(3.2 * n_columns, 2.6 * n_rows)
+    axes = figure.subplots(n_rows, n_columns, squeeze=False).ravel()
+    colours = _colours(summaries)
+    positions = np.arange(len(summaries))
+    for axis, column in zip(axes, COLUMNS, strict=False):
+        intervals = [row.columns[column] for row in summaries]
+        errors = [0.0 if math.isnan(interval.half_width) else interval.half_width for interval in intervals]
+        axis.bar(
+            positions,
+            [interval.mean for interval in intervals],
+            yerr=errors,
+            color=[colours[row.agent] for row in summaries],
+            alpha=0.7,
+            capsize=4,
+        )
+        for position, row in zip(positions, summaries, strict=True):
+            seeds = [run.values[column] for run in runs if run.agent == row.agent]
+            axis.plot(np.full(len(seeds), position), seeds, "k.", markersize=4)
+        axis.set_xticks(positions, [row.agent for row in summaries], rotation=30, ha="right", fontsize="small")
+        axis.set_title(column, fontsize="small")
+    for axis in axes[len(COLUMNS) :]:
+        axis.set_visible(False)
+    figure.suptitle(f"metrics on E: mean, {CONFIDENCE:.0%} CI (bars) and seeds (dots)")
+    figure.tight_layout()
+    return figure
+
+
+def _colours(summaries: Sequence[AgentSummary]) -> dict[str, str]:
+    return {row.agent: f"C{index % 10}" for index, row in enumerate(summaries)}
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    """A figure on its own Agg canvas: no pyplot state, no display needed."""
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Tests of ``python -m nbs_gym.compare``: a tiny in-process comparison, its tables, resume, --collect."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from matplotlib.image import imread
+from scipy import stats
+
+from nbs_gym.compare import (
+    COLUMNS,
+    RATIO_COLUMNS,
+    RunResult,
+    collect_runs,
+    main,
+    mean_ci,
+    summarize,
+    write_results,
+)
+
+AGENTS = ["uniform", "random", "ppo"]
+SEEDS = ["0", "1"]
+COMMAND = [
+    "--agents", *AGENTS, "--seeds", *SEEDS, "--timesteps", "40",
+    "--env-kwargs", "episode_length=20", "profile_length=4", "image_size=32", "patch_size=8", "batch_size=8",
+    "--classifier-kwargs", "kind=per_pixel",
+    # Plain KEY=VALUE reaches the RL agents only: uniform and random would reject n_steps.
+    "--hyperparams", "n_steps=20", "batch_size=10",
+    "--device", "cpu", "--no-progress",
+]  # fmt: skip
+OUTPUTS = ("results.md", "results.csv", "results.json", "learning_curves.png", "metrics.png")
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny networks gain nothing from intra-op threads; on a shared machine they oversubscribe the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
+    out = tmp_path_factory.mktemp("compare") / "out"
+    assert main([*COMMAND, "--out", str(out)]) == 0
+    return out
+
+
+def read_outputs(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in OUTPUTS}
+
+
+def metrics_mtimes(out: Path) -> dict[str, int]:
+    return {path.parent.name: path.stat().st_mtime_ns for path in (out / "runs").glob("*/metrics.json")}
+
+
+def test_every_agent_and_column_has_finite_values(comparison: Path) -> None:
+    report = json.loads((comparison / "results.json").read_text())
+    assert list(report["agents"]) == ["uniform", "ppo", "random"]  # the reference first, then by name
+    for agent, row in report["agents"].items():
+        assert row["seeds"] == [0, 1]
+        assert set(row["columns"]) == set(COLUMNS)
+        for interval in row["columns"].values():
+            assert interval["n"] == 2
+            assert interval["ci_low"] <= interval["mean"] <= interval["ci_high"]
+            assert all(math.isfinite(interval[key]) for key in ("mean", "ci_low", "ci_high"))
+        ratios = row["ratio_to_uniform"]
+        assert set(ratios) == (set() if agent == "uniform" else set(RATIO_COLUMNS))
+        assert all(0.0 < ratio["mean"] < 10.0 for ratio in ratios.values())
+    assert len(report["runs"]) == len(AGENTS) * len(SEEDS)
+
+
+def test_markdown_csv_and_figures_are_written(comparison: Path) -> None:
+    markdown = (comparison / "results.md").read_text()
+    for name in (*COLUMNS, *AGENTS, "Ratio to `uniform`", "±"):
+        assert name in markdown, name
+    with (comparison / "results.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["agent"] for row in rows] == ["uniform", "ppo", "random"]
+    for row in rows:
+        for column in COLUMNS:
+            low, mean, high = (float(row[f"{column}_{key}"]) for key in ("ci_low", "mean", "ci_high"))
+            assert low <= mean <= high
+    assert rows[0]["predictor/pixel_f1_max_ratio_to_uniform_mean"] == ""  # uniform has no ratio to itself
+    assert float(rows[1]["predictor/pixel_f1_max_ratio_to_uniform_mean"]) > 0
+    for name in ("learning_curves.png", "metrics.png"):
+        image = imread(comparison / name)
+        assert image.ndim == 3 and min(image.shape[:2]) > 200
+        assert image[..., :3].std() > 0.05  # something is drawn
+    assert not list(comparison.glob(".*.tmp"))  # atomic writes leave no temporary file
+
+
+def test_runs_hold_what_the_comparison_asked_for(comparison: Path) -> None:
+    runs = collect_runs(comparison / "runs")
+    assert sorted((run.agent, run.seed) for run in runs) == sorted((a, int(s)) for a in AGENTS for s in SEEDS)
+    for run in runs:
+        config = yaml.safe_load((run.run_dir / "config.yaml").read_text())
+        assert config["timesteps"] == 40 and config["env_kwargs"]["episode_length"] == 20
+        assert config["hyperparams"] == ({"n_steps": 20, "batch_size": 10} if run.agent == "ppo" else {})
+        # Only the RL agent trains, so only it has a learning curve.
+        if run.agent == "ppo":
+            assert run.curve is not None and run.curve[0][-1] == 40
+        else:
+            assert run.curve is None
+
+
+def test_collect_reproduces_the_tables_without_running(comparison: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(comparison, out)
+    before, mtimes = read_outputs(out), metrics_mtimes(out)
+    for name in OUTPUTS:
+        (out / name).unlink()
+    assert main(["--out", str(out), "--collect"]) == 0
+    after = read_outputs(out)
+    for name in ("results.md", "results.csv", "results.json"):
+        assert after[name] == before[name], name
+    assert metrics_mtimes(out) == mtimes
+
+
+def test_collect_selects_agents_and_seeds(comparison: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(comparison, out)
+    assert main(["--out", str(out), "--collect", "--agents", "ppo", "random", "--seeds", "1"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert list(report["agents"]) == ["ppo", "random"]
+    assert report["agents"]["ppo"]["columns"]["final_separation"]["ci_low"] is None  # one seed: no interval
+    assert "No ratios: `uniform` is not among the agents." in (out / "results.md").read_text()
+
+
+def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(comparison: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(comparison, out)
+    before, mtimes = read_outputs(out), metrics_mtimes(out)
+    # A run interrupted after training, before evaluation: its agent is saved, metrics.json is not.
+    (out / "runs" / "ppo__1" / "metrics.json").unlink()
+    # One interrupted before anything was saved to continue from: it starts again.
+    for name in ("metrics.json", "agent.json"):
+        (out / "runs" / "uniform__0" / name).unlink()
+    assert main([*COMMAND, "--out", str(out)]) == 0
+    after = metrics_mtimes(out)
+    for remade in ("ppo__1", "uniform__0"):
+        assert after.pop(remade) > mtimes.pop(remade)
+    assert after == mtimes  # the finished runs were not touched
+    # Training and evaluation are deterministic, so the remade runs reproduce the table.
+    assert read_outputs(out)["results.csv"] == before["results.csv"]
+
+
+def test_a_finished_run_with_other_settings_is_an_error(
+    comparison: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(comparison, out)
+    command = [*COMMAND, "--out", str(out)]
+    command[command.index("--timesteps") + 1] = "80"
+    assert main(command) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "made with timesteps=40, this comparison asks for 80" in error[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--agents", "nope"], "unknown agent 'nope'"),
+        (["--agents", "uniform", "uniform"], "--agents: uniform given twice"),
+        (["--seeds", "-1"], "--seeds: must be integers >= 0"),
+        (["--agents", "uniform", "--hyperparams", "ppo.n_steps=5"], "'ppo' is not one of --agents"),
+        (["--agents", "ppo", "--hyperparams", "n_steps"], "expected [AGENT.]KEY=VALUE"),
+        (["--agents", "ppo", "--env-kwargs", "novalue"], "expected KEY=VALUE"),
+        (["--collect", "--timesteps", "5"], "--timesteps: has no effect with --collect"),
+        (["--collect"], "no such folder"),
+    ],
+)
+def test_bad_input_exits_2_with_one_error_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert not (tmp_path / "out" / "runs").exists()  # validated before anything ran
+
+
+def test_missing_out_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--collect"]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_mean_ci_is_the_student_t_interval() -> None:
+    # Hand case: mean 2, s = sqrt(2), standard error 1, t(0.975, 1 dof) = 12.7062.
+    interval = mean_ci([1.0, 3.0])
+    assert interval.mean == 2.0 and interval.n == 2
+    assert interval.half_width == pytest.approx(12.7062047, rel=1e-6)
+    values = [0.61, 0.72, 0.55, 0.68, 0.70]
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    interval = mean_ci(values)
+    assert (interval.low, interval.high) == (pytest.approx(low), pytest.approx(high))
+    assert mean_ci(values, confidence=0.9).half_width < interval.half_width
+
+
+def test_mean_ci_degenerate_cases() -> None:
+    one = mean_ci([0.5])
+    assert one.mean == 0.5 and math.isnan(one.low) and math.isnan(one.half_width)
+    equal = mean_ci([0.25, 0.25, 0.25])
+    assert equal.low == equal.high == 0.25
+    with pytest.raises(ValueError, match="no values"):
+        mean_ci([])
+
+
+def fake_run(agent: str, seed: int, value: float) -> RunResult:
+    return RunResult(
+        agent, seed, Path(f"runs/{agent}__{seed}"), {"dataset": "synthetic"}, dict.fromkeys(COLUMNS, value), None
+    )
+
+
+def test_ratios_are_paired_by_seed() -> None:
+    runs = [fake_run("uniform", 0, 0.2), fake_run("uniform", 1, 0.8), fake_run("ppo", 0, 0.4), fake_run("ppo", 1, 0.8)]
+    runs.append(fake_run("ppo", 2, 0.9))  # no uniform run with seed 2: not paired
+    ppo = next(row for row in summarize(runs) if row.agent == "ppo")
+    ratio = ppo.ratios["predictor/pixel_f1_max"]
+    # Per-seed ratios 2.0 and 1.0, not the ratio of the means (0.7 / 0.5 = 1.4).
+    assert ratio.n == 2 and ratio.mean == pytest.approx(1.5)
+    assert ratio.half_width == pytest.approx(stats.t.ppf(0.975, 1) * 0.5)
+    assert ppo.columns["final_separation"].n == 3
+
+
+def test_one_seed_shows_a_dash_and_a_note(tmp_path: Path) -> None:
+    runs = [fake_run("uniform", 0, 0.5), fake_run("random", 0, 0.6)]
+    write_results(summarize(runs), runs, tmp_path)
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| uniform | 1 | 0.5000 ± – |" in markdown and "–: one seed, no interval" in markdown
+    assert "| random | 1 | 1.200 [–] | 1.200 [–] |" in markdown
+    with (tmp_path / "results.csv").open(newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert row["final_separation_mean"] == "0.5" and row["final_separation_ci_low"] == ""
+    assert json.loads((tmp_path / "results.json").read_text())["agents"]["uniform"]["columns"]["final_separation"] == {
+        "mean": 0.5,
+        "ci_low": None,
+        "ci_high": None,
+        "n": 1,
+    }
+
+
+def test_two_runs_of_one_agent_and_seed_are_an_error() -> None:
+    with pytest.raises(ValueError, match="two runs of ppo with seed 0"):
+        summarize([fake_run("ppo", 0, 0.1), fake_run("ppo", 0, 0.2)])
