@@ -226,7 +226,18 @@ class RandomSampler(BaselineSampler):
         return np.array([self._space.sample() for _ in rows])
 
 
-class HardMiningSampler(BaselineSampler):
+class _StrengthSampler(BaselineSampler):
+    """A rule-based sampler with one setting: how strongly it departs from uniform sampling."""
+
+    def __init__(self, env: HasSpaces, seed: int | None = None, strength: float = 1.0) -> None:
+        super().__init__(env, seed)
+        self.strength = _check_strength(strength, self.name)
+
+    def params(self) -> dict[str, Any]:
+        return {"strength": self.strength}
+
+
+class HardMiningSampler(_StrengthSampler):
     """Hard-example mining: weight grows with the group's current loss.
 
     Args:
@@ -240,13 +251,6 @@ class HardMiningSampler(BaselineSampler):
 
     name = "hard_mining"
 
-    def __init__(self, env: HasSpaces, seed: int | None = None, strength: float = 1.0) -> None:
-        super().__init__(env, seed)
-        self.strength = _check_strength(strength, self.name)
-
-    def params(self) -> dict[str, Any]:
-        return {"strength": self.strength}
-
     def _weigh(self, rows: np.ndarray) -> np.ndarray:
         return self.strength * self._loss_rank(rows)
 
@@ -254,7 +258,7 @@ class HardMiningSampler(BaselineSampler):
         return np.argmax(self._loss_rank(rows), axis=1)
 
 
-class CurriculumSampler(BaselineSampler):
+class CurriculumSampler(_StrengthSampler):
     """Easy to hard: low-loss groups first, high-loss groups by the end of the episode.
 
     The action is ``strength * (2 * progress - 1) * rank``, with ``rank`` the group's loss rank in
@@ -269,13 +273,6 @@ class CurriculumSampler(BaselineSampler):
     """
 
     name = "curriculum"
-
-    def __init__(self, env: HasSpaces, seed: int | None = None, strength: float = 1.0) -> None:
-        super().__init__(env, seed)
-        self.strength = _check_strength(strength, self.name)
-
-    def params(self) -> dict[str, Any]:
-        return {"strength": self.strength}
 
     def _weigh(self, rows: np.ndarray) -> np.ndarray:
         direction = 2.0 * np.clip(self._progress(rows), 0.0, 1.0) - 1.0
