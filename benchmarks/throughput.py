@@ -100,14 +100,27 @@ def main() -> None:
     length = single.unwrapped.config.episode_length
     time_env(single, 1)
     rows: list[tuple[str, float, float]] = []
+    print(f"device: {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}), "
+          f"torch threads: {torch.get_num_threads()}, episode_length: {length}")
+    print(f"{'variant':34s} {'steps/s':>10s} {'x (a)':>8s} {'peak MiB':>10s}")
+
+    def record(name: str, rate: float, memory: float) -> None:
+        rows.append((name, rate, memory))
+        print(f"{name:34s} {rate:10.1f} {rate / rows[0][1]:8.2f} {memory:10.0f}", flush=True)
+
     seconds, steps = time_bare_loop(single, args.episodes)
     base = steps / seconds
-    rows.append(("(a) bare PyTorch loop, 1 env", base, peak_memory_mib(device)))
+    record("(a) bare PyTorch loop, 1 env", base, peak_memory_mib(device))
     seconds, steps = time_env(single, args.episodes)
-    rows.append(("(b) single env", steps / seconds, peak_memory_mib(device)))
+    record("(b) single env", steps / seconds, peak_memory_mib(device))
     single.close()
 
     def make_single() -> gym.Env:
+        return gym.make(ENV_ID, device=device)
+
+    def make_single_one_thread() -> gym.Env:
+        # A worker process per env: intra-op threads of N workers on a few cores only fight each other.
+        torch.set_num_threads(1)
         return gym.make(ENV_ID, device=device)
 
     shares = {}
@@ -115,23 +128,18 @@ def main() -> None:
         if not device.startswith("cuda") or n <= 8:  # N separate GPU envs are the slow path being replaced
             dummy = DummyVecEnv([make_single] * n)
             seconds, steps = time_sb3_vec(dummy, length, args.episodes)
-            rows.append((f"(c) DummyVecEnv N={n}", steps / seconds, peak_memory_mib(device)))
+            record(f"(c) DummyVecEnv N={n}", steps / seconds, peak_memory_mib(device))
             dummy.close()
             if not args.no_subproc and n > 1:
-                subproc = SubprocVecEnv([make_single] * n, start_method="spawn")
+                subproc = SubprocVecEnv([make_single_one_thread] * n, start_method="spawn")
                 seconds, steps = time_sb3_vec(subproc, length, args.episodes)
-                rows.append((f"(c) SubprocVecEnv N={n}", steps / seconds, float("nan")))
+                record(f"(c) SubprocVecEnv N={n}", steps / seconds, float("nan"))
                 subproc.close()
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         seconds, steps, shares[n] = time_vector(n, device, args.episodes)
-        rows.append((f"(d) batched vector env N={n}", steps / seconds, peak_memory_mib(device)))
+        record(f"(d) batched vector env N={n}", steps / seconds, peak_memory_mib(device))
 
-    print(f"device: {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}), "
-          f"torch threads: {torch.get_num_threads()}, episode_length: {length}")
-    print(f"{'variant':34s} {'steps/s':>10s} {'x (a)':>8s} {'peak MiB':>10s}")
-    for name, rate, memory in rows:
-        print(f"{name:34s} {rate:10.1f} {rate / base:8.2f} {memory:10.0f}")
     for n, share in shares.items():
         print(f"snapshot share of step time, batched N={n}: {share:.2f}")
     rates = dict((name, rate) for name, rate, _ in rows)
