@@ -47,8 +47,9 @@ from nbs_gym.config import ConfigError
 from nbs_gym.data import load_dataset
 from nbs_gym.data.base import GOOD
 from nbs_gym.env import dataset_fingerprint
+from nbs_gym.io import write_atomic
 from nbs_gym.metrics import segmentation_metrics
-from nbs_gym.profiles import LossProfiles, ProfileFileError, write_atomic
+from nbs_gym.profiles import LossProfiles
 
 __all__ = [
     "BASELINES",
@@ -306,7 +307,7 @@ def fit_predictor(profiles: LossProfiles, config: ClassifierConfig | None = None
     n_anomalous_pixels = int(np.count_nonzero(masks))
     if n_anomalous_pixels == 0 or n_anomalous_pixels == masks.size:
         missing = "anomalous" if n_anomalous_pixels == 0 else "normal"
-        raise ProfileFileError(f"labeled_masks: the labeled set has no {missing} pixels, nothing to train on")
+        raise profiles.error(f"labeled_masks: the labeled set has no {missing} pixels, nothing to train on")
     images = profiles.images[: profiles.n_labeled] if config.use_image else None
     image_channels = profiles.images.shape[1] if config.use_image else 0
     features = _features(loss_maps, images, profiles.profile_length, image_channels)
@@ -347,11 +348,11 @@ def evaluation_masks(profiles: LossProfiles) -> tuple[np.ndarray, tuple[str, ...
             data["channels"],
         )
     except (KeyError, TypeError) as error:
-        raise ProfileFileError(f"metadata: no dataset config to reload E's masks from (missing {error})") from error
+        raise profiles.error(f"metadata: no dataset config to reload E's masks from (missing {error})") from error
     dataset = load_dataset(spec, image_size=image_size, seed=seed, channels=channels)
     found = dataset_fingerprint(dataset)
     if found != expected:
-        raise ProfileFileError(
+        raise profiles.error(
             f"dataset_fingerprint: the profiles were recorded on a dataset with fingerprint {expected}, but "
             f"{spec!r} (image_size={image_size}, seed={seed}) now loads as {found}; the profile file comes "
             "from another dataset or the dataset changed since the run"

@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = _classify(profiles, path, config, out, figures=not args.figures_off)
     except (ValueError, OSError) as error:
-        return _bad_input(f"{path}: {error}")
+        # Errors about the profiles already name the file; others (a config, the output folder) do not.
+        message = str(error)
+        return _bad_input(message if message.startswith(str(path)) else f"{path}: {message}")
     print(format_table(results["metrics"]))
     print(f"wrote {', '.join(str(p) for p in results['written'])}")
     return 0

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from nbs_gym.profiles import write_atomic
+from nbs_gym.io import write_atomic
 
 __all__ = ["profile_figure", "save_figure", "segmentation_figure"]
 

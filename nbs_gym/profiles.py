@@ -52,6 +52,7 @@ class LossProfiles:
         labeled_masks: (n_L, H, W) masks of the labeled probes.
         split: The semi-supervised split of the run.
         metadata: Everything else worth keeping: env config, seed, episode index, dataset spec.
+        source: The file the profiles were loaded from (set by :func:`load_profiles`, not saved).
     """
 
     loss_maps: np.ndarray
@@ -61,6 +62,7 @@ class LossProfiles:
     labeled_masks: np.ndarray
     split: SemiSupervisedSplit
     metadata: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
 
     def __post_init__(self) -> None:
         k, n, h, w = self.loss_maps.shape
@@ -75,6 +77,10 @@ class LossProfiles:
                 raise ProfileFileError(f"{name}: shape {tuple(got)} does not match the loss maps, expected {expected}")
         if len(self.split.probe) != n or not np.array_equal(self.split.probe, self.probe_indices):
             raise ProfileFileError("probe_indices: do not match the split's labeled + evaluation images")
+
+    def error(self, message: str) -> ProfileFileError:
+        """A :class:`ProfileFileError` whose message names the file the profiles came from, when known."""
+        return ProfileFileError(f"{self.source}: {message}" if self.source else message)
 
     @property
     def n_labeled(self) -> int:
@@ -143,6 +149,7 @@ def load_profiles(path: str | os.PathLike[str]) -> LossProfiles:
             labeled_masks=arrays["labeled_masks"],
             split=split,
             metadata=metadata,
+            source=str(path),
         )
     except ProfileFileError as error:
         raise ProfileFileError(f"{path}: {error}") from error

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -216,6 +217,12 @@ def test_labeled_set_without_anomalous_pixels_is_an_error(profiles: LossProfiles
         fit_predictor(empty, TINY)
 
 
+def test_library_errors_name_the_profile_file(profiles: LossProfiles, profile_path: Path, tmp_path: Path) -> None:
+    path = _bad_file("unlabeled", profiles, profile_path, tmp_path)
+    with pytest.raises(ProfileFileError, match=f"^{re.escape(str(path))}: labeled_masks: .*no anomalous pixels"):
+        fit_predictor(load_profiles(path), TINY)
+
+
 def test_single_labeled_anomalous_image_trains_without_validation(profiles: LossProfiles) -> None:
     masks = np.zeros_like(profiles.labeled_masks)
     first = int(np.flatnonzero(profiles.labeled_masks.any(axis=(1, 2)))[0])
@@ -288,7 +295,7 @@ def test_cli_bad_input_exits_2_with_one_line_naming_the_file(
     path = _bad_file(kind, profiles, profile_path, tmp_path)
     assert main([str(path), "--device", "cpu", "--max-epochs", "1", "--no-figures"]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and str(path) in error and message in error
+    assert error.count("\n") == 1 and error.count(str(path)) == 1 and message in error
     assert "Traceback" not in error
 
 
