@@ -48,7 +48,6 @@ import math
 import re
 import shutil
 import sys
-import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +63,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from agents.registry import get_spec
 from nbs_gym import train
 from nbs_gym.callbacks import latest_checkpoint
+from nbs_gym.cli import Parser, UsageError
 from nbs_gym.figures import save_figure
 from nbs_gym.io import write_text_atomic
 
@@ -322,17 +322,8 @@ def write_results(summaries: Sequence[AgentSummary], runs: Sequence[RunResult], 
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-class _UsageError(ValueError):
-    """A malformed command line; reported as one ``error:`` line instead of argparse's usage block."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> typing.NoReturn:
-        raise _UsageError(message)
-
-
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _Parser(
+    parser = Parser(
         prog="python -m nbs_gym.compare",
         description="Train and evaluate several batch samplers over several seeds with nbs_gym.train, then "
         "tabulate mean ± 95 %% CI per metric and plot learning curves.",
@@ -378,7 +369,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if options.collect:
         given = [name for name in _RUN_FLAGS if getattr(options, name) is not None]
         if given:
-            raise _UsageError(f"--{given[0].replace('_', '-')}: has no effect with --collect, which only reads runs")
+            raise UsageError(f"--{given[0].replace('_', '-')}: has no effect with --collect, which only reads runs")
     else:
         options.agents = options.agents or ["ppo", "a2c", "uniform", "random"]
         options.seeds = options.seeds if options.seeds is not None else [0, 1, 2]
@@ -386,9 +377,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         values = getattr(options, name) or []
         repeated = sorted({value for value in values if values.count(value) > 1}, key=str)
         if repeated:
-            raise _UsageError(f"--{name}: {repeated[0]} given twice")
+            raise UsageError(f"--{name}: {repeated[0]} given twice")
     if any(seed < 0 for seed in options.seeds or []):
-        raise _UsageError("--seeds: must be integers >= 0")
+        raise UsageError("--seeds: must be integers >= 0")
     return options
 
 
@@ -443,7 +434,7 @@ def _hyperparams_by_agent(agents: Sequence[str], entries: Sequence[str]) -> dict
     for entry in entries:
         key, separator, value = entry.partition("=")
         if not separator or not key:
-            raise _UsageError(f"--hyperparams: expected [AGENT.]KEY=VALUE, got {entry!r}")
+            raise UsageError(f"--hyperparams: expected [AGENT.]KEY=VALUE, got {entry!r}")
         # Plug-in names hold dots too; the key is what follows the last one.
         target, dot, name = key.rpartition(".")
         if not dot:
@@ -452,7 +443,7 @@ def _hyperparams_by_agent(agents: Sequence[str], entries: Sequence[str]) -> dict
         elif target in by_agent:
             by_agent[target].append(f"{name}={value}")
         else:
-            raise _UsageError(f"--hyperparams {entry}: {target!r} is not one of --agents ({', '.join(agents)})")
+            raise UsageError(f"--hyperparams {entry}: {target!r} is not one of --agents ({', '.join(agents)})")
     return by_agent
 
 

@@ -64,6 +64,7 @@ from nbs_gym.callbacks import (
     save_atomic,
 )
 from nbs_gym.classifier import ClassifierConfig, evaluate, evaluation_masks, fit_predictor, score_maps
+from nbs_gym.cli import Parser
 from nbs_gym.config import EnvConfig
 from nbs_gym.data import AnomalyDataset, load_dataset
 from nbs_gym.figures import profile_figure, segmentation_figure
@@ -226,18 +227,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-class _UsageError(ValueError):
-    """A malformed command line; reported as one ``error:`` line instead of argparse's usage block."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> typing.NoReturn:
-        raise _UsageError(message)
-
-
 def _build_parser() -> argparse.ArgumentParser:
     """An argparse parser with one flag per :class:`Args` field, its docstring as the help."""
-    parser = _Parser(
+    parser = Parser(
         prog="python -m nbs_gym.train",
         description="Train a neural batch sampler on nbs_gym, log to TensorBoard, checkpoint, then evaluate "
         "it against uniform sampling with the anomaly classifier.",
