@@ -231,7 +231,7 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         composition = self.batch_composition(action)
         patch_ids, group_counts = self._draw(composition)
         self._recent_counts.append(group_counts)
-        np.add.at(self._position_counts, self._patch_position[patch_ids], 1)
+        self._position_counts += np.bincount(self._patch_position[patch_ids], minlength=self._n_positions)
         self._last_composition = composition
         self._pending_patch_ids = patch_ids
         return patch_ids
@@ -354,6 +354,10 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         if n_patches < cfg.batch_size:
             raise ConfigError(f"batch_size: {cfg.batch_size} is larger than the patch pool ({n_patches} patches)")
         self._offsets = torch.arange(cfg.patch_size, device=self.device)
+        # The same tables on the device, so that cutting a batch is indexing there, without host copies.
+        self._patch_image_t = torch.as_tensor(self._patch_image, device=self.device)
+        self._patch_y_t = torch.as_tensor(self._patch_y, device=self.device)
+        self._patch_x_t = torch.as_tensor(self._patch_x, device=self.device)
         self._patch_loss = np.zeros(n_patches)
         labeled_anomalous = np.flatnonzero(self._labeled_masks.any(axis=(1, 2)))
         self._display_probe = int(labeled_anomalous[0]) if labeled_anomalous.size else 0
@@ -382,6 +386,7 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
             bounds = (np.arange(n_groups + 1) * n_patches) // n_groups
             self._group_sizes = np.diff(bounds).astype(np.float64)
             self._stratum_of_rank = np.repeat(np.arange(n_groups), np.diff(bounds))
+            self._stratum_bounds = bounds[1:-1]
             self._patch_group = self._stratum_of_rank.copy()
             self._order = np.arange(n_patches)
         self._group_starts = np.concatenate([[0], np.cumsum(self._group_sizes[:-1])]).astype(np.int64)
@@ -410,9 +415,10 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
 
     def _gather_patches(self, patch_ids: np.ndarray) -> torch.Tensor:
         """(B, C, p, p) patches, cut from the pool images on the device in one indexing operation."""
-        image = torch.as_tensor(self._patch_image[patch_ids], device=self.device)
-        rows = torch.as_tensor(self._patch_y[patch_ids], device=self.device)[:, None] + self._offsets
-        cols = torch.as_tensor(self._patch_x[patch_ids], device=self.device)[:, None] + self._offsets
+        ids = torch.from_numpy(patch_ids).to(self.device)
+        image = self._patch_image_t[ids]
+        rows = self._patch_y_t[ids][:, None] + self._offsets
+        cols = self._patch_x_t[ids][:, None] + self._offsets
         patches = self._snapshot_images[image[:, None, None], :, rows[:, :, None], cols[:, None, :]]
         return patches.permute(0, 3, 1, 2)
 
@@ -433,7 +439,8 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
 
     def _restratify(self) -> None:
         if self.config.action_mode != "spatial":
-            self._order = np.argsort(self._patch_loss, kind="stable")
+            # Only the cut points matter, not the order within a stratum: a partition is O(P), a sort is not.
+            self._order = np.argpartition(self._patch_loss, self._stratum_bounds)
             self._patch_group = np.empty_like(self._order)
             self._patch_group[self._order] = self._stratum_of_rank
 

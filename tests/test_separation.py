@@ -69,3 +69,16 @@ def test_bad_input_is_a_clear_error(features: np.ndarray, labels: np.ndarray, me
 def test_unknown_measure_lists_the_choices() -> None:
     with pytest.raises(ValueError, match="auroc, fisher, prediction_loss"):
         separation(*_profiles(1.0), measure="accuracy")
+
+
+def test_auroc_equals_sklearn_roc_auc_of_the_fisher_read_out_with_ties() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from nbs_gym.separation import _fisher_direction, _standardised_log
+
+    rng = np.random.default_rng(4)
+    labels = rng.random(3000) < 0.3
+    features = np.round(np.exp(rng.normal(size=(3000, 3)) + labels[:, None]), 1)  # rounding makes ties
+    x = _standardised_log(features)
+    expected = roc_auc_score(labels, x @ _fisher_direction(x, labels))
+    assert separation(features, labels, "auroc") == pytest.approx(expected, abs=1e-12)
