@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from nbs_gym.classifier import (
     score_maps,
     score_metrics,
 )
+from nbs_gym.cli import bad_input
 from nbs_gym.figures import profile_figure, segmentation_figure
 from nbs_gym.profiles import LossProfiles, load_profiles, write_atomic
 
@@ -39,7 +39,6 @@ __all__ = ["TABLE_METRICS", "format_table", "main", "newest_profile_file"]
 TABLE_METRICS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
 """Columns of the printed table."""
 
-_EXIT_BAD_INPUT = 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         path = newest_profile_file(args.profiles) if args.profiles.is_dir() else args.profiles
         profiles = load_profiles(path)
     except (ValueError, OSError) as error:
-        return _bad_input(str(error))
+        return bad_input(str(error))
     if args.profiles.is_dir():
         print(f"profile file: {path} (the newest *.npz under {args.profiles})")
     else:
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         # Errors about the profiles already name the file; others (a config, the output folder) do not.
         message = str(error)
-        return _bad_input(message if message.startswith(str(path)) else f"{path}: {message}")
+        return bad_input(message if message.startswith(str(path)) else f"{path}: {message}")
     print(format_table(results["metrics"]))
     print(f"wrote {', '.join(str(p) for p in results['written'])}")
     return 0
@@ -123,11 +122,6 @@ def _classify(profiles: LossProfiles, path: Path, config: ClassifierConfig, out:
         )
         written += [out / "segmentation.png", out / "profiles.png"]
     return {"metrics": metrics, "written": written}
-
-
-def _bad_input(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return _EXIT_BAD_INPUT
 
 
 def _parser() -> argparse.ArgumentParser:

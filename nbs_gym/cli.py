@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import typing
+
+EXIT_BAD_INPUT = 2
+"""Exit status of a command given bad input (flags, files, settings)."""
 
 
 class UsageError(ValueError):
@@ -15,3 +19,9 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         raise UsageError(message)
+
+
+def bad_input(message: str) -> int:
+    """Print ``message`` as the one ``error:`` line on stderr; returns :data:`EXIT_BAD_INPUT`."""
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT

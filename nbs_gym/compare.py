@@ -63,7 +63,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from agents.registry import get_spec
 from nbs_gym import train
 from nbs_gym.callbacks import latest_checkpoint
-from nbs_gym.cli import Parser, UsageError
+from nbs_gym.cli import Parser, UsageError, bad_input
 from nbs_gym.figures import save_figure
 from nbs_gym.io import write_text_atomic
 
@@ -212,8 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_request:  # --help
         return int(exit_request.code or 0)
     except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return bad_input(str(error))
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -477,7 +477,7 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
             "step": self._step_count,
             "separation": float(self._separation),
             "initial_separation": float(self._initial_separation),
-            "rewards": rewards if rewards is not None else self._rewards(False) | {"separation_gain": 0.0},
+            "rewards": rewards if rewards is not None else self._rewards(False),
             "ae_loss": float(self._batch_loss),
             "batch_composition": self._last_composition.astype(np.float32),
             "snapshot": snapshot,

@@ -64,7 +64,7 @@ from nbs_gym.callbacks import (
     save_atomic,
 )
 from nbs_gym.classifier import ClassifierConfig, evaluate, evaluation_masks, fit_predictor, score_maps
-from nbs_gym.cli import Parser
+from nbs_gym.cli import Parser, bad_input
 from nbs_gym.config import EnvConfig
 from nbs_gym.data import AnomalyDataset, load_dataset
 from nbs_gym.figures import profile_figure, segmentation_figure
@@ -177,8 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_request:  # --help
         return int(exit_request.code or 0)
     except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return bad_input(str(error))
     except KeyboardInterrupt:
         print("\ninterrupted before training started", file=sys.stderr)
         return 130
