@@ -19,33 +19,15 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-from PIL import Image
 
 import nbs_gym  # noqa: F401  (registers the env ids)
 from nbs_gym.classifier import ClassifierConfig, evaluate, fit_predictor
 from nbs_gym.classify import format_table
-from nbs_gym.data import load_dataset
-from nbs_gym.data.base import GOOD
+from nbs_gym.data import load_dataset, write_mvtec_folder
 from nbs_gym.data.synthetic import generate_synthetic
 from nbs_gym.profiles import load_profiles
 
 QUICK = {"episode_length": 20, "profile_length": 4, "image_size": 32, "patch_size": 8, "batch_size": 8}
-
-
-def write_mvtec_folder(root: Path, image_size: int) -> Path:
-    """Write a small synthetic ``grid`` category in the MVTec AD layout under ``root``; returns ``root``."""
-    dataset = generate_synthetic("grid", image_size=image_size, n_train=30, n_test_good=8, n_test_per_defect=4)
-    for image, mask, name, defect in zip(
-        dataset.images, dataset.masks, dataset.names, dataset.defect_types, strict=True
-    ):
-        path = root / f"{name}.png"  # names are "<train|test>/<defect>/<index>"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.rint(image[0] * 255).astype(np.uint8)).save(path)
-        if defect != GOOD:
-            mask_path = root / "ground_truth" / defect / f"{path.stem}_mask.png"
-            mask_path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(mask_path)
-    return root
 
 
 def classify_folder(path: Path, profile_dir: Path, quick: bool) -> dict[str, dict[str, float]]:
@@ -76,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # The evaluator re-reads E's masks from the folder, so it must outlive the evaluation.
     with tempfile.TemporaryDirectory(prefix="nbs_gym_mvtec_") as scratch:
-        folder = args.path or write_mvtec_folder(Path(scratch) / "grid", QUICK["image_size"] if args.quick else 64)
+        if args.path is None:
+            size = QUICK["image_size"] if args.quick else 64
+            dataset = generate_synthetic("grid", image_size=size, n_train=30, n_test_good=8, n_test_per_defect=4)
+            folder = write_mvtec_folder(dataset, Path(scratch) / "grid")
+        else:
+            folder = args.path
         metrics = classify_folder(folder, Path(scratch) / "profiles", args.quick)
     print(format_table(metrics))
     return 0

@@ -325,7 +325,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = Parser(
         prog="python -m nbs_gym.compare",
         description="Train and evaluate several batch samplers over several seeds with nbs_gym.train, then "
-        "tabulate mean ± 95 %% CI per metric and plot learning curves.",
+        "tabulate mean ± 95 % CI per metric and plot learning curves.",
         # None marks a flag as not given, so that --collect can reject run-defining flags.
         argument_default=None,
     )

@@ -120,6 +120,9 @@ class EnvConfig:
         reward: Separation measure used as the potential: ``"auroc"``, ``"fisher"`` or ``"prediction_loss"``.
         reward_mode: ``"dense"`` (difference of the potential each step) or ``"terminal"`` (final separation,
             given at the last step).
+        context_window: Side (odd, in pixels) of a box around each pixel whose mean loss map joins the
+            pixel's own loss profile as features of the reward's read-out, so that the reward sees a
+            neighbourhood as the downstream classifier does; 0 reads each pixel's own profile only.
         history: Recent batches over which the sampled share per group is averaged in the observation.
     """
 
@@ -136,6 +139,7 @@ class EnvConfig:
     temperature: float = 0.5
     reward: RewardMeasure = "auroc"
     reward_mode: RewardMode = "dense"
+    context_window: int = 0
     history: int = 10
 
     def __post_init__(self) -> None:
@@ -169,6 +173,11 @@ class EnvConfig:
         _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         _check_choice(self.reward, "reward", REWARD_MEASURES)
         _check_choice(self.reward_mode, "reward_mode", REWARD_MODES)
+        _check(
+            self.context_window == 0 or (self.context_window % 2 == 1 and self.context_window <= self.data.image_size),
+            "context_window",
+            f"must be 0 or an odd side <= image_size ({self.data.image_size}), got {self.context_window}",
+        )
         _check(self.history >= 1, "history", f"must be >= 1, got {self.history}")
 
     @property

@@ -18,16 +18,12 @@ from nbs_gym.autoencoder import AutoencoderTrainer
 from nbs_gym.config import ConfigError, EnvConfig
 from nbs_gym.data import AnomalyDataset, SemiSupervisedSplit, load_dataset, make_split
 from nbs_gym.profiles import LossProfiles
-from nbs_gym.separation import separation
+from nbs_gym.separation import separation, separation_pixels, snapshot_features
 
 # Observation values are log10-losses, their changes, shares and progress; the bound only guards
 # against overflow (a loss of exactly zero), real values stay within about [-10, 1].
 OBS_BOUND = 20.0
 _LOSS_FLOOR = 1e-12
-# Pixels of L read by the separation measure: all anomalous pixels up to this many, and up to
-# _NORMAL_PER_ANOMALOUS times as many normal ones. Keeps a snapshot's reward cheap on large data.
-_MAX_ANOMALOUS_PIXELS = 4096
-_NORMAL_PER_ANOMALOUS = 4
 
 
 class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
@@ -74,7 +70,9 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
 
     The potential is the separation ``S_t`` (measure ``reward``, see :mod:`nbs_gym.separation`) of L's
     profiles recorded so far; ``S_0`` is that of the freshly initialised autoencoder's loss maps. It
-    changes only at snapshots. ``info["rewards"]`` holds both terms every step:
+    changes only at snapshots. With ``context_window`` w, each pixel's features are its profile and the
+    profile of the mean loss over the w x w box around it (the classifier also reads a neighbourhood).
+    ``info["rewards"]`` holds both terms every step:
 
     * ``separation_gain``: ``S_t - S_{t-1}`` — the reward when ``reward_mode="dense"`` (default); the
       return of an episode is then exactly ``S_T - S_0``.
@@ -107,6 +105,8 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
     | n_strata         | int        | 5             | loss strata S                                        |
     | reward           | str        | "auroc"       | "auroc", "fisher" or "prediction_loss"               |
     | reward_mode      | str        | "dense"       | "dense" or "terminal"                                |
+    | context_window   | int        | 0             | odd box side whose mean losses join the reward's     |
+    |                  |            |               | features (0: each pixel's own profile only)          |
     | device           | str        | "auto"        | "cpu", "cuda[:N]" or "auto"                          |
     | profile_dir      | str | None | None          | folder to write each finished episode's profiles    |
     | config           | EnvConfig  | None          | a whole config instead of the flat keywords          |
@@ -214,7 +214,10 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         k, n_probe, size = cfg.profile_length, len(self._probe_rows), self.image_size
         self._loss_maps = np.zeros((k, n_probe, size, size), dtype=np.float32)
         self._n_snapshots = 0
-        self._initial_separation = self._separation_of(probe_maps[None, :n_labeled])
+        self._separation_columns: list[np.ndarray] = []
+        self._initial_separation = separation(
+            self._reward_features(probe_maps[:n_labeled]), self._separation_labels, cfg.reward
+        )
         self._separation = self._previous_separation = self._initial_separation
         self._levels_at_snapshot = self._group_levels()
         self._recent_counts: deque[np.ndarray] = deque(maxlen=cfg.history)
@@ -392,17 +395,14 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         self._group_starts = np.concatenate([[0], np.cumsum(self._group_sizes[:-1])]).astype(np.int64)
 
     def _build_separation_pixels(self) -> None:
-        masks = self._labeled_masks.ravel()
-        anomalous, normal = np.flatnonzero(masks), np.flatnonzero(~masks)
-        if anomalous.size == 0 or normal.size == 0:
-            raise ConfigError("n_labeled_anomalous_per_type: the labeled set needs anomalous and normal pixels")
-        rng = np.random.default_rng(self.config.data.split_seed)
-        if anomalous.size > _MAX_ANOMALOUS_PIXELS:
-            anomalous = np.sort(rng.choice(anomalous, _MAX_ANOMALOUS_PIXELS, replace=False))
-        n_normal = min(normal.size, _NORMAL_PER_ANOMALOUS * anomalous.size)
-        normal = np.sort(rng.choice(normal, n_normal, replace=False))
-        self._separation_pixels = np.concatenate([anomalous, normal])
-        self._separation_labels = np.concatenate([np.ones(anomalous.size, bool), np.zeros(n_normal, bool)])
+        """The pixels of L the reward reads (a seeded subset on large data) and their labels."""
+        try:
+            pixels, labels = separation_pixels(self._labeled_masks, self.config.data.split_seed)
+        except ValueError:
+            raise ConfigError(
+                "n_labeled_anomalous_per_type: the labeled set needs anomalous and normal pixels"
+            ) from None
+        self._separation_pixels, self._separation_labels = pixels, labels
 
     # ------------------------------------------------------------------ dynamics
 
@@ -428,7 +428,9 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         self._loss_maps[self._n_snapshots] = probe_maps
         self._n_snapshots += 1
         self._display_map = probe_maps[self._display_probe]
-        self._separation = self._separation_of(self._loss_maps[: self._n_snapshots, : len(self.split.labeled)])
+        self._separation_columns.append(self._reward_features(probe_maps[: len(self.split.labeled)]))
+        features = np.concatenate(self._separation_columns, axis=1)
+        self._separation = separation(features, self._separation_labels, self.config.reward)
         self._levels_at_snapshot = self._group_levels()
 
     def _refresh_patch_losses(self, maps: torch.Tensor) -> None:
@@ -444,9 +446,9 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
             self._patch_group = np.empty_like(self._order)
             self._patch_group[self._order] = self._stratum_of_rank
 
-    def _separation_of(self, labeled_maps: np.ndarray) -> float:
-        features = labeled_maps.reshape(labeled_maps.shape[0], -1)[:, self._separation_pixels].T
-        return separation(features, self._separation_labels, self.config.reward)
+    def _reward_features(self, labeled_maps: np.ndarray) -> np.ndarray:
+        """One snapshot's reward features of the separation pixels (the loss, and the box mean with a context)."""
+        return snapshot_features(labeled_maps, self._separation_pixels, self.config.context_window)
 
     def _rewards(self, terminated: bool) -> dict[str, float]:
         return {

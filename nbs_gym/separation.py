@@ -16,6 +16,9 @@ labels, and works on log-losses (reconstruction losses span orders of magnitude)
 
 All are in-sample measures of separability, not estimates of test performance: the downstream
 classifier (:mod:`nbs_gym.classifier`) is what is evaluated on held-out images.
+
+:func:`separation_pixels`, :func:`snapshot_features` and :func:`profile_separation` build those features
+from loss maps as the environment's reward does, so that saved profiles can be scored the same way.
 """
 
 from __future__ import annotations
@@ -23,11 +26,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy.ndimage import uniform_filter
 from scipy.stats import mannwhitneyu
 from sklearn.linear_model import LogisticRegression
 
 _EPS = 1e-10
 _SHRINKAGE = 1e-3
+MAX_ANOMALOUS_PIXELS = 4096
+"""Most anomalous pixels the reward reads (a random subset beyond), to keep a snapshot's reward cheap."""
+NORMAL_PER_ANOMALOUS = 4
+"""Normal pixels the reward reads per anomalous one (a random subset)."""
 
 
 def separation(features: np.ndarray, labels: np.ndarray, measure: str = "auroc") -> float:
@@ -82,6 +90,67 @@ def prediction_loss_separation(x: np.ndarray, labels: np.ndarray) -> float:
     probability = np.clip(model.predict_proba(x)[:, 1], _EPS, 1.0 - _EPS)
     nll = -(labels * np.log(probability) + (~labels) * np.log1p(-probability))
     return float(-(weights * nll).sum() / weights.sum())
+
+
+def separation_pixels(masks: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels of labeled images a reward reads, and their labels.
+
+    All anomalous pixels up to :data:`MAX_ANOMALOUS_PIXELS` and :data:`NORMAL_PER_ANOMALOUS` times as many
+    normal ones, drawn with ``seed``.
+
+    Args:
+        masks: Boolean anomaly masks of the labeled images, shape (n, H, W).
+        seed: Seed of the subsets.
+
+    Returns:
+        Sorted flat indices into ``masks`` (anomalous first, then normal) and their boolean labels.
+
+    Raises:
+        ValueError: The masks lack anomalous or normal pixels.
+    """
+    flat = np.asarray(masks, dtype=bool).ravel()
+    anomalous, normal = np.flatnonzero(flat), np.flatnonzero(~flat)
+    if anomalous.size == 0 or normal.size == 0:
+        raise ValueError("masks: the labeled images need both anomalous and normal pixels")
+    rng = np.random.default_rng(seed)
+    if anomalous.size > MAX_ANOMALOUS_PIXELS:
+        anomalous = np.sort(rng.choice(anomalous, MAX_ANOMALOUS_PIXELS, replace=False))
+    n_normal = min(normal.size, NORMAL_PER_ANOMALOUS * anomalous.size)
+    normal = np.sort(rng.choice(normal, n_normal, replace=False))
+    labels = np.concatenate([np.ones(anomalous.size, bool), np.zeros(n_normal, bool)])
+    return np.concatenate([anomalous, normal]), labels
+
+
+def snapshot_features(maps: np.ndarray, pixels: np.ndarray, context_window: int = 0) -> np.ndarray:
+    """One snapshot's features of the given pixels, shape (n_pixels, 1), or (n_pixels, 2) with a context.
+
+    Args:
+        maps: Loss maps of the labeled images at one snapshot, shape (n, H, W).
+        pixels: Flat indices into ``maps`` (from :func:`separation_pixels`).
+        context_window: 0 for each pixel's loss only; an odd side w adds the mean loss of the w x w box
+            around the pixel (reflected at the image border).
+    """
+    columns = [maps]
+    if context_window:
+        columns.append(uniform_filter(maps, size=(1, context_window, context_window), mode="reflect"))
+    return np.stack([column.reshape(-1)[pixels] for column in columns], axis=1)
+
+
+def profile_separation(
+    loss_maps: np.ndarray, masks: np.ndarray, measure: str = "auroc", context_window: int = 0, seed: int = 0
+) -> float:
+    """The separation of labeled images' loss profiles, as the environment's reward potential computes it.
+
+    Args:
+        loss_maps: Snapshots of the labeled images' loss maps, shape (K, n, H, W).
+        masks: Their anomaly masks, shape (n, H, W).
+        measure: A measure of :data:`MEASURES`.
+        context_window: As in :func:`snapshot_features`.
+        seed: Seed of the pixel subsets (the env uses its split seed).
+    """
+    pixels, labels = separation_pixels(masks, seed)
+    features = [snapshot_features(maps, pixels, context_window) for maps in loss_maps]
+    return separation(np.concatenate(features, axis=1), labels, measure)
 
 
 MEASURES: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {

@@ -20,6 +20,7 @@ from nbs_gym.data import (
     SemiSupervisedSplit,
     load_dataset,
     make_split,
+    write_mvtec_folder,
 )
 from nbs_gym.data.synthetic import _TEXTURES, DEFECT_TYPES, MAX_COVERAGE, MIN_COVERAGE, _add_defect
 
@@ -257,6 +258,38 @@ def test_mvtec_spec_rejects_synthetic_sizes(tmp_path: Path) -> None:
     root = _make_category(tmp_path / "bottle")
     with pytest.raises(DatasetError, match="n_train"):
         load_dataset(f"mvtec:{root}", n_train=3)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_written_mvtec_folder_reads_back_the_dataset(tmp_path: Path, channels: int) -> None:
+    dataset = load_dataset("synthetic:grid", image_size=32, channels=channels, **SMALL)
+    root = write_mvtec_folder(dataset, tmp_path / "grid")
+    again = load_dataset(f"mvtec:{root}", image_size=32)
+    order = np.argsort(again.names)
+    assert [again.names[i] for i in order] == sorted(dataset.names)
+    original = np.argsort(dataset.names)
+    np.testing.assert_array_equal(again.masks[order], dataset.masks[original])
+    np.testing.assert_allclose(again.images[order], dataset.images[original], atol=0.5 / 255 + 1e-6)
+    assert [again.defect_types[i] for i in order] == [dataset.defect_types[i] for i in original]
+    assert not [path for path in tmp_path.iterdir() if path.name != "grid"]  # no scratch folder left
+
+
+def test_write_mvtec_folder_refuses_an_existing_folder_and_foreign_names(tmp_path: Path) -> None:
+    dataset = load_dataset("synthetic:grid", image_size=32, **SMALL)
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(DatasetError, match="taken: already exists"):
+        write_mvtec_folder(dataset, tmp_path / "taken")
+    renamed = AnomalyDataset(
+        images=dataset.images,
+        masks=dataset.masks,
+        defect_types=dataset.defect_types,
+        names=tuple(f"img{i}" for i in range(dataset.n_images)),
+        is_train=dataset.is_train,
+        spec=dataset.spec,
+    )
+    with pytest.raises(DatasetError, match="'img0' does not fit"):
+        write_mvtec_folder(renamed, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
 
 
 def _missing_root(root: Path) -> Path:

@@ -14,6 +14,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import nbs_gym
 from nbs_gym.config import ConfigError
 from nbs_gym.profiles import load_profiles
+from nbs_gym.separation import profile_separation
 
 # Small enough for a few seconds per episode on two CPU cores, large enough to be the real thing.
 SMALL = {
@@ -96,9 +97,9 @@ def test_different_seeds_give_different_autoencoder_initialisations() -> None:
     assert all(np.array_equal(a.numpy(), b.detach().numpy()) for a, b in zip(first, again, strict=True))
 
 
-@pytest.mark.parametrize("measure", ["auroc", "fisher", "prediction_loss"])
-def test_dense_return_equals_final_minus_initial_separation(measure: str) -> None:
-    env = make(reward=measure)
+@pytest.mark.parametrize(("measure", "window"), [("auroc", 0), ("fisher", 0), ("prediction_loss", 0), ("auroc", 5)])
+def test_dense_return_equals_final_minus_initial_separation(measure: str, window: int) -> None:
+    env = make(reward=measure, context_window=window)
     _, rewards, infos = rollout(env, 2, [env.action_space.sample() for _ in range(SMALL["episode_length"])])
     final, initial = infos[-1]["separation"], infos[0]["initial_separation"]
     assert sum(rewards) == pytest.approx(final - initial, abs=1e-9)
@@ -112,6 +113,35 @@ def test_terminal_reward_is_the_final_separation_at_the_last_step_only() -> None
     _, rewards, infos = rollout(env, 0, actions)
     assert rewards[:-1] == [0.0] * (len(rewards) - 1)
     assert rewards[-1] == pytest.approx(infos[-1]["separation"])
+
+
+def test_context_window_adds_the_box_mean_of_the_loss_map_as_a_reward_feature() -> None:
+    env = make(context_window=5).unwrapped
+    env.reset(seed=0)
+    n_labeled, size = len(env.split.labeled), SMALL["image_size"]
+    maps = np.random.default_rng(0).random((n_labeled, size, size)).astype(np.float32)
+    features = env._reward_features(maps)
+    assert features.shape == (len(env._separation_pixels), 2)
+    np.testing.assert_array_equal(features[:, 0], maps.reshape(-1)[env._separation_pixels])
+    # An interior pixel's context feature is the plain mean of the 5 x 5 box around it.
+    image, y, x = np.unravel_index(env._separation_pixels, maps.shape)
+    row = int(np.flatnonzero((y >= 2) & (y < size - 2) & (x >= 2) & (x < size - 2))[0])
+    box = maps[image[row], y[row] - 2 : y[row] + 3, x[row] - 2 : x[row] + 3]
+    assert features[row, 1] == pytest.approx(box.mean(), rel=1e-5)
+    assert make().unwrapped._reward_features(maps).shape == (len(env._separation_pixels), 1)
+
+
+@pytest.mark.parametrize("window", [0, 5])
+def test_saved_profiles_score_the_same_final_separation_as_the_reward(window: int, tmp_path: Path) -> None:
+    env = make(context_window=window, profile_dir=tmp_path)
+    _, _, infos = rollout(env, 1, [env.action_space.sample() for _ in range(SMALL["episode_length"])])
+    profiles = load_profiles(infos[-1]["profile_path"])  # float16 on disk: equal up to its rounding
+    maps, masks = profiles.labeled_profiles()
+    seed = env.unwrapped.config.data.split_seed
+    score = profile_separation(maps.astype(np.float32), masks, "auroc", window, seed)
+    assert score == pytest.approx(infos[-1]["separation"], abs=2e-3)
+    exact = profile_separation(env.unwrapped._loss_maps[:, : profiles.n_labeled], masks, "auroc", window, seed)
+    assert exact == pytest.approx(infos[-1]["separation"], abs=1e-12)
 
 
 def test_zero_action_is_uniform_sampling_over_patches() -> None:
@@ -164,6 +194,8 @@ def test_bad_discrete_action_is_a_value_error(action) -> None:
         ({"reward": "accuracy"}, "reward"),
         ({"action_mode": "grid"}, "action_mode"),
         ({"temperature": 0.0}, "temperature"),
+        ({"context_window": 4}, "context_window"),
+        ({"context_window": 65}, "context_window"),
         ({"batchsize": 8}, "batchsize"),
         ({"device": "tpu"}, "device"),
     ],

@@ -2,11 +2,13 @@
 
 - :func:`load_dataset` turns a spec string (``"synthetic"``, ``"synthetic:grid"``, ``"mvtec:/data/bottle"``)
   into an :class:`AnomalyDataset`.
+- :func:`write_mvtec_folder` writes a dataset as a category folder in the MVTec AD layout.
 - :func:`make_split` draws the labeled set L and the evaluation set E as a :class:`SemiSupervisedSplit`.
 """
 
 from nbs_gym.data.base import AnomalyDataset, DatasetError
 from nbs_gym.data.loading import load_dataset
+from nbs_gym.data.mvtec import write_mvtec_folder
 from nbs_gym.data.split import SemiSupervisedSplit, make_split
 from nbs_gym.data.synthetic import SYNTHETIC_CATEGORIES
 
@@ -17,4 +19,5 @@ __all__ = [
     "SemiSupervisedSplit",
     "load_dataset",
     "make_split",
+    "write_mvtec_folder",
 ]

@@ -14,6 +14,8 @@ alone) is kept apart from loading (:func:`load_samples`, which opens the files).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ __all__ = [
     "load_mvtec",
     "load_samples",
     "parse_mvtec_folder",
+    "write_mvtec_folder",
 ]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -225,3 +228,50 @@ def _read_mask(path: Path, image_path: Path, image_size_wh: tuple[int, int], ima
         )
     array = np.asarray(resized)
     return (array > 0).any(axis=2) if array.ndim == 3 else array > 0
+
+
+def write_mvtec_folder(dataset: AnomalyDataset, root: str | Path) -> Path:
+    """Write a dataset as a category folder in the MVTec AD layout, as 8-bit PNG files.
+
+    Image ``i`` goes to ``<root>/<names[i]>.png`` (names are ``"<train|test>/<defect>/<stem>"``), and the
+    mask of an anomalous one to ``<root>/ground_truth/<defect>/<stem>_mask.png``, so that
+    ``load_mvtec(root)`` reads the dataset back (up to 8-bit quantisation of the intensities). The folder
+    is written next to ``root`` and renamed into place, so an interrupted call leaves no partial folder.
+
+    Args:
+        dataset: The dataset to write; its names must follow the layout above, as those of the
+            synthetic generator and of :func:`load_mvtec` do.
+        root: The category folder to create; it must not exist yet.
+
+    Returns:
+        ``root`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        DatasetError: If ``root`` exists or a name does not fit the layout.
+    """
+    root = Path(root)
+    if root.exists():
+        raise DatasetError(f"{root}: already exists; write_mvtec_folder creates a new category folder")
+    for name, defect in zip(dataset.names, dataset.defect_types, strict=True):
+        parts = name.split("/")
+        if len(parts) != 3 or parts[0] not in ("train", "test") or parts[1] != defect:
+            raise DatasetError(f"names: {name!r} does not fit '<train|test>/{defect}/<stem>'")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        for image, mask, name, defect in zip(
+            dataset.images, dataset.masks, dataset.names, dataset.defect_types, strict=True
+        ):
+            path = scratch / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pixels = np.rint(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+            Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)).save(path)
+            if defect != GOOD:
+                mask_path = scratch / "ground_truth" / defect / f"{path.stem}_mask.png"
+                mask_path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(mask.astype(np.uint8) * 255).save(mask_path)
+        scratch.rename(root)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return root

@@ -1,0 +1,213 @@
+"""``python -m nbs_gym.study``: the results study, every sampler x seed on several datasets, in one report.
+
+Examples::
+
+    python -m nbs_gym.study --out results/study                          # every dataset, 5 seeds, 40,000 steps
+    python -m nbs_gym.study --out results/study --datasets grid stochastic mvtec --timesteps 10000
+    python -m nbs_gym.study --out results/study --datasets mvtec --mvtec /data/mvtec_ad/carpet
+    python -m nbs_gym.study --out results/study --collect                # the report of the finished runs
+
+Each dataset is one ``python -m nbs_gym.compare`` into ``OUT/<dataset>/`` (its tables, learning curves and
+bar charts are written there), so an interrupted study resumes where it stopped and finished runs are
+never redone. Datasets, by name:
+
+==============  ================================================================================
+``fabric``      ``synthetic``: the default dataset (the synthetic ``fabric`` category)
+``grid``        ``synthetic:grid``
+``stochastic``  ``synthetic:stochastic``
+``mvtec``       ``mvtec:PATH`` with ``--mvtec PATH``; without it, a folder in the MVTec AD layout
+                generated once into ``OUT/mvtec_folder/grid`` (8-bit PNGs of the synthetic ``grid``
+                category drawn with another seed), which exercises the folder reader end to end
+==============  ================================================================================
+
+``OUT/study.md`` gathers every dataset's table and a summary of each sampler's ratio to ``uniform``
+(pixel F1-max and AUROC of the loss-profile predictor, paired by seed, mean [95 % CI]);
+``OUT/study.json`` holds the same for scripts. Exit status as ``nbs_gym.compare``'s: 0 done, 2 bad
+arguments, 130 interrupted (run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nbs_gym import compare
+from nbs_gym.cli import Parser, UsageError, bad_input
+from nbs_gym.compare import RATIO_COLUMNS, REFERENCE_AGENT
+from nbs_gym.data import write_mvtec_folder
+from nbs_gym.data.synthetic import generate_synthetic
+from nbs_gym.io import write_text_atomic
+
+__all__ = ["AGENTS", "DATASETS", "MVTEC_FOLDER_SEED", "SEEDS", "dataset_spec", "main", "write_report"]
+
+DATASETS: dict[str, str | None] = {
+    "fabric": "synthetic",
+    "grid": "synthetic:grid",
+    "stochastic": "synthetic:stochastic",
+    "mvtec": None,
+}
+"""Dataset names of the study and their ``--dataset`` specs (``mvtec``: given by ``--mvtec`` or generated)."""
+AGENTS: tuple[str, ...] = ("ppo", "a2c", "uniform", "random", "hard_mining", "curriculum")
+"""The samplers of the study: the two learned ones and the fixed rules."""
+SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
+"""The study's fixed seed list."""
+MVTEC_FOLDER_SEED = 1
+"""Generator seed of the generated MVTec-layout folder (the ``grid`` row uses seed 0)."""
+
+
+def dataset_spec(name: str, out: Path, mvtec: Path | None) -> str:
+    """The ``--dataset`` spec of a study dataset; writes the generated MVTec-layout folder if it is needed."""
+    spec = DATASETS[name]
+    if spec is not None:
+        return spec
+    if mvtec is not None:
+        return f"mvtec:{mvtec.resolve()}"
+    folder = out / "mvtec_folder" / "grid"
+    if not folder.exists():
+        write_mvtec_folder(generate_synthetic("grid", seed=MVTEC_FOLDER_SEED), folder)
+    return f"mvtec:{folder.resolve()}"
+
+
+def write_report(out: Path, datasets: Sequence[str]) -> list[Path]:
+    """``OUT/study.md`` and ``OUT/study.json`` from each dataset's ``results.json``; returns their paths."""
+    reports = {name: json.loads((out / name / "results.json").read_text()) for name in datasets}
+    lines = [
+        "# Results study",
+        "",
+        f"Ratio of each sampler to `{REFERENCE_AGENT}`, per seed then mean [95 % CI] over paired seeds, "
+        "of the loss-profile predictor's pixel F1-max and pixel AUROC on the evaluation set E:",
+        "",
+    ]
+    header = ["agent"] + [f"{name}: {column.split('/')[1]}" for name in datasets for column in RATIO_COLUMNS]
+    agents = sorted({agent for report in reports.values() for agent in report["agents"]} - {REFERENCE_AGENT})
+    rows = [[agent] + [_ratio_cell(reports[name], agent, column) for name in datasets for column in RATIO_COLUMNS]
+            for agent in agents]  # fmt: skip
+    lines += _table(header, rows)
+    for name in datasets:
+        settings = reports[name]["settings"]
+        lines += [
+            "",
+            f"## {name}",
+            "",
+            f"Dataset {_listed(settings['dataset'])}; timesteps per run {_listed(settings['timesteps'])}; "
+            f"env settings {_listed(settings['env_kwargs'])}; "
+            f"classifier settings {_listed(settings['classifier_kwargs'])}. "
+            f"Learning curves: `{name}/learning_curves.png`; bars: `{name}/metrics.png`.",
+            "",
+        ]
+        columns = reports[name]["columns"]
+        table = [
+            [agent, str(len(row["seeds"]))] + [_plus_minus(row["columns"][column]) for column in columns]
+            for agent, row in reports[name]["agents"].items()
+        ]
+        lines += _table(["agent", "seeds", *columns], table)
+    written = [
+        write_text_atomic(out / "study.md", "\n".join(lines) + "\n"),
+        write_text_atomic(out / "study.json", json.dumps({"datasets": reports}, indent=2) + "\n"),
+    ]
+    return written
+
+
+def _listed(values: list[Any]) -> str:
+    """The distinct values a setting took over a dataset's runs, e.g. ``40000`` or ``episode_length=20``."""
+
+    def one(value: Any) -> str:
+        if isinstance(value, dict):
+            return ", ".join(f"{key}={item}" for key, item in value.items()) or "defaults"
+        return f"`{value}`"
+
+    return "; ".join(one(value) for value in values)
+
+
+def _ratio_cell(report: dict[str, Any], agent: str, column: str) -> str:
+    row = report["agents"].get(agent)
+    if row is None or column not in row[f"ratio_to_{REFERENCE_AGENT}"]:
+        return ""
+    interval = row[f"ratio_to_{REFERENCE_AGENT}"][column]
+    if interval["ci_low"] is None:
+        return f"{interval['mean']:.3f}"
+    return f"{interval['mean']:.3f} [{interval['ci_low']:.3f}, {interval['ci_high']:.3f}]"
+
+
+def _plus_minus(interval: dict[str, Any]) -> str:
+    mean, low, high = interval["mean"], interval["ci_low"], interval["ci_high"]
+    if mean is None:
+        return "nan"
+    if low is None or high is None or math.isnan(high - low):
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ± {(high - low) / 2:.4f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    return ["| " + " | ".join(cells) + " |" for cells in (header, align, *rows)]
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = Parser(
+        prog="python -m nbs_gym.study",
+        description="Run nbs_gym.compare on each dataset of the results study and gather one report.",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder; dataset D goes to OUT/D")
+    parser.add_argument(
+        "--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS), metavar="NAME",
+        help=f"datasets to run: {', '.join(DATASETS)} (default: all)",
+    )  # fmt: skip
+    parser.add_argument("--agents", nargs="+", default=list(AGENTS), metavar="AGENT",
+                        help=f"samplers (default: {' '.join(AGENTS)})")  # fmt: skip
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), metavar="N",
+                        help=f"seeds (default: {' '.join(map(str, SEEDS))})")  # fmt: skip
+    parser.add_argument("--mvtec", type=Path, metavar="PATH", help="an MVTec-layout category folder for 'mvtec'")
+    parser.add_argument("--collect", action="store_true", help="run nothing: report the finished runs")
+    parser.add_argument("--timesteps", type=int, help="environment steps per learned-sampler run (compare's default)")
+    for flag in ("--env-kwargs", "--hyperparams", "--classifier-kwargs"):
+        parser.add_argument(flag, nargs="*", default=[], metavar="KEY=VALUE", help="passed on to nbs_gym.compare")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    options = parser.parse_args(argv)
+    if options.mvtec is not None and not options.mvtec.is_dir():
+        raise UsageError(f"--mvtec: {options.mvtec} is not a folder")
+    return options
+
+
+def _compare_argv(options: argparse.Namespace, name: str) -> list[str]:
+    argv = ["--out", str(options.out / name), "--agents", *options.agents, "--seeds", *map(str, options.seeds)]
+    if options.collect:
+        return [*argv, "--collect"]
+    argv += ["--dataset", dataset_spec(name, options.out, options.mvtec), "--device", options.device]
+    if options.timesteps is not None:
+        argv += ["--timesteps", str(options.timesteps)]
+    for flag in ("env_kwargs", "hyperparams", "classifier_kwargs"):
+        if getattr(options, flag):
+            argv += [f"--{flag.replace('_', '-')}", *getattr(options, flag)]
+    return [*argv, "--progress" if options.progress else "--no-progress"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m nbs_gym.study`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    try:
+        options = _parse(argv)
+        for name in options.datasets:
+            print(f"== {name}", flush=True)
+            status = compare.main(_compare_argv(options, name))
+            if status:
+                return status
+        written = write_report(options.out, options.datasets)
+    except SystemExit as exit_request:  # --help
+        return int(exit_request.code or 0)
+    except (ValueError, OSError) as error:
+        return bad_input(str(error))
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
