@@ -1,0 +1,53 @@
+"""How much of a run's predictor score is the classifier's own training noise? Refits on the same profiles.
+
+For each run folder given (``nbs_gym.train`` or ``nbs_gym.compare`` runs), the loss profiles of the
+run's own evaluation episode are classified again with classifier seeds 0 .. K-1, and the spread of the
+predictor's metrics on E is printed: the part of a sampler-to-sampler difference that any reward, and
+any sampler, cannot control.
+
+    python benchmarks/classifier_noise.py results/study/fabric/runs/uniform__0 results/study/fabric/runs/ppo__0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from nbs_gym.classifier import ClassifierConfig, evaluate, fit_predictor
+from nbs_gym.profiles import load_profiles
+
+METRICS = ("pixel_auroc", "pixel_f1_max")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders with profiles/agent/*.npz")
+    parser.add_argument("--classifier-seeds", type=int, default=5, metavar="K")
+    args = parser.parse_args(argv)
+    print(f"{'run':28s}" + "".join(f"{m + ' mean':>18s}{m + ' sd':>16s}" for m in METRICS) + "   per seed F1-max")
+    spreads = []
+    for run in args.runs:
+        files = sorted((run / "profiles" / "agent").glob("*.npz"))
+        if not files:
+            print(f"error: {run}: no profiles/agent/*.npz", file=sys.stderr)
+            return 2
+        profiles = load_profiles(files[0])
+        scores = []
+        for seed in range(args.classifier_seeds):
+            predictor = fit_predictor(profiles, ClassifierConfig(seed=seed, device="cpu"))
+            result = evaluate(profiles, predictor)["predictor"]
+            scores.append([result[m] for m in METRICS])
+        values = np.array(scores)
+        spreads.append(values.std(axis=0, ddof=1))
+        cells = "".join(f"{values[:, i].mean():18.4f}{values[:, i].std(ddof=1):16.4f}" for i in range(len(METRICS)))
+        print(f"{run.name:28s}{cells}   {' '.join(f'{v:.3f}' for v in values[:, 1])}", flush=True)
+    mean_spread = np.mean(spreads, axis=0)
+    print("mean sd over runs: " + ", ".join(f"{m} {s:.4f}" for m, s in zip(METRICS, mean_spread, strict=True)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
