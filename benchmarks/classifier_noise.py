@@ -1,11 +1,13 @@
 """How much of a run's predictor score is the classifier's own training noise? Refits on the same profiles.
 
 For each run folder given (``nbs_gym.train`` or ``nbs_gym.compare`` runs), the loss profiles of the
-run's own evaluation episode are classified again with classifier seeds 0 .. K-1, and the spread of the
+run's own evaluation episode are classified again with K classifier seeds, and the spread of the
 predictor's metrics on E is printed: the part of a sampler-to-sampler difference that any reward, and
-any sampler, cannot control.
+any sampler, cannot control. With ``--ensemble M``, each of the K predictors is an ensemble of M
+networks (disjoint seeds), which shows how much of that noise the ensemble removes.
 
     python benchmarks/classifier_noise.py results/study/fabric/runs/uniform__0 results/study/fabric/runs/ppo__0
+    python benchmarks/classifier_noise.py results/study/fabric/runs/uniform__0 --classifier-seeds 3 --ensemble 4
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders with profiles/agent/*.npz")
     parser.add_argument("--classifier-seeds", type=int, default=5, metavar="K")
+    parser.add_argument("--ensemble", type=int, default=1, metavar="M", help="networks per predictor")
     args = parser.parse_args(argv)
     print(f"{'run':28s}" + "".join(f"{m + ' mean':>18s}{m + ' sd':>16s}" for m in METRICS) + "   per seed F1-max")
     spreads = []
@@ -36,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         profiles = load_profiles(files[0])
         scores = []
-        for seed in range(args.classifier_seeds):
-            predictor = fit_predictor(profiles, ClassifierConfig(seed=seed, device="cpu"))
+        for repeat in range(args.classifier_seeds):
+            config = ClassifierConfig(seed=repeat * args.ensemble, ensemble=args.ensemble, device="cpu")
+            predictor = fit_predictor(profiles, config)
             result = evaluate(profiles, predictor)["predictor"]
             scores.append([result[m] for m in METRICS])
         values = np.array(scores)

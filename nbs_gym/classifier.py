@@ -117,6 +117,10 @@ class ClassifierConfig:
         use_image: Whether the image channels are appended to the loss-profile channels.
         seed: Seed of the weight initialisation and of the validation split; the same seed and
             profiles give the same predictor.
+        ensemble: Number of ``dilated_cnn`` members, trained with seeds ``seed``, ``seed + 1``, ...
+            (each its own initialisation and held-out images); the predictor outputs their mean
+            probability. A single network's scores vary with its seed about as much as with the
+            sampler that made the profiles; an ensemble averages that away.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (cuda when available).
     """
 
@@ -129,6 +133,7 @@ class ClassifierConfig:
     validation_fraction: float = 0.2
     use_image: bool = False
     seed: int = 0
+    ensemble: int = 1
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -167,6 +172,16 @@ class ClassifierConfig:
         )
         _check(isinstance(self.use_image, bool), "use_image", f"must be a bool, got {self.use_image!r}")
         _check(_is_int(self.seed) and self.seed >= 0, "seed", f"must be an integer >= 0, got {self.seed!r}")
+        _check(
+            _is_int(self.ensemble) and self.ensemble >= 1,
+            "ensemble",
+            f"must be an integer >= 1, got {self.ensemble!r}",
+        )
+        _check(
+            self.ensemble == 1 or self.kind == "dilated_cnn",
+            "ensemble",
+            f"must be 1 for the deterministic {self.kind!r} predictor, got {self.ensemble}",
+        )
         _check(
             isinstance(self.device, str) and (self.device in ("auto", "cpu") or self.device.startswith("cuda")),
             "device",
@@ -317,8 +332,15 @@ def fit_predictor(profiles: LossProfiles, config: ClassifierConfig | None = None
     standardised = _standardise(features, mean, std)
     if config.kind == "per_pixel":
         network, training = _fit_per_pixel(standardised, masks)
-    else:
+    elif config.ensemble == 1:
         network, training = _fit_dilated_cnn(standardised, masks, config)
+    else:
+        fits = [
+            _fit_dilated_cnn(standardised, masks, dataclasses.replace(config, seed=config.seed + member, ensemble=1))
+            for member in range(config.ensemble)
+        ]
+        network = _Ensemble([member for member, _ in fits])
+        training = {"kind": "dilated_cnn_ensemble", "members": [summary for _, summary in fits]}
     return Predictor(config, network, mean, std, profiles.profile_length, training)
 
 
@@ -436,7 +458,22 @@ def _standardise(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.
     return ((features - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
 
 
+class _Ensemble(nn.Module):
+    """Members' mean probability, returned as a logit so that it stands in for a single network."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probability = torch.stack([torch.sigmoid(member(x)) for member in self.members]).mean(dim=0)
+        return torch.logit(probability, eps=1e-7)
+
+
 def _build_network(config: ClassifierConfig, in_channels: int) -> nn.Module:
+    if config.ensemble > 1:
+        return _Ensemble([_build_network(dataclasses.replace(config, ensemble=1), in_channels)
+                          for _ in range(config.ensemble)])  # fmt: skip
     if config.kind == "per_pixel":
         return nn.Conv2d(in_channels, 1, 1)
     layers: list[nn.Module] = []

@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 success, 2 bad input)."""
     args = _parser().parse_args(argv)
     try:
-        config = ClassifierConfig(kind=args.kind, seed=args.seed, device=args.device, max_epochs=args.max_epochs)
+        config = ClassifierConfig(
+            kind=args.kind, seed=args.seed, device=args.device, max_epochs=args.max_epochs, ensemble=args.ensemble
+        )
         path = newest_profile_file(args.profiles) if args.profiles.is_dir() else args.profiles
         profiles = load_profiles(path)
     except (ValueError, OSError) as error:
@@ -139,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="output folder (default: the profile file's folder)")
     parser.add_argument("--kind", choices=PREDICTOR_KINDS, default=defaults.kind, help="predictor kind")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the predictor's training")
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        default=defaults.ensemble,
+        help="dilated_cnn members (seeds SEED, SEED + 1, ...) whose mean probability is the prediction",
+    )
     parser.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:N or auto")
     parser.add_argument(
         "--max-epochs", type=int, default=defaults.max_epochs, help="most training epochs (dilated_cnn)"

@@ -139,6 +139,20 @@ def test_same_seed_same_predictions_other_seed_other_predictions(profiles: LossP
     assert 0.0 <= first.min() and first.max() <= 1.0
 
 
+def test_ensemble_is_the_mean_probability_of_its_seeded_members(profiles: LossProfiles, tmp_path: Path) -> None:
+    maps = profiles.evaluation_profiles()[:, :3]
+    ensemble = fit_predictor(profiles, dataclasses.replace(TINY, ensemble=3))
+    members = [fit_predictor(profiles, dataclasses.replace(TINY, seed=TINY.seed + k)).predict(maps) for k in range(3)]
+    np.testing.assert_allclose(ensemble.predict(maps), np.mean(members, axis=0), atol=1e-5)
+    assert [m["validation_images"] for m in ensemble.training["members"]] == [
+        fit_predictor(profiles, dataclasses.replace(TINY, seed=TINY.seed + k)).training["validation_images"]
+        for k in range(3)
+    ]
+    loaded = Predictor.load(ensemble.save(tmp_path / "ensemble.pt"))
+    np.testing.assert_array_equal(loaded.predict(maps), ensemble.predict(maps))
+    assert loaded.config.ensemble == 3
+
+
 def test_training_restores_the_best_validation_epoch(profiles: LossProfiles) -> None:
     predictor = fit_predictor(profiles, dataclasses.replace(TINY, max_epochs=5))
     training = predictor.training
@@ -204,11 +218,17 @@ def test_save_load_round_trip(profiles: LossProfiles, tmp_path: Path) -> None:
         ("seed", -1),
         ("device", "tpu"),
         ("max_epochs", 2.5),
+        ("ensemble", 0),
     ],
 )
 def test_config_errors_name_the_field(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=f"ClassifierConfig.{field}:"):
         ClassifierConfig(**{field: value})
+
+
+def test_per_pixel_ensemble_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="ClassifierConfig.ensemble: must be 1 for the deterministic 'per_pixel'"):
+        ClassifierConfig(kind="per_pixel", ensemble=2)
 
 
 def test_labeled_set_without_anomalous_pixels_is_an_error(profiles: LossProfiles) -> None:
