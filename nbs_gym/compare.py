@@ -27,8 +27,9 @@ Written to ``OUT`` (atomically):
                           to ``uniform`` (paired by seed) for the predictor's pixel F1-max and AUROC
 ``results.csv``           the same numbers, one row per agent, columns ``<metric>_mean|ci_low|ci_high``
 ``results.json``          the same plus every run's values, for scripts
-``learning_curves.png``   ``nbs/separation`` against timesteps from each run's TensorBoard events, mean
-                          ± CI over seeds; fixed-rule samplers, which do not train, as their evaluated level
+``learning_curves.png``   ``nbs/separation`` against timesteps from each run's TensorBoard events (moving
+                          average of 10 episodes), mean ± CI over seeds; fixed-rule samplers, which do
+                          not train, as their evaluated level
 ``metrics.png``           the table's columns as bars with CI error bars and each seed's value as a dot
 ========================  ===============================================================================
 
@@ -94,6 +95,8 @@ RATIO_COLUMNS: tuple[str, ...] = ("predictor/pixel_f1_max", "predictor/pixel_aur
 CONFIDENCE = 0.95
 CURVE_TAG = "nbs/separation"
 """TensorBoard scalar of the learning curves (logged by :class:`nbs_gym.callbacks.EpisodeStatsCallback`)."""
+CURVE_SMOOTHING = 10
+"""Episodes in the trailing moving average of each run's curve before the mean over seeds is taken."""
 
 # Flags that define runs; --collect only reads runs, so giving one with it is a mistake worth reporting.
 _RUN_FLAGS = ("timesteps", "dataset", "env_kwargs", "hyperparams", "classifier_kwargs", "device", "progress")
@@ -656,7 +659,7 @@ def _learning_curve_figure(summaries: Sequence[AgentSummary], runs: Sequence[Run
         curves = [run.curve for run in runs if run.agent == row.agent and run.curve is not None and len(run.curve[0])]
         colour = colours[row.agent]
         if curves:
-            grid, mean, low, high = _mean_curve(curves)
+            grid, mean, low, high = _mean_curve([_smoothed(steps, values) for steps, values in curves])
             axis.plot(grid, mean, color=colour, label=f"{row.agent} (n={len(curves)})")
             axis.fill_between(grid, low, high, color=colour, alpha=0.2, linewidth=0)
         else:
@@ -666,11 +669,18 @@ def _learning_curve_figure(summaries: Sequence[AgentSummary], runs: Sequence[Run
                 axis.axhspan(level.low, level.high, color=colour, alpha=0.1, linewidth=0)
     axis.set_xlim(0, right)
     axis.set_xlabel("timesteps (autoencoder updates)")
-    axis.set_ylabel(f"separation of L at episode end ({CURVE_TAG})")
+    axis.set_ylabel(f"separation of L at episode end\n({CURVE_TAG}, mean of the last {CURVE_SMOOTHING} episodes)")
     axis.set_title(f"learning curves, mean and {CONFIDENCE:.0%} CI over seeds")
     axis.legend(fontsize="small")
     figure.tight_layout()
     return figure
+
+
+def _smoothed(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Trailing moving average over :data:`CURVE_SMOOTHING` logged episodes (fewer on a short curve)."""
+    window = max(1, min(CURVE_SMOOTHING, len(values)))
+    averaged = np.convolve(values, np.full(window, 1.0 / window), mode="valid")
+    return steps[window - 1 :], averaged
 
 
 def _mean_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:

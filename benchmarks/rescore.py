@@ -1,0 +1,53 @@
+"""Score finished comparison runs again with another anomaly classifier, without training any sampler again.
+
+Every run of ``nbs_gym.compare`` keeps the loss profiles of its evaluation episode. This refits the
+predictor on them with the given classifier settings (e.g. an ensemble) and writes the comparison's
+tables for the new scores to ``--out`` (the ``final_loss`` and ``final_separation`` columns do not
+depend on the classifier and are copied).
+
+    python benchmarks/rescore.py results/study/fabric --out results/exp/fabric_ensemble4 \\
+        --agents uniform ppo a2c --classifier-kwargs ensemble=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import yaml
+
+from nbs_gym.classifier import ClassifierConfig, evaluate, fit_predictor
+from nbs_gym.compare import collect_runs, summarize, write_results
+from nbs_gym.profiles import load_profiles
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("comparison", type=Path, help="a compare --out folder (its runs/ are read)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the new tables")
+    parser.add_argument("--agents", nargs="+", help="agents to score (default: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds to score (default: all)")
+    parser.add_argument("--classifier-kwargs", nargs="*", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    settings = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.classifier_kwargs)}
+    runs = collect_runs(args.comparison / "runs", agents=args.agents, seeds=args.seeds)
+    rescored = []
+    for run in runs:
+        profiles = load_profiles(sorted((run.run_dir / "profiles" / "agent").glob("*.npz"))[0])
+        config = ClassifierConfig(**{"seed": run.seed, "device": "cpu", **settings})
+        result = evaluate(profiles, fit_predictor(profiles, config))["predictor"]
+        values = dict(run.values)
+        for name in ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc"):
+            values[f"predictor/{name}"] = float(result[name])
+        print(f"{run.agent} seed {run.seed}: predictor F1-max {result['pixel_f1_max']:.4f}", flush=True)
+        rescored.append(dataclasses.replace(run, values=values))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path in write_results(summarize(rescored), rescored, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
