@@ -3,7 +3,8 @@
 Every run of ``nbs_gym.compare`` keeps the loss profiles of its evaluation episode. This refits the
 predictor on them with the given classifier settings (e.g. an ensemble) and writes the comparison's
 tables for the new scores to ``--out`` (the ``final_loss`` and ``final_separation`` columns do not
-depend on the classifier and are copied).
+depend on the classifier and are copied). Each run's new scores are kept in ``OUT/scores/<run>.json``
+with the settings they were made with, so that a later call (more agents, more seeds) reuses them.
 
     python benchmarks/rescore.py results/study/fabric --out results/exp/fabric_ensemble4 \\
         --agents uniform ppo a2c --classifier-kwargs ensemble=4
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -20,7 +22,10 @@ import yaml
 
 from nbs_gym.classifier import ClassifierConfig, evaluate, fit_predictor
 from nbs_gym.compare import collect_runs, summarize, write_results
+from nbs_gym.io import write_text_atomic
 from nbs_gym.profiles import load_profiles
+
+SCORES = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,15 +40,21 @@ def main(argv: list[str] | None = None) -> int:
     runs = collect_runs(args.comparison / "runs", agents=args.agents, seeds=args.seeds)
     rescored = []
     for run in runs:
-        profiles = load_profiles(sorted((run.run_dir / "profiles" / "agent").glob("*.npz"))[0])
         config = ClassifierConfig(**{"seed": run.seed, "device": "cpu", **settings})
-        result = evaluate(profiles, fit_predictor(profiles, config))["predictor"]
+        cache = args.out / "scores" / f"{run.run_dir.name}.json"
+        stored = json.loads(cache.read_text()) if cache.exists() else None
+        if stored is not None and stored["config"] == config.to_dict():
+            result = stored["predictor"]
+        else:
+            profiles = load_profiles(sorted((run.run_dir / "profiles" / "agent").glob("*.npz"))[0])
+            result = evaluate(profiles, fit_predictor(profiles, config))["predictor"]
+            result = {name: float(result[name]) for name in SCORES}
+            write_text_atomic(cache, json.dumps({"config": config.to_dict(), "predictor": result}, indent=2) + "\n")
         values = dict(run.values)
-        for name in ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc"):
+        for name in SCORES:
             values[f"predictor/{name}"] = float(result[name])
         print(f"{run.agent} seed {run.seed}: predictor F1-max {result['pixel_f1_max']:.4f}", flush=True)
         rescored.append(dataclasses.replace(run, values=values))
-    args.out.mkdir(parents=True, exist_ok=True)
     for path in write_results(summarize(rescored), rescored, args.out):
         print(f"wrote {path}")
     return 0
