@@ -126,6 +126,12 @@ class Interval:
         """Half the interval's width; ``nan`` without an interval."""
         return (self.high - self.low) / 2.0
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Interval:
+        """Inverse of :meth:`to_dict` (``None`` back to ``nan``)."""
+        as_float = [math.nan if data[key] is None else float(data[key]) for key in ("mean", "ci_low", "ci_high")]
+        return cls(*as_float, int(data["n"]))
+
     def to_dict(self) -> dict[str, float | int | None]:
         """JSON-ready: ``nan`` as ``None``."""
         return {
@@ -581,8 +587,8 @@ def _markdown_report(summaries: Sequence[AgentSummary], settings: dict[str, Any]
 def _markdown_tables(summaries: Sequence[AgentSummary]) -> str:
     """The main table, its note, and the ratio table when there is a reference."""
     header = ["agent", "seeds", *COLUMNS]
-    rows = [[row.agent, str(len(row.seeds)), *(_plus_minus(row.columns[c]) for c in COLUMNS)] for row in summaries]
-    lines = _markdown_rows(header, rows, numeric_from=1)
+    rows = [[row.agent, str(len(row.seeds)), *(plus_minus(row.columns[c]) for c in COLUMNS)] for row in summaries]
+    lines = markdown_rows(header, rows, numeric_from=1)
     lines += [
         "",
         f"Mean ± half-width of the {CONFIDENCE:.0%} confidence interval of the mean over seeds (Student t, "
@@ -596,26 +602,29 @@ def _markdown_tables(summaries: Sequence[AgentSummary]) -> str:
             "",
         ]
         ratio_rows = [
-            [row.agent, str(row.ratios[RATIO_COLUMNS[0]].n), *(_bracketed(row.ratios[c]) for c in RATIO_COLUMNS)]
+            [row.agent, str(row.ratios[RATIO_COLUMNS[0]].n), *(bracketed(row.ratios[c]) for c in RATIO_COLUMNS)]
             for row in with_ratios
         ]
-        lines += _markdown_rows(["agent", "paired seeds", *RATIO_COLUMNS], ratio_rows, numeric_from=1)
+        lines += markdown_rows(["agent", "paired seeds", *RATIO_COLUMNS], ratio_rows, numeric_from=1)
     elif not any(row.agent == REFERENCE_AGENT for row in summaries):
         lines += ["", f"No ratios: `{REFERENCE_AGENT}` is not among the agents."]
     return "\n".join(lines)
 
 
-def _markdown_rows(header: list[str], rows: list[list[str]], numeric_from: int) -> list[str]:
+def markdown_rows(header: list[str], rows: list[list[str]], numeric_from: int) -> list[str]:
+    """A Markdown table's lines; columns from ``numeric_from`` on are right-aligned."""
     align = ["---" if index < numeric_from else "---:" for index in range(len(header))]
     return ["| " + " | ".join(cells) + " |" for cells in (header, align, *rows)]
 
 
-def _plus_minus(interval: Interval) -> str:
+def plus_minus(interval: Interval) -> str:
+    """``mean ± half-width`` of a table cell ("–" without an interval)."""
     half = _NO_INTERVAL if math.isnan(interval.half_width) else f"{interval.half_width:.4f}"
     return f"{interval.mean:.4f} ± {half}"
 
 
-def _bracketed(interval: Interval) -> str:
+def bracketed(interval: Interval) -> str:
+    """``mean [low, high]`` of a ratio cell ("–" without an interval)."""
     if math.isnan(interval.half_width):
         return f"{interval.mean:.3f} [{_NO_INTERVAL}]"
     return f"{interval.mean:.3f} [{interval.low:.3f}, {interval.high:.3f}]"

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any
 
 from nbs_gym import compare
 from nbs_gym.cli import Parser, UsageError, bad_input
-from nbs_gym.compare import RATIO_COLUMNS, REFERENCE_AGENT
+from nbs_gym.compare import RATIO_COLUMNS, REFERENCE_AGENT, Interval, bracketed, markdown_rows, plus_minus
 from nbs_gym.data import write_mvtec_folder
 from nbs_gym.data.synthetic import generate_synthetic
 from nbs_gym.io import write_text_atomic
@@ -87,7 +86,7 @@ def write_report(out: Path, datasets: Sequence[str]) -> list[Path]:
     agents = sorted({agent for report in reports.values() for agent in report["agents"]} - {REFERENCE_AGENT})
     rows = [[agent] + [_ratio_cell(reports[name], agent, column) for name in datasets for column in RATIO_COLUMNS]
             for agent in agents]  # fmt: skip
-    lines += _table(header, rows)
+    lines += markdown_rows(header, rows, numeric_from=1)
     for name in datasets:
         settings = reports[name]["settings"]
         lines += [
@@ -102,10 +101,10 @@ def write_report(out: Path, datasets: Sequence[str]) -> list[Path]:
         ]
         columns = reports[name]["columns"]
         table = [
-            [agent, str(len(row["seeds"]))] + [_plus_minus(row["columns"][column]) for column in columns]
+            [agent, str(len(row["seeds"]))] + [plus_minus(Interval.from_dict(row["columns"][c])) for c in columns]
             for agent, row in reports[name]["agents"].items()
         ]
-        lines += _table(["agent", "seeds", *columns], table)
+        lines += markdown_rows(["agent", "seeds", *columns], table, numeric_from=1)
     written = [
         write_text_atomic(out / "study.md", "\n".join(lines) + "\n"),
         write_text_atomic(out / "study.json", json.dumps({"datasets": reports}, indent=2) + "\n"),
@@ -128,24 +127,7 @@ def _ratio_cell(report: dict[str, Any], agent: str, column: str) -> str:
     row = report["agents"].get(agent)
     if row is None or column not in row[f"ratio_to_{REFERENCE_AGENT}"]:
         return ""
-    interval = row[f"ratio_to_{REFERENCE_AGENT}"][column]
-    if interval["ci_low"] is None:
-        return f"{interval['mean']:.3f}"
-    return f"{interval['mean']:.3f} [{interval['ci_low']:.3f}, {interval['ci_high']:.3f}]"
-
-
-def _plus_minus(interval: dict[str, Any]) -> str:
-    mean, low, high = interval["mean"], interval["ci_low"], interval["ci_high"]
-    if mean is None:
-        return "nan"
-    if low is None or high is None or math.isnan(high - low):
-        return f"{mean:.4f}"
-    return f"{mean:.4f} ± {(high - low) / 2:.4f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    align = ["---"] + ["---:"] * (len(header) - 1)
-    return ["| " + " | ".join(cells) + " |" for cells in (header, align, *rows)]
+    return bracketed(Interval.from_dict(row[f"ratio_to_{REFERENCE_AGENT}"][column]))
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
