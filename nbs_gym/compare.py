@@ -64,7 +64,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from agents.registry import get_spec
 from nbs_gym import train
 from nbs_gym.callbacks import latest_checkpoint
-from nbs_gym.cli import Parser, UsageError, bad_input
+from nbs_gym.cli import Parser, UsageError, run_resumable
 from nbs_gym.figures import save_figure
 from nbs_gym.io import write_text_atomic
 
@@ -205,26 +205,22 @@ class AgentSummary:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``python -m nbs_gym.compare`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    try:
-        options = _parse(argv)
-        out = Path(options.out)
-        if options.collect:
-            runs = collect_runs(out / "runs", agents=options.agents, seeds=options.seeds)
-        else:
-            plans = _plan(options)
-            status = _execute(plans, options)
-            if status:
-                return status
-            runs = [_read_run(plan.run_dir) for plan in plans]
-        summaries = summarize(runs)
-        written = write_results(summaries, runs, out)
-    except SystemExit as exit_request:  # --help
-        return int(exit_request.code or 0)
-    except (ValueError, OSError) as error:
-        return bad_input(str(error))
-    except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    return run_resumable(lambda: _run(argv))
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    options = _parse(argv)
+    out = Path(options.out)
+    if options.collect:
+        runs = collect_runs(out / "runs", agents=options.agents, seeds=options.seeds)
+    else:
+        plans = _plan(options)
+        status = _execute(plans, options)
+        if status:
+            return status
+        runs = [_read_run(plan.run_dir) for plan in plans]
+    summaries = summarize(runs)
+    written = write_results(summaries, runs, out)
     print(_markdown_tables(summaries))
     print("wrote " + ", ".join(str(path) for path in written))
     return 0

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from nbs_gym import compare
-from nbs_gym.cli import Parser, UsageError, bad_input
+from nbs_gym.cli import Parser, UsageError, run_resumable
 from nbs_gym.compare import RATIO_COLUMNS, REFERENCE_AGENT, Interval, bracketed, markdown_rows, plus_minus
 from nbs_gym.data import write_mvtec_folder
 from nbs_gym.data.synthetic import generate_synthetic
@@ -172,21 +172,17 @@ def _compare_argv(options: argparse.Namespace, name: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``python -m nbs_gym.study`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    try:
-        options = _parse(argv)
-        for name in options.datasets:
-            print(f"== {name}", flush=True)
-            status = compare.main(_compare_argv(options, name))
-            if status:
-                return status
-        written = write_report(options.out, options.datasets)
-    except SystemExit as exit_request:  # --help
-        return int(exit_request.code or 0)
-    except (ValueError, OSError) as error:
-        return bad_input(str(error))
-    except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    return run_resumable(lambda: _run(argv))
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    options = _parse(argv)
+    for name in options.datasets:
+        print(f"== {name}", flush=True)
+        status = compare.main(_compare_argv(options, name))
+        if status:
+            return status
+    written = write_report(options.out, options.datasets)
     print("wrote " + ", ".join(str(path) for path in written))
     return 0
 
