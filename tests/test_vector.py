@@ -11,7 +11,7 @@ import torch
 from stable_baselines3 import PPO
 
 import nbs_gym
-from nbs_gym.autoencoder import AutoencoderTrainer, BatchedAutoencoderTrainer
+from nbs_gym.autoencoder import AutoencoderTrainer, BatchedAutoencoderTrainer, ConvAutoencoder
 from nbs_gym.config import AutoencoderConfig
 from nbs_gym.profiles import load_profiles
 from nbs_gym.vector import NeuralBatchSamplingVectorEnv, SB3VecEnv
@@ -30,10 +30,11 @@ def make_vec(num_envs: int, env_id: str = "nbs_gym/NeuralBatchSampling-v0", **kw
     return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **{**SMALL, **kwargs})
 
 
-def test_batched_engine_equals_separate_autoencoders() -> None:
+@pytest.mark.parametrize("models_per_pass", [1, 2, 3])
+def test_batched_engine_equals_separate_autoencoders(models_per_pass: int) -> None:
     config = AutoencoderConfig(device="cpu")
     n = 3
-    batched = BatchedAutoencoderTrainer(n, 1, config)
+    batched = BatchedAutoencoderTrainer(n, 1, config, models_per_pass=models_per_pass)
     singles = [AutoencoderTrainer(1, config) for _ in range(n)]
     batched.reset(list(range(n)), [torch.Generator().manual_seed(seed) for seed in range(n)])
     for seed, single in enumerate(singles):
@@ -47,6 +48,35 @@ def test_batched_engine_equals_separate_autoencoders() -> None:
     images = torch.rand(4, 1, 32, 32, generator=data)
     expected = torch.stack([single.loss_maps(images) for single in singles])
     torch.testing.assert_close(batched.loss_maps(images), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_trainer_matches_a_plain_module_and_adam_in_the_default_layout() -> None:
+    """The channels-last layout of the trainer changes the speed, not the numbers."""
+    config = AutoencoderConfig(device="cpu")
+    trainer = AutoencoderTrainer(3, config)
+    trainer.reset(torch.Generator().manual_seed(4))
+    reference = ConvAutoencoder(3, config.width, config.depth, config.latent_channels)
+    reference.reset_parameters(torch.Generator().manual_seed(4))
+    optimizer = torch.optim.Adam(reference.parameters(), lr=config.learning_rate)
+    data = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        patches = torch.rand(8, 3, 16, 16, generator=data)
+        losses = trainer.update(patches)
+        expected = (reference(patches) - patches).square().mean(dim=(1, 2, 3))
+        optimizer.zero_grad()
+        expected.mean().backward()
+        optimizer.step()
+        torch.testing.assert_close(losses, expected.detach(), rtol=1e-5, atol=1e-7)
+    images = torch.rand(5, 3, 32, 32, generator=data)
+    with torch.no_grad():
+        expected_maps = (reference(images) - images).square().mean(dim=1)
+    torch.testing.assert_close(trainer.loss_maps(images, chunk=2), expected_maps, rtol=1e-5, atol=1e-7)
+
+
+def test_batched_engine_rejects_patches_of_the_wrong_shape() -> None:
+    batched = BatchedAutoencoderTrainer(2, 1, AutoencoderConfig(device="cpu"))
+    with pytest.raises(ValueError, match=r"patches: expected shape \(2, B, 1, p, p\)"):
+        batched.update(torch.rand(3, 4, 1, 16, 16))
 
 
 def test_resetting_one_slot_leaves_the_others_untouched() -> None:
