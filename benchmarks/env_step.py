@@ -34,33 +34,46 @@ def time_env(env: gym.Env, episodes: int) -> tuple[float, int]:
     return time.perf_counter() - start, steps
 
 
+class BareLoop:
+    """The env's updates and snapshots with no environment around them."""
+
+    def __init__(self, env: gym.Env) -> None:
+        unwrapped = env.unwrapped
+        self.config = cfg = unwrapped.config
+        self.trainer = AutoencoderTrainer(unwrapped._snapshot_images.shape[1], cfg.autoencoder)
+        device = self.trainer.device
+        self.images = unwrapped._snapshot_images
+        self.n_patches = len(unwrapped._patch_image)
+        self.image_of = torch.as_tensor(unwrapped._patch_image, device=device)
+        self.y_of = torch.as_tensor(unwrapped._patch_y, device=device)
+        self.x_of = torch.as_tensor(unwrapped._patch_x, device=device)
+        self.offsets = torch.arange(cfg.patch_size, device=device)
+        self.snapshots = set(cfg.snapshot_steps)
+        self.generator = torch.Generator().manual_seed(0)
+
+    def run(self, episodes: int) -> tuple[float, int]:
+        """Seconds and steps for ``episodes`` whole episodes (initial snapshot included)."""
+        cfg, trainer = self.config, self.trainer
+        steps, start = 0, time.perf_counter()
+        for _ in range(episodes):
+            trainer.reset(self.generator)
+            trainer.loss_maps(self.images).cpu()
+            for step in range(1, cfg.episode_length + 1):
+                ids = torch.randint(self.n_patches, (cfg.batch_size,), generator=self.generator).to(trainer.device)
+                rows = self.y_of[ids][:, None] + self.offsets
+                cols = self.x_of[ids][:, None] + self.offsets
+                image = self.image_of[ids][:, None, None]
+                patches = self.images[image, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+                trainer.update(patches).cpu()
+                if step in self.snapshots:
+                    trainer.loss_maps(self.images).cpu()
+                steps += 1
+        return time.perf_counter() - start, steps
+
+
 def time_bare_loop(env: gym.Env, episodes: int) -> tuple[float, int]:
-    """The same updates and snapshots with no environment around them."""
-    unwrapped = env.unwrapped
-    cfg = unwrapped.config
-    trainer = AutoencoderTrainer(unwrapped._snapshot_images.shape[1], cfg.autoencoder)
-    images = unwrapped._snapshot_images
-    n_patches = len(unwrapped._patch_image)
-    image_of = torch.as_tensor(unwrapped._patch_image, device=trainer.device)
-    y_of = torch.as_tensor(unwrapped._patch_y, device=trainer.device)
-    x_of = torch.as_tensor(unwrapped._patch_x, device=trainer.device)
-    offsets = torch.arange(cfg.patch_size, device=trainer.device)
-    snapshots = set(cfg.snapshot_steps)
-    generator = torch.Generator().manual_seed(0)
-    steps, start = 0, time.perf_counter()
-    for _ in range(episodes):
-        trainer.reset(generator)
-        trainer.loss_maps(images)
-        for step in range(1, cfg.episode_length + 1):
-            ids = torch.randint(n_patches, (cfg.batch_size,), generator=generator).to(trainer.device)
-            rows = y_of[ids][:, None] + offsets
-            cols = x_of[ids][:, None] + offsets
-            patches = images[image_of[ids][:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-            trainer.update(patches)
-            if step in snapshots:
-                trainer.loss_maps(images).cpu()
-            steps += 1
-    return time.perf_counter() - start, steps
+    """Seconds and steps of the bare loop for ``episodes`` episodes."""
+    return BareLoop(env).run(episodes)
 
 
 def main() -> None:
