@@ -181,10 +181,10 @@ class BatchedAutoencoderTrainer:
         self.config = config
         self.device = resolve_device(config.device)
         self._format = memory_format(self.device)
+        if models_per_pass is not None and models_per_pass < 1:
+            raise ValueError(f"models_per_pass: must be >= 1, got {models_per_pass}")
         default_per_pass = n_models if self.device.type == "cuda" else 1
         self.models_per_pass = min(n_models, models_per_pass or default_per_pass)
-        if self.models_per_pass < 1:
-            raise ValueError(f"models_per_pass: must be >= 1, got {models_per_pass}")
         # The template draws initial weights on the CPU exactly as a single trainer does, and supplies the
         # architecture: its layers, in order, with their strides and paddings.
         self._template = ConvAutoencoder(channels, config.width, config.depth, config.latent_channels)

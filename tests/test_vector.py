@@ -94,6 +94,8 @@ def test_batched_engine_rejects_patches_of_the_wrong_shape() -> None:
     batched = BatchedAutoencoderTrainer(2, 1, AutoencoderConfig(device="cpu"))
     with pytest.raises(ValueError, match=r"patches: expected shape \(2, B, 1, p, p\)"):
         batched.update(torch.rand(3, 4, 1, 16, 16))
+    with pytest.raises(ValueError, match="models_per_pass: must be >= 1, got 0"):
+        BatchedAutoencoderTrainer(2, 1, AutoencoderConfig(device="cpu"), models_per_pass=0)
 
 
 def test_resetting_one_slot_leaves_the_others_untouched() -> None:
