@@ -2,9 +2,10 @@
 
 :class:`NeuralBatchSamplingVectorEnv` runs N copies of :class:`~nbs_gym.env.NeuralBatchSamplingEnv`
 whose autoencoders train as one batched network (:class:`~nbs_gym.autoencoder.BatchedAutoencoderTrainer`):
-per step, one batched update of all N models and, at snapshot steps, one batched pass over the
-snapshot images. The sampling bookkeeping stays per sub-environment and is the single env's own code,
-so sub-environment ``i`` reset with seed ``s`` follows exactly the trajectory of a single env reset with
+per step, one batched update of all N models and, at snapshot steps, the loss maps of the snapshot
+images under all N (one grouped pass on a GPU; on the CPU one model after another, which is faster
+there). The sampling bookkeeping stays per sub-environment and is the single env's own code, so
+sub-environment ``i`` reset with seed ``s`` follows exactly the trajectory of a single env reset with
 ``s`` (up to float rounding of the batched kernels).
 
 It is the ``vector_entry_point`` of every registered id::

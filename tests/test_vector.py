@@ -31,34 +31,37 @@ def make_vec(num_envs: int, env_id: str = "nbs_gym/NeuralBatchSampling-v0", **kw
     return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **{**SMALL, **kwargs})
 
 
-def assert_engine_matches_separate_trainers(device: str, models_per_pass: int, rtol: float, atol: float) -> None:
+def assert_engine_matches_separate_trainers(
+    device: str, models_per_pass: int, rtol: float, atol: float, channels: int = 1
+) -> None:
     config = AutoencoderConfig(device=device)
     n = 3
-    batched = BatchedAutoencoderTrainer(n, 1, config, models_per_pass=models_per_pass)
-    singles = [AutoencoderTrainer(1, config) for _ in range(n)]
+    batched = BatchedAutoencoderTrainer(n, channels, config, models_per_pass=models_per_pass)
+    singles = [AutoencoderTrainer(channels, config) for _ in range(n)]
     batched.reset(list(range(n)), [torch.Generator().manual_seed(seed) for seed in range(n)])
     for seed, single in enumerate(singles):
         single.reset(torch.Generator().manual_seed(seed))
     data = torch.Generator().manual_seed(42)
     for _ in range(15):
-        patches = torch.rand(n, 8, 1, 16, 16, generator=data).to(device)
+        patches = torch.rand(n, 8, channels, 16, 16, generator=data).to(device)
         batched_losses = batched.update(patches)
         single_losses = torch.stack([single.update(patches[i]) for i, single in enumerate(singles)])
         torch.testing.assert_close(batched_losses, single_losses, rtol=rtol, atol=atol)
-    images = torch.rand(4, 1, 32, 32, generator=data).to(device)
+    images = torch.rand(4, channels, 32, 32, generator=data).to(device)
     expected = torch.stack([single.loss_maps(images) for single in singles])
     torch.testing.assert_close(batched.loss_maps(images), expected, rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
 @pytest.mark.parametrize("models_per_pass", [1, 2, 3])
 def test_batched_engine_equals_separate_autoencoders(
-    models_per_pass: int, layout: str, monkeypatch: pytest.MonkeyPatch
+    models_per_pass: int, layout: str, channels: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The contiguous layout is the one a GPU uses; forcing it here runs that code path on the CPU.
     formats = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
     monkeypatch.setattr(autoencoder, "memory_format", lambda device: formats[layout])
-    assert_engine_matches_separate_trainers("cpu", models_per_pass, rtol=1e-5, atol=1e-7)
+    assert_engine_matches_separate_trainers("cpu", models_per_pass, rtol=1e-5, atol=1e-7, channels=channels)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -68,7 +71,7 @@ def test_batched_engine_equals_separate_autoencoders_on_cuda() -> None:
 
 
 def test_trainer_matches_a_plain_module_and_adam_in_the_default_layout() -> None:
-    """The channels-last layout of the trainer changes the speed, not the numbers."""
+    """Channels-last, and the depthwise output layer of the loss maps, change the speed, not the numbers."""
     config = AutoencoderConfig(device="cpu")
     trainer = AutoencoderTrainer(3, config)
     trainer.reset(torch.Generator().manual_seed(4))
