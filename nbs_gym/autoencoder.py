@@ -8,6 +8,7 @@ channels. Initialisation draws only from a ``torch.Generator`` so that an episod
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -303,26 +304,35 @@ class BatchedAutoencoderTrainer:
         return per_patch.detach()
 
     @torch.no_grad()
-    def loss_maps(self, images: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    def loss_maps(
+        self, images: torch.Tensor, chunk: int | None = None, models: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """Loss maps of the same ``images`` (M, C, H, W) under every model: shape (N, M, H, W).
 
-        ``chunk`` images go through ``models_per_pass`` models per pass; by default
-        :func:`snapshot_chunk` of the device divided among those models.
+        Args:
+            images: The images, on the engine's device.
+            chunk: Images per pass through ``models_per_pass`` models; by default :func:`snapshot_chunk`
+                of the device divided among those models.
+            models: Only these models, in this order (shape (len(models), M, H, W)); default all N.
         """
+        selected = list(range(self.n_models)) if models is None else [int(model) for model in models]
+        if any(not 0 <= model < self.n_models for model in selected):
+            raise ValueError(f"models: expected indices in [0, {self.n_models}), got {selected}")
         per_pass = self.models_per_pass
         chunk = chunk or max(1, snapshot_chunk(self.device) // per_pass)
-        maps = torch.empty((self.n_models, *images.shape[:1], *images.shape[2:]), device=self.device)
-        for first in range(0, self.n_models, per_pass):
-            models = slice(first, min(first + per_pass, self.n_models))
-            params = self._views(self._flat[models].detach())
+        maps = torch.empty((len(selected), len(images), *images.shape[2:]), device=self.device)
+        for first in range(0, len(selected), per_pass):
+            block = selected[first : first + per_pass]
+            rows = slice(first, first + len(block))
+            params = self._views(self._flat.detach()[block])
             weights = _grouped_weights(self._layers, params, self._format, inference=True)
-            groups = models.stop - models.start
             for start in range(0, len(images), chunk):
-                part = images[start : start + chunk].repeat(1, groups, 1, 1).contiguous(memory_format=self._format)
+                part = images[start : start + chunk].repeat(1, len(block), 1, 1)
+                part = part.contiguous(memory_format=self._format)
                 error = (_grouped_forward(part, self._layers, weights) - part).square()
-                # (m, groups * C, H, W) -> (groups, m, H, W), the mean over each model's channels
-                per_model = error.unflatten(1, (groups, self.channels)).mean(dim=2)
-                maps[models, start : start + chunk] = per_model.transpose(0, 1)
+                # (m, models * C, H, W) -> (models, m, H, W), the mean over each model's channels
+                per_model = error.unflatten(1, (len(block), self.channels)).mean(dim=2)
+                maps[rows, start : start + chunk] = per_model.transpose(0, 1)
         return maps
 
     @torch.no_grad()

@@ -39,8 +39,9 @@ from nbs_gym.env import NeuralBatchSamplingEnv
 class NeuralBatchSamplingVectorEnv(VectorEnv):
     """N neural-batch-sampling environments whose autoencoders train in one batched computation.
 
-    Sub-environments run in lockstep (every episode has the same length), so they snapshot and
-    terminate at the same steps. Autoreset mode: ``SAME_STEP`` — the step that terminates a
+    Every episode has the same length, so sub-environments reset together snapshot and terminate at the
+    same steps; after a partial reset (``options["reset_mask"]``) each still snapshots at its own steps,
+    and only the models due are mapped. Autoreset mode: ``SAME_STEP`` — the step that terminates a
     sub-environment returns the first observation of its next episode, with the terminal observation
     and info in ``info["final_obs"]`` / ``info["final_info"]``.
 
@@ -121,16 +122,16 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
         patch_ids = np.concatenate([env._begin_step(action) for env, action in zip(self.envs, actions, strict=True)])
         patches = self._gather_patches(patch_ids)
         per_patch = self.engine.update(patches.view(self.num_envs, -1, *patches.shape[1:])).cpu().numpy()
-        maps = self.engine.loss_maps(self._snapshot_images) if self.envs[0]._snapshot_due else None
+        # Sub-environments snapshot at the same steps unless a partial reset put them out of step.
+        due = [i for i, env in enumerate(self.envs) if env._snapshot_due]
+        maps = dict(zip(due, self.engine.loss_maps(self._snapshot_images, models=due), strict=True)) if due else {}
 
         observations, rewards = [], np.zeros(self.num_envs)
         terminations = np.zeros(self.num_envs, dtype=bool)
         truncations = np.zeros(self.num_envs, dtype=bool)
         infos: dict[str, Any] = {}
         for i, env in enumerate(self.envs):
-            observation, rewards[i], terminations[i], truncations[i], info = env._finish_step(
-                per_patch[i], maps[i] if maps is not None else None
-            )
+            observation, rewards[i], terminations[i], truncations[i], info = env._finish_step(per_patch[i], maps.get(i))
             observations.append(observation)
             infos = self._add_info(infos, info, i)
         finished = [i for i in range(self.num_envs) if terminations[i] or truncations[i]]
@@ -154,8 +155,8 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
             gym.Env.reset(self.envs[slot], seed=seed)  # seeds the sub-environment's np_random only
             generators.append(self.envs[slot]._begin_episode())
         self.engine.reset(slots, generators)
-        maps = self.engine.loss_maps(self._snapshot_images)
-        return {slot: self.envs[slot]._finish_reset(maps[slot]) for slot in slots}
+        maps = self.engine.loss_maps(self._snapshot_images, models=slots)
+        return {slot: self.envs[slot]._finish_reset(slot_maps) for slot, slot_maps in zip(slots, maps, strict=True)}
 
 
 def unbatch_info(infos: dict[str, Any], index: int) -> dict[str, Any]:

@@ -101,6 +101,43 @@ def test_batched_engine_rejects_patches_of_the_wrong_shape() -> None:
         BatchedAutoencoderTrainer(2, 1, AutoencoderConfig(device="cpu"), models_per_pass=0)
 
 
+@pytest.mark.parametrize("models_per_pass", [1, 3])
+def test_loss_maps_of_chosen_models_are_those_models_maps(models_per_pass: int) -> None:
+    batched = BatchedAutoencoderTrainer(3, 1, AutoencoderConfig(device="cpu"), models_per_pass=models_per_pass)
+    batched.reset([0, 1, 2], [torch.Generator().manual_seed(seed) for seed in range(3)])
+    images = torch.rand(5, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    everything = batched.loss_maps(images)
+    torch.testing.assert_close(batched.loss_maps(images, models=[2, 0]), everything[[2, 0]], rtol=1e-5, atol=1e-7)
+    assert batched.loss_maps(images, models=[]).shape == (0, 5, 32, 32)
+    with pytest.raises(ValueError, match=r"models: expected indices in \[0, 3\), got \[3\]"):
+        batched.loss_maps(images, models=[3])
+
+
+def test_partial_reset_restarts_only_the_masked_sub_environments() -> None:
+    venv = make_vec(3)
+    venv.reset(seed=0)
+    actions = np.zeros((3, 5), np.float32)
+    for _ in range(3):
+        before, *_ = venv.step(actions)
+    observations, infos = venv.reset(seed=[None, 42, None], options={"reset_mask": np.array([False, True, False])})
+    single = gym.make("nbs_gym/NeuralBatchSampling-v0", **SMALL)
+    expected, _ = single.reset(seed=42)
+    np.testing.assert_allclose(observations[1], expected, atol=1e-5)
+    np.testing.assert_array_equal(observations[[0, 2]], before[[0, 2]])
+    assert infos["_step"].tolist() == [False, True, False]
+    # The others snapshot and finish 3 steps earlier than sub-environment 1, which must not notice.
+    for step in range(1, SMALL["episode_length"] + 1):
+        after, rewards, terminations, _, infos = venv.step(actions)
+        single_obs, single_reward, single_terminated, _, single_info = single.step(actions[1])
+        assert terminations.tolist() == [step == 9, step == SMALL["episode_length"], step == 9]
+        np.testing.assert_allclose(infos["final_obs"][1] if single_terminated else after[1], single_obs, atol=1e-4)
+        np.testing.assert_allclose(rewards[1], single_reward, atol=1e-6)
+    assert single_info["n_snapshots"] == SMALL["profile_length"]
+    assert infos["final_info"]["n_snapshots"][1] == SMALL["profile_length"]
+    with pytest.raises(ValueError, match=r"reset_mask.*shape \(3,\)"):
+        venv.reset(options={"reset_mask": np.array([True, False])})
+
+
 def test_resetting_one_slot_leaves_the_others_untouched() -> None:
     batched = BatchedAutoencoderTrainer(2, 1, AutoencoderConfig(device="cpu"))
     batched.reset([0, 1], [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)])
