@@ -39,9 +39,9 @@ from nbs_gym.env import NeuralBatchSamplingEnv
 class NeuralBatchSamplingVectorEnv(VectorEnv):
     """N neural-batch-sampling environments whose autoencoders train in one batched computation.
 
-    Every episode has the same length, so sub-environments reset together snapshot and terminate at the
-    same steps; after a partial reset (``options["reset_mask"]``) each still snapshots at its own steps,
-    and only the models due are mapped. Autoreset mode: ``SAME_STEP`` — the step that terminates a
+    Every episode has the same length, so sub-environments that were reset together snapshot and
+    terminate at the same steps. After a partial reset (``options["reset_mask"]``) each still snapshots
+    at its own steps, and only the models due are mapped. Autoreset mode: ``SAME_STEP`` — the step that terminates a
     sub-environment returns the first observation of its next episode, with the terminal observation
     and info in ``info["final_obs"]`` / ``info["final_info"]``.
 
