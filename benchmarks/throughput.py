@@ -42,7 +42,7 @@ ENV_ID = "nbs_gym/NeuralBatchSampling-v0"
 class Variant:
     """One way of running the env: ``episode()`` times one episode of every env it holds."""
 
-    def __init__(self, name: str, env_steps: int, run: Callable[[], float], close: Callable[[], None] = lambda: None):
+    def __init__(self, name: str, env_steps: int, run: Callable[[], object], close: Callable[[], None] = lambda: None):
         self.name, self.env_steps, self._run, self.close = name, env_steps, run, close
         self.rates: list[float] = []
         self.snapshot_shares: list[float] = []
@@ -64,10 +64,9 @@ def sb3_variant(name: str, vec_env: Any, episode_length: int) -> Variant:
     actions = np.zeros((vec_env.num_envs, *vec_env.action_space.shape), np.float32)
     vec_env.reset()
 
-    def run() -> float:
+    def run() -> None:
         for _ in range(episode_length):
             vec_env.step(actions)
-        return 0.0
 
     return Variant(name, episode_length * vec_env.num_envs, run, vec_env.close)
 
@@ -86,10 +85,9 @@ def vector_variant(num_envs: int, device: str) -> Variant:
         variant.snapshot_seconds += time.perf_counter() - start
         return maps
 
-    def run() -> float:
+    def run() -> None:
         for _ in range(length):
             venv.step(actions)
-        return 0.0
 
     variant = Variant(f"(d) batched vector env N={num_envs}", length * num_envs, run, venv.close)
     engine.loss_maps = timed_loss_maps
@@ -156,8 +154,8 @@ def main() -> None:
 
     bare = BareLoop(single)
     makers: list[Callable[[], Variant]] = [
-        lambda: Variant("(a) bare PyTorch loop, 1 env", length, lambda: bare.run(1)[0]),
-        lambda: Variant("(b) single env", length, lambda: time_env(single, 1)[0], single.close),
+        lambda: Variant("(a) bare PyTorch loop, 1 env", length, lambda: bare.run(1)),
+        lambda: Variant("(b) single env", length, lambda: time_env(single, 1), single.close),
     ]
     for n in sizes:
         if not cuda or n <= 8:  # N separate GPU envs are the slow path being replaced

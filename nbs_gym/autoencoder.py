@@ -88,9 +88,9 @@ def _grouped_forward(x: torch.Tensor, layers: list[tuple[str, nn.Module]], weigh
     for name, layer in layers:
         if isinstance(layer, nn.Conv2d):
             weight, bias, groups = weights[name]
-            if groups > len(bias) // layer.out_channels:  # the depthwise form of the output convolution
+            models = len(bias) // layer.out_channels
+            if groups != models:  # the depthwise form of the output convolution (groups = models * C_in)
                 out = F.conv2d(x, weight, None, layer.stride, layer.padding, groups=groups)
-                models = len(bias) // layer.out_channels
                 summed = out.unflatten(1, (models, layer.in_channels, layer.out_channels)).sum(dim=2)
                 x = summed.flatten(1, 2) + bias.view(1, -1, 1, 1)
             else:
@@ -101,6 +101,29 @@ def _grouped_forward(x: torch.Tensor, layers: list[tuple[str, nn.Module]], weigh
         else:
             x = layer(x)
     return x
+
+
+def _grouped_loss_maps(
+    images: torch.Tensor,
+    layers: list[tuple[str, nn.Module]],
+    weights: _GroupedWeights,
+    models: int,
+    layout: torch.memory_format,
+    chunk: int,
+) -> torch.Tensor:
+    """Loss maps of ``images`` (M, C, H, W) under ``models`` stacked models, ``chunk`` images per pass.
+
+    Returns:
+        Shape (models, M, H, W): each model's squared error averaged over the image channels.
+    """
+    maps = torch.empty((models, len(images), *images.shape[2:]), device=images.device)
+    for start in range(0, len(images), chunk):
+        part = images[start : start + chunk]
+        part = (part.repeat(1, models, 1, 1) if models > 1 else part).contiguous(memory_format=layout)
+        error = (_grouped_forward(part, layers, weights) - part).square()
+        # (m, models * C, H, W) -> (models, m, H, W), the mean over each model's channels
+        maps[:, start : start + chunk] = error.unflatten(1, (models, images.shape[1])).mean(dim=2).transpose(0, 1)
+    return maps
 
 
 class ConvAutoencoder(nn.Module):
@@ -161,6 +184,7 @@ class AutoencoderTrainer:
         self._format = memory_format(self.device)
         model = ConvAutoencoder(channels, config.width, config.depth, config.latent_channels)
         self.model = model.to(self.device, memory_format=self._format)
+        self._layers = _layers(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
 
     def reset(self, generator: torch.Generator) -> None:
@@ -194,15 +218,10 @@ class AutoencoderTrainer:
         Returns:
             Loss maps of shape (N, H, W) on the model's device.
         """
-        chunk = chunk or snapshot_chunk(self.device)
-        layers = _layers(self.model)
         params = {name: p.detach().unsqueeze(0) for name, p in self.model.named_parameters()}
-        weights = _grouped_weights(layers, params, self._format, inference=True)
-        maps = []
-        for part in torch.split(images, chunk, dim=0):
-            part = part.contiguous(memory_format=self._format)
-            maps.append((_grouped_forward(part, layers, weights) - part).square().mean(dim=1))
-        return torch.cat(maps, dim=0)
+        weights = _grouped_weights(self._layers, params, self._format, inference=True)
+        chunk = chunk or snapshot_chunk(self.device)
+        return _grouped_loss_maps(images, self._layers, weights, 1, self._format, chunk)[0]
 
 
 class BatchedAutoencoderTrainer:
@@ -326,13 +345,7 @@ class BatchedAutoencoderTrainer:
             rows = slice(first, first + len(block))
             params = self._views(self._flat.detach()[block])
             weights = _grouped_weights(self._layers, params, self._format, inference=True)
-            for start in range(0, len(images), chunk):
-                part = images[start : start + chunk].repeat(1, len(block), 1, 1)
-                part = part.contiguous(memory_format=self._format)
-                error = (_grouped_forward(part, self._layers, weights) - part).square()
-                # (m, models * C, H, W) -> (models, m, H, W), the mean over each model's channels
-                per_model = error.unflatten(1, (len(block), self.channels)).mean(dim=2)
-                maps[rows, start : start + chunk] = per_model.transpose(0, 1)
+            maps[rows] = _grouped_loss_maps(images, self._layers, weights, len(block), self._format, chunk)
         return maps
 
     @torch.no_grad()
