@@ -70,27 +70,60 @@ def test_batched_engine_equals_separate_autoencoders_on_cuda() -> None:
     assert_engine_matches_separate_trainers("cuda", models_per_pass=3, rtol=2e-3, atol=1e-5)
 
 
-def test_trainer_matches_a_plain_module_and_adam_in_the_default_layout() -> None:
-    """Channels-last, and the depthwise output layer of the loss maps, change the speed, not the numbers."""
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_trainer_matches_a_plain_float64_module(channels: int, fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Channels-last, in-place activations, the depthwise output layer and the fused CPU kernels change
+    the speed, not the numbers: losses, gradients and loss maps are those of a plain NCHW module in
+    float64, to float32 rounding."""
+    if fused and not autoencoder._fused_cpu_ops():
+        pytest.skip("this torch build has no usable fused oneDNN convolutions")
+    if not fused:
+        monkeypatch.setattr(autoencoder, "_fused_cpu_ops", lambda: False)
     config = AutoencoderConfig(device="cpu")
-    trainer = AutoencoderTrainer(3, config)
+    trainer = AutoencoderTrainer(channels, config)
     trainer.reset(torch.Generator().manual_seed(4))
-    reference = ConvAutoencoder(3, config.width, config.depth, config.latent_channels)
-    reference.reset_parameters(torch.Generator().manual_seed(4))
-    optimizer = torch.optim.Adam(reference.parameters(), lr=config.learning_rate)
+    reference = ConvAutoencoder(channels, config.width, config.depth, config.latent_channels).double()
+    for module in reference.modules():
+        if isinstance(module, torch.nn.LeakyReLU):
+            module.inplace = False
     data = torch.Generator().manual_seed(0)
+    # The weights are synced before each step: Adam's first steps move a parameter by about the learning
+    # rate whatever the size of its gradient, so rounding alone would let two copies drift apart.
     for _ in range(5):
-        patches = torch.rand(8, 3, 16, 16, generator=data)
-        losses = trainer.update(patches)
-        expected = (reference(patches) - patches).square().mean(dim=(1, 2, 3))
-        optimizer.zero_grad()
+        reference.load_state_dict(trainer.model.state_dict())
+        patches = torch.rand(8, channels, 16, 16, generator=data)
+        expected = (reference(patches.double()) - patches.double()).square().mean(dim=(1, 2, 3))
+        reference.zero_grad()
         expected.mean().backward()
-        optimizer.step()
-        torch.testing.assert_close(losses, expected.detach(), rtol=1e-5, atol=1e-7)
-    images = torch.rand(5, 3, 32, 32, generator=data)
+        losses = trainer.update(patches)
+        torch.testing.assert_close(losses.double(), expected.detach(), rtol=1e-5, atol=1e-7)
+        for name, parameter in reference.named_parameters():
+            scale = parameter.grad.abs().max().item()
+            trained = trainer.model.get_parameter(name).grad.double()
+            torch.testing.assert_close(trained, parameter.grad, rtol=1e-4, atol=1e-5 * scale)
+    reference.load_state_dict(trainer.model.state_dict())
+    images = torch.rand(5, channels, 32, 32, generator=data)
     with torch.no_grad():
-        expected_maps = (reference(images) - images).square().mean(dim=1)
-    torch.testing.assert_close(trainer.loss_maps(images, chunk=2), expected_maps, rtol=1e-5, atol=1e-7)
+        expected_maps = (reference(images.double()) - images.double()).square().mean(dim=1)
+    torch.testing.assert_close(trainer.loss_maps(images, chunk=2).double(), expected_maps, rtol=1e-5, atol=1e-7)
+
+
+def test_missing_fused_kernels_fall_back_to_plain_convolutions(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(*args, **kwargs):
+        raise RuntimeError("no such kernel")
+
+    trainer = AutoencoderTrainer(1, AutoencoderConfig(device="cpu"))
+    trainer.reset(torch.Generator().manual_seed(0))
+    images = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    expected = trainer.loss_maps(images)
+    autoencoder._fused_cpu_ops.cache_clear()
+    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", missing)
+    try:
+        assert not autoencoder._fused_cpu_ops()
+        torch.testing.assert_close(trainer.loss_maps(images), expected, rtol=1e-5, atol=1e-7)
+    finally:
+        autoencoder._fused_cpu_ops.cache_clear()
 
 
 def test_batched_engine_rejects_patches_of_the_wrong_shape() -> None:
