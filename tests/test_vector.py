@@ -185,30 +185,34 @@ def test_resetting_one_slot_leaves_the_others_untouched() -> None:
 
 
 @pytest.mark.parametrize("env_id", sorted(nbs_gym.ENV_IDS))
-def test_sub_environments_follow_single_envs_with_the_same_seeds(env_id: str) -> None:
+def test_vector_env_matches_gymnasiums_sync_vector_env_of_single_envs(env_id: str) -> None:
+    """Same observations, rewards, flags and info layout as Gymnasium's own SAME_STEP vector env."""
     n, seed = 3, 20
     venv = make_vec(n, env_id)
-    singles = [gym.make(env_id, **SMALL) for _ in range(n)]
-    observations, _ = venv.reset(seed=seed)
-    single_obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(singles)]
-    np.testing.assert_allclose(observations, np.stack(single_obs), atol=1e-5)
+    sync = gym.vector.SyncVectorEnv(
+        [lambda: gym.make(env_id, **SMALL) for _ in range(n)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    observations, infos = venv.reset(seed=seed)
+    expected_obs, expected_infos = sync.reset(seed=seed)
+    np.testing.assert_allclose(observations, expected_obs, atol=1e-5)
+    assert sorted(infos) == sorted(expected_infos)
     venv.action_space.seed(0)
     for step in range(SMALL["episode_length"] + 4):  # crosses an autoreset
         actions = venv.action_space.sample()
         observations, rewards, terminations, truncations, infos = venv.step(actions)
-        expected_obs, expected_rewards = [], []
-        for i, env in enumerate(singles):
-            observation, reward, terminated, _, _ = env.step(actions[i])
-            assert terminations[i] == terminated
-            expected_obs.append(env.reset()[0] if terminated else observation)
-            expected_rewards.append(reward)
-        np.testing.assert_allclose(observations, np.stack(expected_obs), atol=1e-4)
+        expected_obs, expected_rewards, expected_terminations, expected_truncations, expected_infos = sync.step(actions)
+        np.testing.assert_allclose(observations, expected_obs, atol=1e-4)
         np.testing.assert_allclose(rewards, expected_rewards, atol=1e-6)
-        assert not truncations.any()
+        np.testing.assert_array_equal(terminations, expected_terminations)
+        np.testing.assert_array_equal(truncations, expected_truncations)
+        assert sorted(infos) == sorted(expected_infos)
         if step == SMALL["episode_length"] - 1:
             assert terminations.all() and infos["_final_obs"].all()
-            assert all(venv.single_observation_space.contains(o) for o in infos["final_obs"])
+            np.testing.assert_allclose(np.stack(infos["final_obs"]), np.stack(expected_infos["final_obs"]), atol=1e-4)
+            assert sorted(infos["final_info"]) == sorted(expected_infos["final_info"])
             assert infos["final_info"]["step"].tolist() == [SMALL["episode_length"]] * n
+        else:
+            assert not terminations.any()
 
 
 def test_vector_env_spaces_and_seeded_reset_are_consistent() -> None:
@@ -258,5 +262,5 @@ def test_sb3_adapter_meets_the_vecenv_contract_and_ppo_learns_on_it() -> None:
     assert dones_seen == 2
     assert vec_env.get_attr("image_size") == [32, 32]
     model = PPO("MlpPolicy", vec_env, n_steps=24, batch_size=24, n_epochs=1, seed=0, device="cpu")
-    model.learn(total_timesteps=96)
-    assert model.num_timesteps == 96
+    model.learn(total_timesteps=288)
+    assert model.num_timesteps == 288
