@@ -153,6 +153,7 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         self.dataset_spec = dataset.spec
         self.image_size = dataset.image_size
         self._images = dataset.images
+        self._probe_images: np.ndarray | None = None  # the probe images of every episode's profiles
         self._labeled_masks = dataset.masks[np.asarray(self.split.labeled, dtype=np.int64)]
         self._fingerprint = dataset_fingerprint(dataset)
         self.trainer = AutoencoderTrainer(dataset.channels, cfg.autoencoder)
@@ -498,11 +499,17 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         return padded
 
     def _episode_profiles(self) -> LossProfiles:
+        """The finished episode's profiles. They take over the episode's loss maps, which the next reset
+        replaces with a new array, and share one read-only array of the probe images: copying both took
+        about 20 ms per episode."""
         probe = np.asarray(self.split.probe, dtype=np.int64)
+        if self._probe_images is None:
+            self._probe_images = self._images[probe]
+            self._probe_images.flags.writeable = False
         return LossProfiles(
-            loss_maps=self._loss_maps.copy(),
+            loss_maps=self._loss_maps,
             snapshot_steps=np.asarray(self.config.snapshot_steps, dtype=np.int64),
-            images=self._images[probe],
+            images=self._probe_images,
             probe_indices=probe,
             labeled_masks=self._labeled_masks,
             split=self.split,

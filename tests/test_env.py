@@ -237,6 +237,20 @@ def test_profiles_on_disk_match_the_episode_and_hide_evaluation_masks(tmp_path: 
         assert "evaluation_masks" not in archive.files and archive["loss_maps"].dtype == np.float16
 
 
+def test_an_episodes_profiles_stay_as_they_were_after_the_next_episode() -> None:
+    env = make()
+    actions = [np.zeros(env.action_space.shape, np.float32)] * SMALL["episode_length"]
+    rollout(env, 0, actions)
+    first = env.unwrapped.last_profiles
+    kept = first.loss_maps.copy()
+    assert not first.images.flags.writeable  # shared by every episode's profiles
+    rollout(env, 1, actions)
+    second = env.unwrapped.last_profiles
+    np.testing.assert_array_equal(first.loss_maps, kept)
+    assert not np.array_equal(second.loss_maps, kept)
+    np.testing.assert_array_equal(first.images, second.images)
+
+
 def test_uniform_episode_profiles_carry_the_anomaly_signal() -> None:
     """Sanity of the science: the autoencoder reconstructs L's defects worse than L's normal pixels."""
     env = gym.make("nbs_gym/NeuralBatchSampling-v0", device="cpu")
