@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The prepared GPU check behind docs/PERFORMANCE.md: the vector-env tests (the CUDA equality test runs
-# only where torch sees a GPU), then the throughput benchmark on the GPU. Run from the repository root
+# only where torch sees a GPU), the host's bookkeeping ceiling, then the throughput benchmark on the GPU. Run from the repository root
 # with a CUDA build of torch installed; output is written to ${OUT:-gpu_out}/.
 #
 # Where gymnasium and stable-baselines3 are not installed, put their wheels (and farama-notifications')
@@ -17,4 +17,5 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider tests/test_vector.py 2>&1 | tee "$out/tests.txt"
+(cd benchmarks && python3 bookkeeping.py --n-envs 64) 2>&1 | tee "$out/bookkeeping.txt" || echo "bookkeeping.py failed"
 (cd benchmarks && python3 throughput.py --device cuda --rounds 3 --no-subproc) 2>&1 | tee "$out/throughput.txt"

@@ -1,0 +1,74 @@
+"""The ceiling that per-environment bookkeeping puts on the batched vector env, whatever the device.
+
+Runs ``NeuralBatchSamplingVectorEnv`` with its autoencoder work replaced by stand-ins that cost next to
+nothing: updates return random per-patch losses, snapshots return the loss maps of the freshly
+initialised first model. What is left is what every sub-environment does in Python and numpy on the
+host at each step: drawing the batch, gathering its patches, restratifying the pool, the observation,
+and at snapshots the strata refresh and the separation reward. On a GPU this part does not shrink, so
+its rate bounds the vector env's env steps per second from above.
+
+    python benchmarks/bookkeeping.py [--n-envs 64] [--episodes 1] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import nbs_gym  # noqa: F401  (registers the env ids)
+
+ENV_ID = "nbs_gym/NeuralBatchSampling-v0"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-envs", type=int, default=64)
+    parser.add_argument("--episodes", type=int, default=1, help="timed episodes after one warm-up episode")
+    parser.add_argument("--profile", action="store_true", help="print the top functions by own time")
+    args = parser.parse_args()
+
+    venv = gym.make_vec(ENV_ID, num_envs=args.n_envs, vectorization_mode="vector_entry_point", device="cpu")
+    env = venv.unwrapped
+    engine = env.engine
+    venv.reset(seed=0)
+    fresh_maps = engine.loss_maps(env._snapshot_images, models=[0])[0]
+    scale = float(fresh_maps.mean())
+    generator = torch.Generator().manual_seed(0)
+
+    def update(patches: torch.Tensor) -> torch.Tensor:
+        return torch.rand(patches.shape[:2], generator=generator) * 2 * scale
+
+    def loss_maps(images: torch.Tensor, chunk: int | None = None, models: list[int] | None = None) -> torch.Tensor:
+        count = len(models) if models is not None else args.n_envs
+        return fresh_maps.expand(count, *fresh_maps.shape)
+
+    engine.update, engine.loss_maps = update, loss_maps
+    actions = np.zeros((args.n_envs, *venv.single_action_space.shape), np.float32)
+    length = env.config.episode_length
+    for _ in range(length):  # warm-up episode
+        venv.step(actions)
+
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler is not None:
+        profiler.enable()
+    start = time.perf_counter()
+    for _ in range(args.episodes * length):
+        venv.step(actions)
+    seconds = time.perf_counter() - start
+    if profiler is not None:
+        profiler.disable()
+    env_steps = args.episodes * length * args.n_envs
+    print(f"N={args.n_envs}, torch threads {torch.get_num_threads()}: bookkeeping alone runs "
+          f"{env_steps / seconds:.0f} env steps/s ({seconds / env_steps * 1e6:.0f} us per env step)")
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+
+
+if __name__ == "__main__":
+    main()
