@@ -71,11 +71,6 @@ class BareLoop:
         return time.perf_counter() - start, steps
 
 
-def time_bare_loop(env: gym.Env, episodes: int) -> tuple[float, int]:
-    """Seconds and steps of the bare loop for ``episodes`` episodes."""
-    return BareLoop(env).run(episodes)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=3, help="episodes timed for each variant")
@@ -83,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     env = gym.make("nbs_gym/NeuralBatchSampling-v0", device=args.device)
     time_env(env, 1)  # warm-up: allocator, kernels, imports
-    bare_seconds, bare_steps = time_bare_loop(env, args.episodes)
+    bare_seconds, bare_steps = BareLoop(env).run(args.episodes)
     env_seconds, env_steps = time_env(env, args.episodes)
     bare_rate, env_rate = bare_steps / bare_seconds, env_steps / env_seconds
     print(f"device: {env.unwrapped.device}  torch threads: {torch.get_num_threads()}")

@@ -153,7 +153,6 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         self.dataset_spec = dataset.spec
         self.image_size = dataset.image_size
         self._images = dataset.images
-        self._probe_images: np.ndarray | None = None  # the probe images of every episode's profiles
         self._labeled_masks = dataset.masks[np.asarray(self.split.labeled, dtype=np.int64)]
         self._fingerprint = dataset_fingerprint(dataset)
         self.trainer = AutoencoderTrainer(dataset.channels, cfg.autoencoder)
@@ -165,6 +164,9 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         self._pool_rows = np.searchsorted(snapshot_index, pool)
         self._probe_rows = np.searchsorted(snapshot_index, probe)
         self._snapshot_images = torch.as_tensor(dataset.images[snapshot_index], device=self.device)
+        # The probe images of every episode's profiles, shared read-only.
+        self._probe_images = dataset.images[probe]
+        self._probe_images.flags.writeable = False
         self._build_patch_grid(len(pool))
         self._build_groups()
         self._build_separation_pixels()
@@ -503,9 +505,6 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         replaces with a new array, and share one read-only array of the probe images: copying both took
         about 20 ms per episode."""
         probe = np.asarray(self.split.probe, dtype=np.int64)
-        if self._probe_images is None:
-            self._probe_images = self._images[probe]
-            self._probe_images.flags.writeable = False
         return LossProfiles(
             loss_maps=self._loss_maps,
             snapshot_steps=np.asarray(self.config.snapshot_steps, dtype=np.int64),
