@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nbs_gym.separation import MEASURES, separation
+from nbs_gym.separation import MEASURES, SeparationTracker, separation
 
 
 def _profiles(gap: float, n: int = 2000, k: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -71,14 +71,50 @@ def test_unknown_measure_lists_the_choices() -> None:
         separation(*_profiles(1.0), measure="accuracy")
 
 
+def _reference(features: np.ndarray, labels: np.ndarray, measure: str) -> float:
+    """The measures from scratch on the whole profile matrix: np.cov, sklearn's AUROC and logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    from nbs_gym.separation import _EPS, _SHRINKAGE
+
+    logs = np.log(features + _EPS)
+    x = (logs - logs.mean(axis=0)) / logs.std(axis=0)
+    if measure == "prediction_loss":
+        weights = np.where(labels, 0.5 / labels.mean(), 0.5 / (1.0 - labels.mean()))
+        model = LogisticRegression(C=1.0, max_iter=200).fit(x, labels, sample_weight=weights)
+        return -log_loss(labels, model.predict_proba(x)[:, 1], sample_weight=weights)
+    anomalous, normal = x[labels], x[~labels]
+    within = np.atleast_2d(np.cov(anomalous, rowvar=False)) + np.atleast_2d(np.cov(normal, rowvar=False))
+    direction = np.linalg.solve(within + _SHRINKAGE * np.eye(x.shape[1]), anomalous.mean(0) - normal.mean(0))
+    scores = x @ direction
+    if measure == "auroc":
+        return roc_auc_score(labels, scores)
+    return (scores[labels].mean() - scores[~labels].mean()) ** 2 / (scores[labels].var() + scores[~labels].var())
+
+
 def test_auroc_equals_sklearn_roc_auc_of_the_fisher_read_out_with_ties() -> None:
-    from sklearn.metrics import roc_auc_score
-
-    from nbs_gym.separation import _fisher_direction, _standardised_log
-
     rng = np.random.default_rng(4)
     labels = rng.random(3000) < 0.3
     features = np.round(np.exp(rng.normal(size=(3000, 3)) + labels[:, None]), 1)  # rounding makes ties
-    x = _standardised_log(features)
-    expected = roc_auc_score(labels, x @ _fisher_direction(x, labels))
-    assert separation(features, labels, "auroc") == pytest.approx(expected, abs=1e-12)
+    assert separation(features, labels, "auroc") == pytest.approx(_reference(features, labels, "auroc"), abs=1e-12)
+
+
+@pytest.mark.parametrize("measure", sorted(MEASURES))
+def test_tracker_adding_snapshots_one_by_one_equals_the_measure_from_scratch(measure: str) -> None:
+    features, labels = _profiles(1.0, n=3000, k=7, seed=5)
+    features[:, 3:] *= features[:, :4]  # correlated columns, so that the covariances' cross terms matter
+    tracker = SeparationTracker(labels, measure, max_columns=2)  # grows twice on the way
+    values = [tracker.add(features[:, start : start + width]) for start, width in ((0, 1), (1, 2), (3, 1), (4, 3))]
+    for value, stop in zip(values, (1, 3, 4, 7), strict=True):
+        expected = _reference(features[:, :stop], labels, measure)
+        assert value == pytest.approx(expected, rel=1e-6 if measure == "prediction_loss" else 1e-10), stop
+    assert tracker.n_columns == 7
+    assert values[-1] == pytest.approx(separation(features, labels, measure), rel=1e-12)
+
+
+def test_tracker_rejects_features_of_the_wrong_number_of_pixels() -> None:
+    features, labels = _profiles(1.0)
+    tracker = SeparationTracker(labels)
+    with pytest.raises(ValueError, match=r"got \(1999, 1\) and \(2000,\)"):
+        tracker.add(features[:-1, :1])
