@@ -58,7 +58,7 @@ class OracleEnv(NeuralBatchSamplingEnv):
                 self.np_random.choice(self._clean_patches, batch - n_defect),
             ]
         )
-        return ids, np.bincount(self._patch_group[ids], minlength=len(composition))
+        return ids, np.bincount(self._groups_of(ids), minlength=len(composition))
 
 
 def episode_metrics(env: NeuralBatchSamplingEnv, seed: int) -> dict[str, float]:

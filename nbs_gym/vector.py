@@ -33,7 +33,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 from nbs_gym.autoencoder import BatchedAutoencoderTrainer
 from nbs_gym.config import EnvConfig
 from nbs_gym.data import AnomalyDataset
-from nbs_gym.env import NeuralBatchSamplingEnv
+from nbs_gym.env import NeuralBatchSamplingEnv, Snapshot
 
 
 class NeuralBatchSamplingVectorEnv(VectorEnv):
@@ -84,6 +84,7 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._snapshot_images = template._snapshot_images
         self._gather_patches = template._gather_patches
+        self._snapshots_to_host = template._snapshots_to_host
 
     def reset(
         self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
@@ -124,14 +125,15 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
         per_patch = self.engine.update(patches.view(self.num_envs, -1, *patches.shape[1:])).cpu().numpy()
         # Sub-environments snapshot at the same steps unless a partial reset put them out of step.
         due = [i for i, env in enumerate(self.envs) if env._snapshot_due]
-        maps = dict(zip(due, self.engine.loss_maps(self._snapshot_images, models=due), strict=True)) if due else {}
+        snapshots = dict(zip(due, self._snapshots(due), strict=True)) if due else {}
 
         observations, rewards = [], np.zeros(self.num_envs)
         terminations = np.zeros(self.num_envs, dtype=bool)
         truncations = np.zeros(self.num_envs, dtype=bool)
         infos: dict[str, Any] = {}
         for i, env in enumerate(self.envs):
-            observation, rewards[i], terminations[i], truncations[i], info = env._finish_step(per_patch[i], maps.get(i))
+            step = env._finish_step(per_patch[i], snapshots.get(i))
+            observation, rewards[i], terminations[i], truncations[i], info = step
             observations.append(observation)
             infos = self._add_info(infos, info, i)
         finished = [i for i in range(self.num_envs) if terminations[i] or truncations[i]]
@@ -155,8 +157,12 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
             gym.Env.reset(self.envs[slot], seed=seed)  # seeds the sub-environment's np_random only
             generators.append(self.envs[slot]._begin_episode())
         self.engine.reset(slots, generators)
-        maps = self.engine.loss_maps(self._snapshot_images, models=slots)
-        return {slot: self.envs[slot]._finish_reset(slot_maps) for slot, slot_maps in zip(slots, maps, strict=True)}
+        snapshots = self._snapshots(slots)
+        return {slot: self.envs[slot]._finish_reset(snapshot) for slot, snapshot in zip(slots, snapshots, strict=True)}
+
+    def _snapshots(self, models: list[int]) -> list[Snapshot]:
+        """The snapshots of the given sub-environments' models: one batched pass, one copy to the host."""
+        return self._snapshots_to_host(self.engine.loss_maps(self._snapshot_images, models=models))
 
 
 def unbatch_info(infos: dict[str, Any], index: int) -> dict[str, Any]:

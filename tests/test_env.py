@@ -160,6 +160,49 @@ def test_one_hot_discrete_action_draws_only_from_that_stratum() -> None:
     assert env._recent_counts[-1][highest] == SMALL["batch_size"]
 
 
+def test_strata_are_equal_runs_of_the_pool_sorted_by_current_patch_loss() -> None:
+    env = make("nbs_gym/NeuralBatchSamplingDiscrete-v0").unwrapped
+    env.reset(seed=0)
+    n_strata, n_patches = env.config.n_strata, len(env._patch_loss)
+    for action in [n_strata - 1, 0, n_strata] * 4:  # twelve steps, two of them followed by snapshots
+        _, _, _, _, info = env.step(action)
+        losses = env._patch_loss[env._order]
+        np.testing.assert_array_equal(np.sort(env._order), np.arange(n_patches))
+        assert (np.diff(losses) >= 0).all()
+        np.testing.assert_array_equal(env._sorted_loss, losses)
+        groups = env._groups_of(env._order)
+        np.testing.assert_array_equal(np.bincount(groups, minlength=n_strata), env._group_sizes)
+        assert (np.diff(groups) >= 0).all()
+    assert info["n_snapshots"] == 2
+
+
+def test_level_changes_count_from_the_strata_of_the_latest_snapshot() -> None:
+    env = make()
+    n_strata = env.unwrapped.config.n_strata
+    observation, _ = env.reset(seed=2)
+    np.testing.assert_array_equal(observation[n_strata : 2 * n_strata], 0.0)
+    action = np.ones(env.action_space.shape, np.float32)
+    changes = []
+    for _ in range(env.unwrapped.config.snapshot_steps[0] + 1):
+        observation, _, _, _, info = env.step(action)
+        changes.append((info["snapshot"], observation[n_strata : 2 * n_strata]))
+    assert [snapshot for snapshot, _ in changes] == [False] * (len(changes) - 2) + [True, False]
+    np.testing.assert_array_equal(changes[-2][1], 0.0)  # the snapshot step: levels and strata both fresh
+    assert np.abs(changes[-3][1]).max() > 0 and np.abs(changes[-1][1]).max() > 0
+
+
+def test_strata_after_a_seeded_reset_do_not_depend_on_earlier_episodes() -> None:
+    fresh, used = make().unwrapped, make().unwrapped
+    used.reset(seed=3)
+    for _ in range(7):
+        used.step(np.ones(used.action_space.shape, np.float32))
+    fresh.reset(seed=5)
+    used.reset(seed=5)
+    # Some pool patches have equal losses, and the order must break those ties the same way.
+    assert len(np.unique(fresh._patch_loss)) < len(fresh._patch_loss)
+    np.testing.assert_array_equal(used._order, fresh._order)
+
+
 @pytest.mark.parametrize(
     ("action", "message"),
     [
