@@ -441,8 +441,9 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
             float64) and the probe images' loss maps (float32).
         """
         cfg = self.config
-        pool = maps[:, self._pool_rows]
-        pooled = torch.nn.functional.avg_pool2d(pool.reshape(-1, 1, *pool.shape[2:]), cfg.patch_size, cfg.stride)
+        # Pooling every image and then picking the pool's windows spares a copy of the pool's maps.
+        pooled = torch.nn.functional.avg_pool2d(maps.reshape(-1, 1, *maps.shape[2:]), cfg.patch_size, cfg.stride)
+        pooled = pooled.reshape(*maps.shape[:2], -1)[:, self._pool_rows]
         patch_losses = pooled.reshape(len(maps), -1).cpu().numpy().astype(np.float64)
         probe_maps = maps[:, self._probe_rows].cpu().numpy()
         return list(zip(patch_losses, probe_maps, strict=True))
