@@ -3,7 +3,8 @@
 The bare loop trains the same autoencoder with the same batch size and patch size on uniformly drawn
 patches of the same pool, and computes the same loss-map snapshots (pool and probe images, at the same
 steps). The ratio env / bare tells what the environment's bookkeeping (strata, observation, reward,
-checks) costs on top of the unavoidable work.
+checks) costs on top of the unavoidable work. The two alternate episode by episode, so that a slow
+spell of a shared machine lands on both.
 
     python benchmarks/env_step.py [--episodes 3] [--device cpu]
 """
@@ -11,6 +12,7 @@ checks) costs on top of the unavoidable work.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import gymnasium as gym
@@ -73,18 +75,25 @@ class BareLoop:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--episodes", type=int, default=3, help="episodes timed for each variant")
+    parser.add_argument("--episodes", type=int, default=3, help="episodes timed for each variant, alternating")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     args = parser.parse_args()
     env = gym.make("nbs_gym/NeuralBatchSampling-v0", device=args.device)
+    bare = BareLoop(env)
     time_env(env, 1)  # warm-up: allocator, kernels, imports
-    bare_seconds, bare_steps = BareLoop(env).run(args.episodes)
-    env_seconds, env_steps = time_env(env, args.episodes)
-    bare_rate, env_rate = bare_steps / bare_seconds, env_steps / env_seconds
-    print(f"device: {env.unwrapped.device}  torch threads: {torch.get_num_threads()}")
-    print(f"bare PyTorch loop : {bare_rate:8.1f} steps/s")
-    print(f"environment       : {env_rate:8.1f} steps/s")
-    print(f"ratio env / bare  : {env_rate / bare_rate:8.3f}")
+    bare.run(1)
+    bare_rates, env_rates = [], []
+    for _ in range(args.episodes):  # interleaved, so that a slow spell of the machine hits both alike
+        seconds, steps = bare.run(1)
+        bare_rates.append(steps / seconds)
+        seconds, steps = time_env(env, 1)
+        env_rates.append(steps / seconds)
+    ratios = [env_rate / bare_rate for env_rate, bare_rate in zip(env_rates, bare_rates, strict=True)]
+    print(f"device: {env.unwrapped.device}  torch threads: {torch.get_num_threads()}  episodes each: {args.episodes}")
+    print(f"bare PyTorch loop : {statistics.median(bare_rates):8.1f} steps/s (median)")
+    print(f"environment       : {statistics.median(env_rates):8.1f} steps/s (median)")
+    spread = f"{min(ratios):.3f} to {max(ratios):.3f}"
+    print(f"ratio env / bare  : {statistics.median(ratios):8.3f} (median over episode pairs; {spread})")
 
 
 if __name__ == "__main__":
