@@ -30,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-envs", type=int, default=64)
     parser.add_argument("--episodes", type=int, default=1, help="timed episodes after one warm-up episode")
-    parser.add_argument("--profile", action="store_true", help="print the top functions by own time")
+    parser.add_argument("--profile", action="store_true", help="print the top functions by own and by cumulative time")
     args = parser.parse_args()
 
     venv = gym.make_vec(ENV_ID, num_envs=args.n_envs, vectorization_mode="vector_entry_point", device="cpu")
@@ -67,7 +67,9 @@ def main() -> None:
     print(f"N={args.n_envs}, torch threads {torch.get_num_threads()}: bookkeeping alone runs "
           f"{env_steps / seconds:.0f} env steps/s ({seconds / env_steps * 1e6:.0f} us per env step)")
     if profiler is not None:
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("tottime").print_stats(15)
+        stats.sort_stats("cumulative").print_stats(r"nbs_gym|vector_env", 20)  # the phases, nested
 
 
 if __name__ == "__main__":
