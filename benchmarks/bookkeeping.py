@@ -7,7 +7,10 @@ host at each step: drawing the batch, gathering its patches, restratifying the p
 and at snapshots the strata refresh and the separation reward. On a GPU this part does not shrink, so
 its rate bounds the vector env's env steps per second from above.
 
-    python benchmarks/bookkeeping.py [--n-envs 64] [--episodes 1] [--profile]
+With ``--device cuda`` the stand-ins live on the GPU, so that pooling the snapshot maps runs there and
+their copies to the host cost what they cost on that machine.
+
+    python benchmarks/bookkeeping.py [--n-envs 64] [--episodes 1] [--device cpu] [--profile]
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-envs", type=int, default=64)
     parser.add_argument("--episodes", type=int, default=1, help="timed episodes after one warm-up episode")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the stand-in maps live")
     parser.add_argument("--profile", action="store_true", help="print the top functions by own and by cumulative time")
     args = parser.parse_args()
 
-    venv = gym.make_vec(ENV_ID, num_envs=args.n_envs, vectorization_mode="vector_entry_point", device="cpu")
+    venv = gym.make_vec(ENV_ID, num_envs=args.n_envs, vectorization_mode="vector_entry_point", device=args.device)
     env = venv.unwrapped
     engine = env.engine
     venv.reset(seed=0)
@@ -42,7 +46,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
 
     def update(patches: torch.Tensor) -> torch.Tensor:
-        return torch.rand(patches.shape[:2], generator=generator) * 2 * scale
+        return (torch.rand(patches.shape[:2], generator=generator) * 2 * scale).to(patches.device)
 
     def loss_maps(images: torch.Tensor, chunk: int | None = None, models: list[int] | None = None) -> torch.Tensor:
         count = len(models) if models is not None else args.n_envs

@@ -22,5 +22,5 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi") 2>&1 | tee "$out/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider tests/test_vector.py 2>&1 | tee "$out/tests.txt" || echo "tests failed"
-(cd benchmarks && python3 bookkeeping.py --n-envs 64) 2>&1 | tee "$out/bookkeeping.txt" || echo "bookkeeping.py failed"
+(cd benchmarks && python3 bookkeeping.py --n-envs 64 --device "$device") 2>&1 | tee "$out/bookkeeping.txt" || echo "bookkeeping.py failed"
 (cd benchmarks && python3 throughput.py --device "$device" --rounds 3 --no-subproc "$@") 2>&1 | tee "$out/throughput.txt"
