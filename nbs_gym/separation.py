@@ -54,8 +54,10 @@ def separation(features: np.ndarray, labels: np.ndarray, measure: str = "auroc")
     """
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2:
-        raise ValueError(f"features must be (n_pixels, k) and labels (n_pixels,); got {features.shape} and "
-                         f"{np.shape(labels)}")
+        raise ValueError(
+            f"features must be (n_pixels, k) with k >= 1 and labels (n_pixels,); got {features.shape} and "
+            f"{np.shape(labels)}"
+        )
     return SeparationTracker(labels, measure, max_columns=features.shape[1]).add(features)
 
 
@@ -98,9 +100,10 @@ class SeparationTracker:
         """Append profile columns (n_pixels, c) and return the separation of all columns so far."""
         features = np.asarray(features, dtype=np.float64)
         n_pixels = self.labels.size
-        if features.ndim != 2 or features.shape[0] != n_pixels:
+        if features.ndim != 2 or features.shape[0] != n_pixels or features.shape[1] == 0:
             raise ValueError(
-                f"features must be (n_pixels, k) and labels (n_pixels,); got {features.shape} and ({n_pixels},)"
+                f"features must be (n_pixels, k) with k >= 1 and labels (n_pixels,); got {features.shape} and "
+                f"({n_pixels},)"
             )
         start, stop = self.n_columns, self.n_columns + features.shape[1]
         if stop > len(self._columns):

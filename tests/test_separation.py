@@ -59,6 +59,7 @@ def test_prediction_loss_is_minus_log_two_at_chance() -> None:
         (np.ones((4, 2)), np.array([True, True, True, True]), "both anomalous and normal"),
         (np.ones((4, 2)), np.array([True, False]), "(n_pixels,)"),
         (np.ones(4), np.array([True, False, True, False]), "(n_pixels, k)"),
+        (np.ones((4, 0)), np.array([True, False, True, False]), "k >= 1"),
     ],
 )
 def test_bad_input_is_a_clear_error(features: np.ndarray, labels: np.ndarray, message: str) -> None:
