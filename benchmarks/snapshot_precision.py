@@ -52,13 +52,12 @@ def precision(variant: str, device: str) -> Iterator[None]:
         autoencoder._fused_cpu_ops = fused  # type: ignore[assignment]
 
 
-def strata(patch_losses: np.ndarray, n_strata: int) -> np.ndarray:
-    """Each patch's stratum (rows: models), as the env cuts the sorted pool into equal runs."""
+def strata(patch_losses: np.ndarray, group_starts: np.ndarray) -> np.ndarray:
+    """Each patch's stratum (rows: models): its rank in the sorted pool, cut at the env's group starts."""
     n_patches = patch_losses.shape[1]
     ranks = np.empty_like(patch_losses, dtype=np.int64)
     np.put_along_axis(ranks, np.argsort(patch_losses, axis=1, kind="stable"), np.arange(n_patches), axis=1)
-    bounds = (np.arange(1, n_strata) * n_patches) // n_strata
-    return np.searchsorted(bounds, ranks, side="right")
+    return np.searchsorted(group_starts, ranks, side="right") - 1
 
 
 def main() -> None:
@@ -99,8 +98,8 @@ def main() -> None:
             seconds[variant].append(elapsed)
 
     reference = maps["float32"]
-    n_strata = env.config.n_strata
-    reference_strata = strata(np.stack([losses for losses, _ in env._snapshots_to_host(reference)]), n_strata)
+    group_starts = env.envs[0]._group_starts
+    reference_strata = strata(np.stack([losses for losses, _ in env._snapshots_to_host(reference)]), group_starts)
     name = torch.cuda.get_device_name() if cuda else "cpu"
     print(f"device: {args.device} ({name}), models: {n_envs}, images per snapshot: {len(env._snapshot_images)}")
     print(f"{'variant':8s} {'ms per model':>13s} {'speed-up':>10s} {'rel. error median':>18s} "
@@ -110,7 +109,7 @@ def main() -> None:
         median = statistics.median(seconds[variant])
         relative = ((maps[variant] - reference).abs() / reference.abs().clamp_min(1e-12)).flatten().cpu().numpy()
         losses = np.stack([losses for losses, _ in env._snapshots_to_host(maps[variant])])
-        changed = float((strata(losses, n_strata) != reference_strata).mean())
+        changed = float((strata(losses, group_starts) != reference_strata).mean())
         print(f"{variant:8s} {median / n_envs * 1e3:13.3f} {base / median:10.2f} {np.median(relative):18.2e} "
               f"{np.quantile(relative, 0.99):15.2e} {changed:25.4f}")
     venv.close()
