@@ -399,7 +399,6 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
             bounds = (np.arange(n_groups + 1) * n_patches) // n_groups
             self._group_sizes = np.diff(bounds).astype(np.float64)
             self._order = np.arange(n_patches)
-            self._sorted_loss = self._patch_loss.copy()
         self._group_starts = np.concatenate([[0], np.cumsum(self._group_sizes[:-1])]).astype(np.int64)
 
     def _build_separation_pixels(self) -> None:
