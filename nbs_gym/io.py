@@ -23,7 +23,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp creates the file as 0600; give it the permissions a plain open() would have.
-        os.chmod(temporary, 0o666 & ~_umask())
+        os.chmod(temporary, 0o666 & ~current_umask())
         with os.fdopen(descriptor, "wb") as handle:
             write(handle)
             handle.flush()
@@ -40,7 +40,8 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's file-mode creation mask (read by setting and restoring it)."""
     current = os.umask(0)
     os.umask(current)
     return current

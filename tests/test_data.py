@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -333,6 +334,11 @@ def _truncated_image(root: Path) -> Path:
     return path
 
 
+def _empty_mask(root: Path) -> Path:
+    _write_mask(root / "ground_truth" / "crack" / "001_mask.png", box=(0, 0, 0, 0))
+    return root / "ground_truth" / "crack" / "001_mask.png"
+
+
 def _corrupt_mask(root: Path) -> Path:
     (root / "ground_truth" / "crack" / "000_mask.png").write_bytes(b"\x89PNG garbage")
     return root / "ground_truth" / "crack" / "000_mask.png"
@@ -347,6 +353,7 @@ def _corrupt_mask(root: Path) -> Path:
         _missing_test,
         _missing_mask,
         _mask_of_other_size,
+        _empty_mask,
         _corrupt_image,
         _truncated_image,
         _corrupt_mask,
@@ -359,6 +366,99 @@ def test_broken_folder_error_names_the_path(tmp_path: Path, break_folder: Callab
     with pytest.raises(DatasetError) as error:
         load_dataset(f"mvtec:{target}", image_size=8)
     assert str(offending.resolve()) in str(error.value)
+
+
+def _category_with_mask(root: Path, mask: Image.Image, suffix: str = ".png") -> AnomalyDataset:
+    """A one-defect category whose only mask is ``mask`` (40x30), loaded at 16x16."""
+    _write_image(root / "train" / "good" / "000.png")
+    _write_image(root / "test" / "good" / "000.png", value=1)
+    _write_image(root / "test" / "crack" / "000.png", value=2)
+    mask_path = root / "ground_truth" / "crack" / f"000_mask{suffix}"
+    mask_path.parent.mkdir(parents=True, exist_ok=True)
+    mask.save(mask_path)
+    dataset = load_dataset(f"mvtec:{root}", image_size=16)
+    return dataset
+
+
+def _box(value: float, dtype: type = np.uint8, background: float = 0) -> np.ndarray:
+    pixels = np.full((30, 40), background, dtype=dtype)
+    pixels[:15, :20] = value
+    return pixels
+
+
+def _rgba(red: int, alpha: int) -> np.ndarray:
+    pixels = np.zeros((30, 40, 4), dtype=np.uint8)
+    pixels[..., 3] = alpha
+    pixels[:15, :20, 0] = red
+    return pixels
+
+
+def _ringing() -> np.ndarray:
+    pixels = _box(255)
+    pixels[15:17, :22] = pixels[:17, 20:22] = 40  # compression artefacts along the defect's edge
+    return pixels
+
+
+MASK_ENCODINGS = {
+    "0/255": lambda: Image.fromarray(_box(255)),
+    "0/1": lambda: Image.fromarray(_box(1)),
+    "1-bit": lambda: Image.fromarray(_box(255)).convert("1"),
+    "16-bit": lambda: Image.fromarray(_box(65535, np.uint16)),
+    "palette": lambda: Image.fromarray(_box(255)).convert("P"),
+    "RGBA, opaque": lambda: Image.fromarray(_rgba(200, 255)),
+    "LA, opaque": lambda: Image.fromarray(np.stack([_box(255), np.full((30, 40), 255, np.uint8)], axis=2), "LA"),
+    "ringing edges": lambda: Image.fromarray(_ringing()),
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(MASK_ENCODINGS))
+def test_mvtec_masks_read_alike_whatever_their_encoding(tmp_path: Path, encoding: str) -> None:
+    dataset = _category_with_mask(tmp_path / "bottle", MASK_ENCODINGS[encoding]())
+    expected = np.zeros((16, 16), dtype=bool)
+    expected[:8, :8] = True  # the top-left quarter of the 40x30 mask
+    np.testing.assert_array_equal(dataset.masks[dataset.names.index("test/crack/000")], expected)
+
+
+def test_mvtec_mask_marks_pixels_at_least_half_covered(tmp_path: Path) -> None:
+    # 40x30 read at 16x16: a resized pixel is 2.5 x 1.875 source pixels. Columns 0-5 cover resized
+    # columns 0 and 1 fully and 2.4 of column 2's 2.5 source columns: 0.4 of it, under half.
+    pixels = np.zeros((30, 40), dtype=np.uint8)
+    pixels[:, :6] = 255
+    dataset = _category_with_mask(tmp_path / "bottle", Image.fromarray(pixels))
+    mask = dataset.masks[dataset.names.index("test/crack/000")]
+    assert mask[:, :2].all() and not mask[:, 2:].any()
+
+
+def test_mvtec_defect_smaller_than_a_resized_pixel_keeps_that_pixel(tmp_path: Path) -> None:
+    pixels = np.zeros((30, 40), dtype=np.uint8)
+    pixels[10, 10] = 255  # one source pixel: a fifth of the resized pixel (5, 4) that holds it
+    dataset = _category_with_mask(tmp_path / "bottle", Image.fromarray(pixels))
+    mask = dataset.masks[dataset.names.index("test/crack/000")]
+    assert np.argwhere(mask).tolist() == [[5, 4]]
+
+
+@pytest.mark.parametrize(
+    ("mode", "value", "expected"),
+    [("I", 30000, (30000 >> 8) / 255), ("I", 70000, 255 / 255), ("F", 0.25, 64 / 255), ("F", 3.0, 1.0)],
+)
+def test_mvtec_wide_integer_and_float_images_are_scaled(
+    tmp_path: Path, mode: str, value: float, expected: float
+) -> None:
+    root = _make_category(tmp_path / "bottle")
+    path = root / "train" / "good" / "000.tif"
+    (root / "train" / "good" / "000.png").unlink()
+    dtype = np.int32 if mode == "I" else np.float32
+    Image.fromarray(np.full((30, 40), value, dtype=dtype), mode).save(path)
+    dataset = load_dataset(f"mvtec:{root}", image_size=8)
+    np.testing.assert_allclose(dataset.images[dataset.names.index("train/good/000")], expected, atol=1e-6)
+
+
+def test_written_mvtec_folder_has_the_permissions_of_a_plain_folder(tmp_path: Path) -> None:
+    dataset = load_dataset("synthetic:grid", image_size=32, **SMALL)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    root = write_mvtec_folder(dataset, tmp_path / "grid")
+    assert stat.S_IMODE(root.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
 
 
 # --- semi-supervised split ---------------------------------------------------------------------------------

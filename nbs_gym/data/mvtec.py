@@ -14,6 +14,7 @@ alone) is kept apart from loading (:func:`load_samples`, which opens the files).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from nbs_gym.data.base import GOOD, AnomalyDataset, DatasetError, check_int
+from nbs_gym.io import current_umask
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -126,8 +128,11 @@ def parse_mvtec_folder(root: Path) -> list[MVTecSample]:
 def load_samples(samples: Sequence[MVTecSample], spec: str, image_size: int = 64) -> AnomalyDataset:
     """Open, resize and stack the samples' images and masks.
 
-    Images are resized bilinearly, masks by nearest neighbour and binarised (> 0). If any image is in
-    colour, grayscale ones are repeated to three channels.
+    Images are resized bilinearly (16- and 32-bit integer files as 16-bit intensities, floating-point
+    ones as intensities in [0, 1]). Masks are binarised at half their largest value, alpha ignored,
+    and a resized pixel is anomalous when the defect covers at least half of it, or, for a defect
+    too small to cover half of any, when the defect touches it. If any image is in colour, grayscale
+    ones are repeated to three channels.
 
     Args:
         samples: The sample table, e.g. from :func:`parse_mvtec_folder`.
@@ -138,8 +143,8 @@ def load_samples(samples: Sequence[MVTecSample], spec: str, image_size: int = 64
         The dataset, in the order of ``samples``.
 
     Raises:
-        DatasetError: If ``samples`` is empty, a file cannot be read or a mask's size differs from its
-            image's; the message names the file.
+        DatasetError: If ``samples`` is empty, a file cannot be read, a mask's size differs from its
+            image's or a mask marks no pixel; the message names the file.
     """
     check_int(image_size, "image_size", 1)
     if not samples:
@@ -199,9 +204,15 @@ def _read_image(path: Path, image_size: int) -> tuple[np.ndarray, tuple[int, int
             source.load()
             original_size = source.size
             image = source
-            if source.mode.startswith("I;16"):
-                # PIL's convert("L") clips 16-bit values at 255 instead of rescaling them.
-                image = Image.fromarray((np.asarray(source) >> 8).astype(np.uint8))
+            if source.mode.startswith("I;16") or source.mode == "I":
+                # PIL's convert("L") clips 16- and 32-bit values at 255 instead of rescaling them; "I" is how
+                # PIL opens some 16-bit files, so both are read as 16-bit intensities.
+                values = np.clip(np.asarray(source, dtype=np.int64), 0, 65535)
+                image = Image.fromarray((values >> 8).astype(np.uint8))
+            elif source.mode == "F":
+                # Floating-point images are read as intensities in [0, 1].
+                values = np.clip(np.nan_to_num(np.asarray(source, dtype=np.float64)), 0.0, 1.0)
+                image = Image.fromarray(np.rint(values * 255).astype(np.uint8))
             converted = image.convert("L" if image.mode in _GRAY_MODES else "RGB")
     except (OSError, ValueError) as exc:  # PIL raises OSError subclasses for unknown or truncated files
         raise DatasetError(f"cannot read image {path}: {exc}") from exc
@@ -211,14 +222,19 @@ def _read_image(path: Path, image_size: int) -> tuple[np.ndarray, tuple[int, int
 
 
 def _read_mask(path: Path, image_path: Path, image_size_wh: tuple[int, int], image_size: int) -> np.ndarray:
-    """Return the mask resized (nearest) to ``image_size`` and binarised (> 0) as (H, W) bool."""
+    """Return the mask of an anomalous image binarised and resized to ``image_size``, as (H, W) bool.
+
+    The file is binarised at half its largest value (any channel; an alpha channel is ignored), so
+    0/1, 0/255 and 16-bit masks read alike and the ringing of a JPEG mask stays out. Resizing marks
+    the pixels that are at least half covered by the defect; a defect smaller than that (a thin
+    scratch in a large image read small) keeps the pixels it touches, so that no anomalous image
+    loses its mask.
+    """
     try:
         with Image.open(path) as mask:
             mask.load()
             mask_size = mask.size
-            # Palette indices say nothing about intensity; every other mode is binarised on its values.
-            readable = mask.convert("L") if mask.mode == "P" else mask
-            resized = readable.resize((image_size, image_size), Image.Resampling.NEAREST)
+            defect = _binary_mask(mask)
     except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot read mask {path}: {exc}") from exc
     if mask_size != image_size_wh:
@@ -226,8 +242,27 @@ def _read_mask(path: Path, image_path: Path, image_size_wh: tuple[int, int], ima
             f"mask {path} is {mask_size[0]}x{mask_size[1]} but its image {image_path} is "
             f"{image_size_wh[0]}x{image_size_wh[1]}"
         )
-    array = np.asarray(resized)
-    return (array > 0).any(axis=2) if array.ndim == 3 else array > 0
+    if not defect.any():
+        raise DatasetError(f"mask {path} marks no pixel, but its image {image_path} is in a defect folder")
+    coverage = np.asarray(
+        Image.fromarray(defect.astype(np.uint8) * 255).resize((image_size, image_size), Image.Resampling.BOX)
+    )
+    resized = coverage >= 128
+    return resized if resized.any() else coverage > 0
+
+
+def _binary_mask(mask: Image.Image) -> np.ndarray:
+    """A mask file's pixels as (h, w) bool: above half the largest value of any colour channel."""
+    if mask.mode in ("P", "PA"):  # palette indices say nothing about intensity
+        mask = mask.convert("RGBA" if mask.mode == "PA" else "RGB")
+    values = np.asarray(mask)
+    if mask.mode in ("LA", "La", "RGBA", "RGBa"):
+        values = values[..., :-1]
+    if values.ndim == 3:
+        values = values.max(axis=2)
+    values = np.nan_to_num(values.astype(np.float64))
+    peak = values.max()
+    return values > peak / 2 if peak > 0 else np.zeros(values.shape, dtype=bool)
 
 
 def write_mvtec_folder(dataset: AnomalyDataset, root: str | Path) -> Path:
@@ -259,6 +294,8 @@ def write_mvtec_folder(dataset: AnomalyDataset, root: str | Path) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
+        # mkdtemp creates the folder as 0700; give it the permissions a plain mkdir would have.
+        os.chmod(scratch, 0o777 & ~current_umask())
         for image, mask, name, defect in zip(
             dataset.images, dataset.masks, dataset.names, dataset.defect_types, strict=True
         ):
