@@ -262,6 +262,7 @@ class AutoencoderTrainer:
         self.model.reset_parameters(generator)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.learning_rate)
 
+    @torch.enable_grad()  # also inside a caller's no_grad block (ARS evaluates candidates in one)
     def update(self, patches: torch.Tensor) -> torch.Tensor:
         """One Adam step on the mean squared error of ``patches`` (B, C, p, p).
 
@@ -371,6 +372,7 @@ class BatchedAutoencoderTrainer:
             offset += shape.numel()
         return views
 
+    @torch.enable_grad()
     def update(self, patches: torch.Tensor) -> torch.Tensor:
         """One Adam step of every model on its own batch; ``patches`` is (N, B, C, p, p).
 

@@ -8,8 +8,13 @@ when the environment is built rather than hours into a run.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import numpy as np
 
 ActionMode = Literal["strata", "spatial", "discrete"]
 RewardMeasure = Literal["auroc", "fisher", "prediction_loss"]
@@ -31,6 +36,42 @@ def _check(condition: bool, name: str, message: str) -> None:
 
 def _check_choice(value: str, name: str, choices: tuple[str, ...]) -> None:
     _check(value in choices, name, f"got {value!r}, expected one of {', '.join(choices)}")
+
+
+def _check_types(config: object) -> None:
+    """Check every field's value against its annotation (int, float, bool, str, a Literal, optional ones)."""
+    hints = typing.get_type_hints(type(config))
+    for item in dataclasses.fields(config):  # type: ignore[arg-type]
+        value, hint = getattr(config, item.name), hints[item.name]
+        optional = _is_optional(hint)
+        if value is None and optional:
+            continue
+        allowed = [arg for arg in typing.get_args(hint) if arg is not type(None)] if optional else [hint]
+        if not any(_has_type(value, kind) for kind in allowed):
+            expected = " or ".join(_type_name(kind) for kind in allowed)
+            raise ConfigError(f"{item.name}: expected {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _is_optional(hint: Any) -> bool:
+    return isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+
+
+def _has_type(value: Any, kind: Any) -> bool:
+    if typing.get_origin(kind) is Literal:
+        return isinstance(value, str)
+    if kind is bool:
+        return isinstance(value, (bool, np.bool_))
+    if kind is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    if kind is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, kind)
+
+
+def _type_name(kind: Any) -> str:
+    if typing.get_origin(kind) is Literal:
+        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(kind))
+    return {int: "an integer", float: "a number", bool: "a bool", str: "a string"}.get(kind, kind.__name__)
 
 
 @dataclass(frozen=True)
@@ -58,6 +99,7 @@ class DataConfig:
     transductive: bool = True
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(isinstance(self.dataset, str) and bool(self.dataset), "dataset", "must be a non-empty spec string")
         _check(self.image_size >= 16, "image_size", f"must be >= 16, got {self.image_size}")
         _check(self.channels in (None, 1, 3), "channels", f"must be None, 1 or 3, got {self.channels}")
@@ -89,6 +131,7 @@ class AutoencoderConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(self.width >= 1, "width", f"must be >= 1, got {self.width}")
         _check(self.latent_channels >= 1, "latent_channels", f"must be >= 1, got {self.latent_channels}")
         _check(1 <= self.depth <= 5, "depth", f"must be in [1, 5], got {self.depth}")
@@ -143,6 +186,7 @@ class EnvConfig:
     history: int = 10
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(self.profile_length >= 2, "profile_length", f"must be >= 2, got {self.profile_length}")
         _check(
             self.episode_length >= self.profile_length,
@@ -173,8 +217,9 @@ class EnvConfig:
         _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         _check_choice(self.reward, "reward", REWARD_MEASURES)
         _check_choice(self.reward_mode, "reward_mode", REWARD_MODES)
+        window = self.context_window
         _check(
-            self.context_window == 0 or (self.context_window % 2 == 1 and self.context_window <= self.data.image_size),
+            window == 0 or (0 < window <= self.data.image_size and window % 2 == 1),
             "context_window",
             f"must be 0 or an odd side <= image_size ({self.data.image_size}), got {self.context_window}",
         )
@@ -208,10 +253,14 @@ class EnvConfig:
         (``dataset="mvtec:/data/bottle"``, ``device="cuda"``); an unknown key is a :class:`ConfigError`
         that lists the accepted ones.
         """
+        return cls().replace(**kwargs)
+
+    def replace(self, **kwargs: Any) -> EnvConfig:
+        """This config with the fields named by flat keyword arguments (as :meth:`from_kwargs` takes them) replaced."""
         groups = {"data": DataConfig, "autoencoder": AutoencoderConfig}
         sub: dict[str, dict[str, Any]] = {name: {} for name in groups}
         own: dict[str, Any] = {}
-        own_names = {f.name for f in dataclasses.fields(cls)} - set(groups)
+        own_names = {f.name for f in dataclasses.fields(self)} - set(groups)
         for key, value in kwargs.items():
             if key in own_names:
                 own[key] = value
@@ -223,7 +272,12 @@ class EnvConfig:
             else:
                 accepted = sorted(own_names | {f.name for k in groups.values() for f in dataclasses.fields(k)})
                 raise ConfigError(f"{key}: unknown setting; accepted: {', '.join(accepted)}")
-        return cls(data=DataConfig(**sub["data"]), autoencoder=AutoencoderConfig(**sub["autoencoder"]), **own)
+        return dataclasses.replace(
+            self,
+            data=dataclasses.replace(self.data, **sub["data"]),
+            autoencoder=dataclasses.replace(self.autoencoder, **sub["autoencoder"]),
+            **own,
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EnvConfig:

@@ -112,7 +112,8 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
     |                  |            |               | features (0: each pixel's own profile only)          |
     | device           | str        | "auto"        | "cpu", "cuda[:N]" or "auto"                          |
     | profile_dir      | str | None | None          | folder to write each finished episode's profiles    |
-    | config           | EnvConfig  | None          | a whole config instead of the flat keywords          |
+    | config           | EnvConfig  | None          | a whole config; flat keywords (the id's              |
+    |                  |            |               | ``action_mode`` among them) override its fields      |
     | dataset_object   | AnomalyDataset | None      | an already loaded dataset (skips loading ``dataset``)|
 
     ## Version History
@@ -131,11 +132,9 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         profile_dir: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        if config is not None and kwargs:
-            raise ConfigError(f"{sorted(kwargs)[0]}: pass either config or flat settings, not both")
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode: got {render_mode!r}, expected None or 'rgb_array'")
-        self.config = config if config is not None else EnvConfig.from_kwargs(**kwargs)
+        self.config = (config if config is not None else EnvConfig()).replace(**kwargs)
         self.render_mode = render_mode
         self.profile_dir = Path(profile_dir) if profile_dir is not None else None
         cfg, data = self.config, self.config.data
@@ -194,7 +193,9 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         return self._finish_reset(self._snapshots_to_host(self.trainer.loss_maps(self._snapshot_images)[None])[0])
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
-        patch_ids = self._begin_step(action)
+        if self._step_count >= self.config.episode_length:
+            raise RuntimeError("step() called after the episode terminated; call reset() first")
+        patch_ids = self._begin_step(self.batch_composition(action))
         per_patch = self.trainer.update(self._gather_patches(patch_ids))
         snapshot = None
         if self._snapshot_due:
@@ -237,11 +238,8 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         self._last_composition = self._group_sizes / self._group_sizes.sum()
         return self._observation(), self._info(snapshot=False)
 
-    def _begin_step(self, action: Any) -> np.ndarray:
-        """Validate the action and draw the batch; returns the patch ids to train on."""
-        if self._step_count >= self.config.episode_length:
-            raise RuntimeError("step() called after the episode terminated; call reset() first")
-        composition = self.batch_composition(action)
+    def _begin_step(self, composition: np.ndarray) -> np.ndarray:
+        """Draw the batch of a composition (see ``batch_composition``); returns the patch ids to train on."""
         patch_ids, group_counts = self._draw(composition)
         self._recent_counts.append(group_counts)
         self._position_counts += np.bincount(self._patch_position[patch_ids], minlength=self._n_positions)
@@ -379,7 +377,8 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         cfg = self.config
         n_patches, n_groups = len(self._patch_loss), cfg.n_groups
         if n_patches < n_groups:
-            raise ConfigError(f"n_strata: {n_groups} groups, but the pool has only {n_patches} patches")
+            setting = "spatial_grid" if cfg.action_mode == "spatial" else "n_strata"
+            raise ConfigError(f"{setting}: {n_groups} groups, but the pool has only {n_patches} patches")
         if cfg.action_mode == "spatial":
             centre_y = self._patch_y + cfg.patch_size / 2
             centre_x = self._patch_x + cfg.patch_size / 2

@@ -26,6 +26,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.error import ResetNeeded
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
@@ -85,6 +86,7 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
         self._snapshot_images = template._snapshot_images
         self._gather_patches = template._gather_patches
         self._snapshots_to_host = template._snapshots_to_host
+        self._started = np.zeros(num_envs, dtype=bool)
 
     def reset(
         self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
@@ -108,6 +110,12 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
             mask = np.asarray(options["reset_mask"])
             if mask.shape != (self.num_envs,) or mask.dtype != np.bool_:
                 raise ValueError(f"options['reset_mask']: expected a bool array of shape ({self.num_envs},)")
+        never_reset = np.flatnonzero(~mask & ~self._started)
+        if never_reset.size:
+            raise ResetNeeded(
+                f"options['reset_mask']: sub-environments {never_reset.tolist()} have never been reset; "
+                "the first reset must include every sub-environment"
+            )
         slots = [int(i) for i in np.flatnonzero(mask)]
         results = self._reset_slots(slots, [seeds[i] for i in slots])
         observations = np.stack([env._observation() for env in self.envs])
@@ -118,30 +126,42 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """One batched update of every sub-environment's autoencoder, each on the batch its action composes."""
+        if not self._started.all():
+            raise ResetNeeded("step() called before reset(); call reset() first")
         if len(actions) != self.num_envs:
             raise ValueError(f"actions: expected one action per sub-environment ({self.num_envs}), got {len(actions)}")
-        patch_ids = np.concatenate([env._begin_step(action) for env, action in zip(self.envs, actions, strict=True)])
+        # Every action is checked before any sub-environment draws, so that a bad one changes no state.
+        compositions = []
+        for i, (env, action) in enumerate(zip(self.envs, actions, strict=True)):
+            try:
+                compositions.append(env.batch_composition(action))
+            except ValueError as error:
+                raise ValueError(f"actions[{i}]: {error}") from None
+        patch_ids = np.concatenate([env._begin_step(c) for env, c in zip(self.envs, compositions, strict=True)])
         patches = self._gather_patches(patch_ids)
         per_patch = self.engine.update(patches.view(self.num_envs, -1, *patches.shape[1:])).cpu().numpy()
         # Sub-environments snapshot at the same steps unless a partial reset put them out of step.
         due = [i for i, env in enumerate(self.envs) if env._snapshot_due]
         snapshots = dict(zip(due, self._snapshots(due), strict=True)) if due else {}
 
-        observations, rewards = [], np.zeros(self.num_envs)
+        observations, step_infos, rewards = [], [], np.zeros(self.num_envs)
         terminations = np.zeros(self.num_envs, dtype=bool)
         truncations = np.zeros(self.num_envs, dtype=bool)
-        infos: dict[str, Any] = {}
         for i, env in enumerate(self.envs):
             step = env._finish_step(per_patch[i], snapshots.get(i))
             observation, rewards[i], terminations[i], truncations[i], info = step
             observations.append(observation)
-            infos = self._add_info(infos, info, i)
+            step_infos.append(info)
         finished = [i for i in range(self.num_envs) if terminations[i] or truncations[i]]
-        if finished:
-            for i in finished:
-                infos = self._add_info(infos, {"final_obs": observations[i], "final_info": unbatch_info(infos, i)}, i)
-            for i, (observation, _) in self._reset_slots(finished, [None] * len(finished)).items():
-                observations[i] = observation
+        resets = self._reset_slots(finished, [None] * len(finished)) if finished else {}
+        # As Gymnasium's SAME_STEP vector envs: a finished sub-environment reports its last step in
+        # final_obs / final_info, and the observation and info of its next episode's start.
+        infos: dict[str, Any] = {}
+        for i, info in enumerate(step_infos):
+            if i in resets:
+                infos = self._add_info(infos, {"final_obs": observations[i], "final_info": info}, i)
+                observations[i], info = resets[i]
+            infos = self._add_info(infos, info, i)
         return np.stack(observations), rewards, terminations, truncations, infos
 
     def render(self) -> tuple[np.ndarray | None, ...] | None:
@@ -158,6 +178,7 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
             generators.append(self.envs[slot]._begin_episode())
         self.engine.reset(slots, generators)
         snapshots = self._snapshots(slots)
+        self._started[slots] = True
         return {slot: self.envs[slot]._finish_reset(snapshot) for slot, snapshot in zip(slots, snapshots, strict=True)}
 
     def _snapshots(self, models: list[int]) -> list[Snapshot]:

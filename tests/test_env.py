@@ -12,7 +12,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import nbs_gym
-from nbs_gym.config import ConfigError
+from nbs_gym.config import ConfigError, EnvConfig
 from nbs_gym.profiles import load_profiles
 from nbs_gym.separation import profile_separation
 
@@ -239,6 +239,8 @@ def test_bad_discrete_action_is_a_value_error(action) -> None:
         ({"temperature": 0.0}, "temperature"),
         ({"context_window": 4}, "context_window"),
         ({"context_window": 65}, "context_window"),
+        ({"context_window": -1}, "context_window"),
+        ({"action_mode": "spatial", "spatial_grid": 30, "patch_size": 32}, "spatial_grid"),
         ({"batchsize": 8}, "batchsize"),
         ({"device": "tpu"}, "device"),
     ],
@@ -246,6 +248,22 @@ def test_bad_discrete_action_is_a_value_error(action) -> None:
 def test_invalid_config_is_rejected_at_construction_naming_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=f"^{field}:"):
         make(**kwargs)
+
+
+@pytest.mark.parametrize("vector", [False, True])
+def test_a_whole_config_passes_through_make_and_flat_settings_override_it(vector: bool) -> None:
+    config = EnvConfig.from_kwargs(**SMALL, n_strata=4, action_mode="strata")
+    env_id = "nbs_gym/NeuralBatchSamplingDiscrete-v0"
+    if vector:
+        env = gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point", config=config, batch_size=4)
+        space = env.single_action_space
+    else:
+        env = gym.make(env_id, config=config, batch_size=4)
+        space = env.action_space
+    built = env.unwrapped.config
+    assert (built.action_mode, built.n_strata, built.batch_size, built.episode_length) == ("discrete", 4, 4, 20)
+    assert space == gym.spaces.Discrete(5)
+    assert config.batch_size == 8  # the caller's config is left as it was
 
 
 def test_bad_dataset_path_names_the_path(tmp_path: Path) -> None:

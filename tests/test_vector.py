@@ -171,6 +171,21 @@ def test_partial_reset_restarts_only_the_masked_sub_environments() -> None:
         venv.reset(options={"reset_mask": np.array([True, False])})
 
 
+def test_updates_train_inside_a_callers_no_grad_block() -> None:
+    """ARS evaluates its candidate policies under ``torch.no_grad()``; the env's updates must still learn."""
+    single = AutoencoderTrainer(1, AutoencoderConfig(device="cpu"))
+    batched = BatchedAutoencoderTrainer(2, 1, AutoencoderConfig(device="cpu"))
+    single.reset(torch.Generator().manual_seed(0))
+    batched.reset([0, 1], [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)])
+    patches = torch.rand(2, 4, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    before = [p.detach().clone() for p in single.model.parameters()], batched.params["encoder.0.weight"].clone()
+    with torch.no_grad():
+        single.update(patches[0])
+        batched.update(patches)
+    assert all(not torch.equal(old, new) for old, new in zip(before[0], single.model.parameters(), strict=True))
+    assert not torch.equal(before[1], batched.params["encoder.0.weight"])
+
+
 def test_resetting_one_slot_leaves_the_others_untouched() -> None:
     batched = BatchedAutoencoderTrainer(2, 1, AutoencoderConfig(device="cpu"))
     batched.reset([0, 1], [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)])
@@ -182,6 +197,19 @@ def test_resetting_one_slot_leaves_the_others_untouched() -> None:
     for (name, value), (_, reference) in zip(batched.params.items(), fresh.model.named_parameters(), strict=True):
         torch.testing.assert_close(value[1], before[name][1], rtol=0, atol=0)
         torch.testing.assert_close(value[0], reference.detach(), rtol=0, atol=0)
+
+
+def assert_same_info(infos: dict, expected: dict) -> None:
+    """Batched infos hold the same values: exactly for counts and flags, to float tolerance otherwise."""
+    for key, value in expected.items():
+        if key in ("final_obs", "final_info"):
+            continue
+        if isinstance(value, dict):
+            assert_same_info(infos[key], value)
+        elif np.asarray(value).dtype.kind in "biu":
+            np.testing.assert_array_equal(infos[key], value, err_msg=key)
+        else:
+            np.testing.assert_allclose(np.stack(infos[key]), np.stack(value), atol=1e-5, err_msg=key)
 
 
 @pytest.mark.parametrize("env_id", sorted(nbs_gym.ENV_IDS))
@@ -206,11 +234,14 @@ def test_vector_env_matches_gymnasiums_sync_vector_env_of_single_envs(env_id: st
         np.testing.assert_array_equal(terminations, expected_terminations)
         np.testing.assert_array_equal(truncations, expected_truncations)
         assert sorted(infos) == sorted(expected_infos)
+        assert_same_info(infos, expected_infos)
         if step == SMALL["episode_length"] - 1:
             assert terminations.all() and infos["_final_obs"].all()
             np.testing.assert_allclose(np.stack(infos["final_obs"]), np.stack(expected_infos["final_obs"]), atol=1e-4)
             assert sorted(infos["final_info"]) == sorted(expected_infos["final_info"])
+            assert_same_info(infos["final_info"], expected_infos["final_info"])
             assert infos["final_info"]["step"].tolist() == [SMALL["episode_length"]] * n
+            assert infos["step"].tolist() == [0] * n  # the info of the next episode's start
         else:
             assert not terminations.any()
 
@@ -228,6 +259,33 @@ def test_vector_env_spaces_and_seeded_reset_are_consistent() -> None:
         venv.step(np.zeros((3, 5), np.float32))
     with pytest.raises(ValueError, match="expected 2 seeds"):
         venv.reset(seed=[1, 2, 3])
+
+
+def test_a_bad_action_for_one_sub_environment_changes_no_state() -> None:
+    venv, reference = make_vec(3), make_vec(3)
+    venv.reset(seed=4)
+    reference.reset(seed=4)
+    bad = np.zeros((3, 5), np.float32)
+    bad[2, 0] = 2.0
+    with pytest.raises(ValueError, match=r"^actions\[2\]: action: expected values in \[-1, 1\]"):
+        venv.step(bad)
+    actions = np.full((3, 5), 0.5, np.float32)
+    for _ in range(3):
+        observations, rewards, *_ = venv.step(actions)
+        expected_obs, expected_rewards, *_ = reference.step(actions)
+        np.testing.assert_array_equal(observations, expected_obs)
+        np.testing.assert_array_equal(rewards, expected_rewards)
+
+
+def test_stepping_or_partly_resetting_before_a_full_reset_is_an_error() -> None:
+    venv = make_vec(2)
+    with pytest.raises(gym.error.ResetNeeded, match="before reset"):
+        venv.step(np.zeros((2, 5), np.float32))
+    with pytest.raises(gym.error.ResetNeeded, match=r"sub-environments \[1\] have never been reset"):
+        venv.reset(options={"reset_mask": np.array([True, False])})
+    venv.reset(seed=0)
+    venv.reset(seed=0, options={"reset_mask": np.array([True, False])})
+    venv.step(np.zeros((2, 5), np.float32))
 
 
 def test_each_sub_environment_writes_its_own_profiles(tmp_path: Path) -> None:
