@@ -129,7 +129,7 @@ class AgentSpec:
         settings = {**self.defaults, **hyperparams}
         try:
             if self.kind == "sb3":
-                return self.agent_class(self.policy, env, seed=seed, verbose=0, **settings)
+                return self.agent_class(self.policy, env, seed=seed, **{"verbose": 0, **settings})
             return self.agent_class(env, seed=seed, **settings)
         except (TypeError, AssertionError) as error:
             # SB3 validates hyperparameters with asserts; both are user input errors here.
@@ -151,6 +151,11 @@ def get_spec(name: str) -> AgentSpec:
     """
     if ":" in name:
         return _plugin_spec(name)
+    if name in _NOT_INSTALLED:
+        raise AgentError(
+            f"agent {name!r} needs {_NOT_INSTALLED[name]}, which is not installed: "
+            'pip install -e ".[contrib]" (or pip install sb3-contrib)'
+        )
     if name not in AGENTS:
         raise AgentError(f"unknown agent {name!r}; choose one of {', '.join(AGENTS)} or give package.module:ClassName")
     return AGENTS[name]
@@ -185,20 +190,25 @@ def _plugin_spec(target: str) -> AgentSpec:
     return AgentSpec(target, sampler_class, "plugin", modes, default)
 
 
-def _build_registry() -> dict[str, AgentSpec]:
+def _build_registry() -> tuple[dict[str, AgentSpec], dict[str, str]]:
     registry: dict[str, AgentSpec] = {}
+    not_installed: dict[str, str] = {}
     for name, module_name, class_name, modes, default, policy, defaults in _ALGORITHMS:
         try:
             module = importlib.import_module(module_name)
         except ImportError:  # sb3-contrib is optional: its agents are listed only when installed
+            not_installed[name] = module_name.partition(".")[0].replace("_", "-")
             continue
         registry[name] = AgentSpec(name, getattr(module, class_name), "sb3", modes, default, policy, defaults)
     for name, sampler_class in BASELINES.items():
         registry[name] = AgentSpec(
             name, sampler_class, "baseline", sampler_class.action_modes, sampler_class.default_action_mode
         )
-    return registry
+    return registry, not_installed
 
 
-AGENTS: dict[str, AgentSpec] = _build_registry()
+AGENTS: dict[str, AgentSpec]
 """Every agent known by name, SB3 and sb3-contrib algorithms first, then the built-in baselines."""
+_NOT_INSTALLED: dict[str, str]
+"""Agents whose package is missing: name -> the package that provides it."""
+AGENTS, _NOT_INSTALLED = _build_registry()

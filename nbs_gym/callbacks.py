@@ -10,9 +10,18 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-__all__ = ["AtomicCheckpointCallback", "EpisodeStatsCallback", "checkpoint_path", "latest_checkpoint", "save_atomic"]
+__all__ = [
+    "AtomicCheckpointCallback",
+    "EpisodeStatsCallback",
+    "checkpoint_path",
+    "latest_checkpoint",
+    "replay_buffer_path",
+    "save_atomic",
+    "save_checkpoint",
+]
 
 _CHECKPOINT = re.compile(r"^agent_(\d+)_steps(\.[^.]*)?$")
+_REPLAY_BUFFER_SUFFIX = "_replay_buffer.pkl"
 
 
 class EpisodeStatsCallback(BaseCallback):
@@ -36,6 +45,8 @@ class EpisodeStatsCallback(BaseCallback):
         self._episodes = [_EpisodeSums() for _ in range(self.training_env.num_envs)]
 
     def _on_step(self) -> bool:
+        if "infos" not in self.locals or "dones" not in self.locals:
+            return True  # an algorithm that steps the env itself without reporting (ARS)
         for sums, info, done in zip(self._episodes, self.locals["infos"], self.locals["dones"], strict=True):
             sums.add(info)
             if done:
@@ -73,7 +84,7 @@ class AtomicCheckpointCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next_save:
-            path = save_atomic(self.model, checkpoint_path(self.save_dir, self.num_timesteps, self.suffix))
+            path = save_checkpoint(self.model, checkpoint_path(self.save_dir, self.num_timesteps, self.suffix))
             self._next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq
             if self.verbose >= 1:
                 print(f"checkpoint: {path}")
@@ -95,6 +106,34 @@ def save_atomic(agent: Any, path: str | os.PathLike[str]) -> Path:
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def save_checkpoint(agent: Any, path: str | os.PathLike[str]) -> Path:
+    """Save ``agent`` atomically and, for off-policy SB3 agents, its replay buffer beside it.
+
+    A resumed off-policy agent needs its transitions: with an empty buffer it would train at once on
+    the first few new ones. Only the newest buffer in a folder is kept (:func:`replay_buffer_path`
+    names it); each can be as large as the buffer's capacity.
+    """
+    path = save_atomic(agent, path)
+    if getattr(agent, "replay_buffer", None) is not None and hasattr(agent, "save_replay_buffer"):
+        buffer_path = replay_buffer_path(path)
+        temporary = buffer_path.with_name(f".{buffer_path.stem}.tmp.pkl")
+        try:
+            agent.save_replay_buffer(temporary)
+            os.replace(temporary, buffer_path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        for older in path.parent.glob(f"*{_REPLAY_BUFFER_SUFFIX}"):
+            if older != buffer_path:
+                older.unlink(missing_ok=True)
+    return path
+
+
+def replay_buffer_path(agent_path: str | os.PathLike[str]) -> Path:
+    """Where :func:`save_checkpoint` puts the replay buffer of the agent saved at ``agent_path``."""
+    agent_path = Path(agent_path)
+    return agent_path.with_name(agent_path.stem + _REPLAY_BUFFER_SUFFIX)
 
 
 def checkpoint_path(save_dir: str | os.PathLike[str], num_timesteps: int, suffix: str) -> Path:

@@ -18,13 +18,16 @@ with the same seed and scored on the evaluation set E. A run directory holds:
 ``events.out.tfevents.*``              TensorBoard: SB3's scalars, ``nbs/*``, ``eval/*``, figures
 ``checkpoints/agent_<N>_steps.zip``    periodic and Ctrl-C checkpoints (SB3 agents)
 ``agent.zip`` / ``agent.json``         the trained agent (SB3 / built-in baseline)
+``*_replay_buffer.pkl``                off-policy agents' replay buffer, beside the newest checkpoint
+                                       and the trained agent, so that ``--resume`` continues with it
 ``profiles/{agent,uniform}/*.npz``     loss profiles of the evaluation episodes
 ``figures/*.png``                      loss profiles of L and segmentations of E, per sampler
 ``metrics.json``                       ``{"agent": ..., "uniform": ...}``: classifier metrics on E
 =====================================  ==========================================================
 
 Exit status: 0 done, 2 bad arguments (one ``error:`` line on stderr), 130 interrupted (Ctrl-C saves
-a checkpoint first; ``--resume RUN_DIR`` continues from it).
+a checkpoint first; ``--resume RUN_DIR`` continues from it, and its evaluation replaces the run's
+previous ``metrics.json`` and profiles).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import dataclasses
 import inspect
 import json
 import re
+import shutil
 import sys
 import textwrap
 import time
@@ -61,7 +65,8 @@ from nbs_gym.callbacks import (
     EpisodeStatsCallback,
     checkpoint_path,
     latest_checkpoint,
-    save_atomic,
+    replay_buffer_path,
+    save_checkpoint,
 )
 from nbs_gym.classifier import ClassifierConfig, evaluate, evaluation_masks, fit_predictor, score_maps
 from nbs_gym.cli import Parser, bad_input
@@ -181,16 +186,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted before training started", file=sys.stderr)
         return 130
+    phase = "training"
     try:
         try:
             _train(run)
         except KeyboardInterrupt:
-            path = save_atomic(run.agent, checkpoint_path(run.checkpoint_dir, _num_timesteps(run.agent), run.suffix))
+            phase = "checkpoint"
+            steps = _num_timesteps(run.agent)
+            path = save_checkpoint(run.agent, checkpoint_path(run.checkpoint_dir, steps, run.suffix))
             print(f"\ninterrupted: checkpoint {path}; continue with --resume {run.run_dir}", file=sys.stderr)
             return 130
+        phase = "evaluation"
         metrics = _evaluate(run)
     except KeyboardInterrupt:
-        print(f"\ninterrupted during evaluation; the trained agent is in {run.run_dir}", file=sys.stderr)
+        if phase == "checkpoint":
+            message = f"interrupted again while saving a checkpoint; --resume {run.run_dir} continues from the last one"
+        else:
+            message = f"interrupted during evaluation; the trained agent is in {run.run_dir}"
+        print(f"\n{message}", file=sys.stderr)
         return 130
     finally:
         run.close()
@@ -271,14 +284,21 @@ def _field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _key_value(text: str) -> tuple[str, Any]:
     key, separator, value = text.partition("=")
     if not separator or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return key, yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
     except yaml.YAMLError as error:
         raise argparse.ArgumentTypeError(f"{key}: value {value!r} is not valid YAML ({error})") from error
+    # YAML 1.1 reads exponents without a dot (1e-4) as strings; they are meant as numbers.
+    if isinstance(parsed, str) and _EXPONENT_NUMBER.fullmatch(parsed):
+        parsed = float(parsed)
+    return key, parsed
 
 
 def _flag(name: str) -> str:
@@ -362,6 +382,10 @@ def _prepare(args: Args) -> _Run:
         vec_env.close()
         raise
     run_dir.mkdir(parents=True, exist_ok=True)
+    if args.resume:
+        # The previous evaluation is of the agent before this resumption; the new one replaces it.
+        (run_dir / "metrics.json").unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "profiles", ignore_errors=True)
     logger = configure(str(run_dir), ["tensorboard"])
     if isinstance(agent, BaseAlgorithm):
         agent.set_logger(logger)
@@ -413,13 +437,23 @@ def _new_agent(spec: AgentSpec, args: Args, vec_env: VecEnv) -> Any:
 
 
 def _load_agent(spec: AgentSpec, args: Args, run_dir: Path, vec_env: VecEnv) -> Any:
-    """The latest checkpoint of a run, or its final agent when that is newer."""
-    candidates = (latest_checkpoint(run_dir / "checkpoints"), run_dir / f"agent{spec.file_suffix}")
+    """The run's final agent, or its latest checkpoint when that is newer.
+
+    On a tie the final agent wins: a checkpoint is taken before the step's transition reaches the
+    replay buffer, so the final agent's buffer holds one transition more.
+    """
+    candidates = (run_dir / f"agent{spec.file_suffix}", latest_checkpoint(run_dir / "checkpoints"))
     found = [path for path in candidates if path is not None and path.is_file()]
     if not found:
         raise ValueError(f"--resume {run_dir}: no checkpoint and no saved agent to continue from")
-    agents = [spec.load(path, env=vec_env, device=args.device) for path in found]
-    agent = max(agents, key=_num_timesteps)
+    agents = {path: spec.load(path, env=vec_env, device=args.device) for path in found}
+    path, agent = max(agents.items(), key=lambda item: _num_timesteps(item[1]))
+    if getattr(agent, "replay_buffer", None) is not None and hasattr(agent, "load_replay_buffer"):
+        buffer = replay_buffer_path(path)
+        if buffer.is_file():
+            agent.load_replay_buffer(buffer)
+        else:
+            print(f"warning: no replay buffer beside {path}; training goes on with an empty one", file=sys.stderr)
     if isinstance(agent, BaseAlgorithm):
         # Loading restores weights, not random streams; seeding by the step count keeps a resumed run
         # reproducible (though not identical to one that never stopped).
@@ -445,7 +479,7 @@ def _train(run: _Run) -> None:
             agent.learn(remaining, callback=callbacks, progress_bar=args.progress, reset_num_timesteps=False)
         else:
             agent.learn(remaining, callback=None, progress_bar=args.progress)
-    save_atomic(agent, run.agent_path)
+    save_checkpoint(agent, run.agent_path)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

@@ -24,6 +24,7 @@ from agents import (
     UniformSampler,
     get_spec,
     make_agent,
+    registry,
 )
 from agents.baselines import HasSpaces
 from nbs_gym.config import ConfigError
@@ -77,6 +78,16 @@ def test_unknown_agent_mode_and_hyperparameter() -> None:
         get_spec("nope")
     with pytest.raises(ConfigError, match="action_mode"):
         get_spec("ppo").resolve_action_mode("diagonal")
+
+
+def test_an_agent_of_a_missing_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(registry._NOT_INSTALLED, "qrdqn_missing", "sb3-contrib")
+    with pytest.raises(AgentError, match=r"'qrdqn_missing' needs sb3-contrib.*pip install"):
+        get_spec("qrdqn_missing")
+
+
+def test_verbose_is_a_hyperparameter_like_any_other(envs: dict[str, gym.Env]) -> None:
+    assert make_agent("ppo", envs["strata"], verbose=1, n_steps=16, batch_size=16).verbose == 1
 
 
 def test_bad_hyperparameter_names_the_agent(envs: dict[str, gym.Env]) -> None:

@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 from gymnasium import spaces
-from stable_baselines3 import A2C, PPO
+from stable_baselines3 import A2C, DQN, PPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.baselines import UniformSampler
-from nbs_gym.train import main, parse_args
+from nbs_gym.callbacks import EpisodeStatsCallback
+from nbs_gym.train import _prepare, main, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -141,6 +142,46 @@ def test_resume_continues_to_the_requested_timesteps(ppo_run: Path, tmp_path: Pa
     assert PPO.load(run_dir / "agent.zip", device="cpu").num_timesteps == 80
     assert (run_dir / "checkpoints" / "agent_80_steps.zip").is_file()
     assert "timesteps: 80" in (run_dir / "config.yaml").read_text()
+
+
+def test_resume_drops_the_previous_evaluation_before_training(ppo_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(ppo_run, run_dir)
+    run = _prepare(parse_args(["--resume", str(run_dir), "--timesteps", "80", "--no-progress"]))
+    try:  # an interruption from here on must not leave the 40-step metrics beside an 80-step config
+        assert not (run_dir / "metrics.json").exists() and not (run_dir / "profiles").exists()
+        assert (run_dir / "agent.zip").is_file() and (run_dir / "checkpoints" / "agent_40_steps.zip").is_file()
+    finally:
+        run.close()
+
+
+def test_off_policy_resume_continues_with_the_replay_buffer(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    dqn = ["--agent", "dqn", "--hyperparams", "learning_starts=10", "buffer_size=500", "--checkpoint-freq", "20"]
+    result = run_train(*dqn, "--timesteps", "40", *TINY, "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    assert [path.name for path in (run_dir / "checkpoints").glob("*.pkl")] == ["agent_40_steps_replay_buffer.pkl"]
+    result = run_train("--resume", str(run_dir), "--timesteps", "60", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    agent = DQN.load(run_dir / "agent.zip", device="cpu")
+    agent.load_replay_buffer(run_dir / "agent_replay_buffer.pkl")
+    assert agent.num_timesteps == 60 and agent.replay_buffer.size() == 60  # 40 before the resumption, 20 after
+
+
+def test_episode_stats_pass_over_steps_that_report_no_infos() -> None:
+    callback = EpisodeStatsCallback()
+    callback.locals = {"candidate_weights": None}  # what ARS hands its callbacks: no infos, no dones
+    assert callback._on_step() is True
+
+
+def test_number_values_with_exponents_are_numbers_and_wrong_types_are_errors(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = parse_args(["--hyperparams", "learning_rate=1e-4", "gamma=.99", "--env-kwargs", "learning_rate=2E-3"])
+    assert args.hyperparams == {"learning_rate": 1e-4, "gamma": 0.99}
+    assert args.env_kwargs == {"learning_rate": 2e-3}
+    assert main(["--env-kwargs", "episode_length=long"]) == 2
+    assert "episode_length: expected an integer, got 'long'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
