@@ -80,7 +80,7 @@ from nbs_gym.vector import SB3VecEnv
 __all__ = ["Args", "main", "parse_args"]
 
 DEFAULT_TIMESTEPS = 40_000
-"""200 episodes of the default length: with the evaluation, about 4.5 minutes on two idle CPU cores."""
+"""200 episodes of the default length: with the evaluation, about 5.5 minutes on two idle CPU cores."""
 CONFIG_FILE = "config.yaml"
 # Evaluation episodes use env seeds disjoint from the training envs' (seed .. seed + n_envs - 1).
 EVAL_SEED_OFFSET = 1_000_000
