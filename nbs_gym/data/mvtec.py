@@ -130,8 +130,8 @@ def load_samples(samples: Sequence[MVTecSample], spec: str, image_size: int = 64
 
     Images are resized bilinearly (16- and 32-bit integer files as 16-bit intensities, floating-point
     ones as intensities in [0, 1]). Masks are binarised at half their largest value, alpha ignored,
-    and a resized pixel is anomalous when the defect covers at least half of it, or, for a defect
-    too small to cover half of any, when the defect touches it. If any image is in colour, grayscale
+    and a resized pixel is anomalous when the mask covers at least half of it, or, for a mask too
+    small to cover half of any, when the mask touches it. If any image is in colour, grayscale
     ones are repeated to three channels.
 
     Args:
@@ -226,9 +226,9 @@ def _read_mask(path: Path, image_path: Path, image_size_wh: tuple[int, int], ima
 
     The file is binarised at half its largest value (any channel; an alpha channel is ignored), so
     0/1, 0/255 and 16-bit masks read alike and the ringing of a JPEG mask stays out. Resizing marks
-    the pixels that are at least half covered by the defect; a defect smaller than that (a thin
-    scratch in a large image read small) keeps the pixels it touches, so that no anomalous image
-    loses its mask.
+    the pixels that are at least half covered by the mask; a mask too small for that (a thin scratch
+    in a large image read small) keeps the pixels it touches, so that no anomalous image loses its
+    mask.
     """
     try:
         with Image.open(path) as mask:
