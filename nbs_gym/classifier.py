@@ -282,7 +282,7 @@ class Predictor:
             device: Where to run it; ``None`` keeps the device of its config.
 
         Raises:
-            ValueError: The file is missing, unreadable or of another format version.
+            ValueError: The file is missing, unreadable, of another format version or inconsistent.
         """
         path = Path(path)
         try:
@@ -292,13 +292,19 @@ class Predictor:
             raise ValueError(f"{path}: unreadable or truncated predictor file ({type(error).__name__})") from error
         if not isinstance(state, dict) or state.get("format_version") != PREDICTOR_FORMAT_VERSION:
             raise ValueError(f"{path}: not a predictor file of format version {PREDICTOR_FORMAT_VERSION}")
-        config = ClassifierConfig(**state["config"])
-        if device is not None:
-            config = dataclasses.replace(config, device=device)
-        mean = state["feature_mean"].numpy()
-        network = _build_network(config, len(mean))
-        network.load_state_dict(state["network"])
-        return cls(config, network, mean, state["feature_std"].numpy(), state["profile_length"], state["training"])
+        try:
+            config = ClassifierConfig(**state["config"])
+            if device is not None:
+                config = dataclasses.replace(config, device=device)
+            mean = state["feature_mean"].numpy()
+            network = _build_network(config, len(mean))
+            network.load_state_dict(state["network"])
+            profile_length = int(state["profile_length"])
+            if not 1 <= profile_length <= len(mean):
+                raise ValueError(f"profile_length {profile_length} does not fit {len(mean)} features")
+            return cls(config, network, mean, state["feature_std"].numpy(), profile_length, state["training"])
+        except (KeyError, TypeError, RuntimeError, AttributeError, ValueError) as error:
+            raise ValueError(f"{path}: inconsistent predictor file ({type(error).__name__}: {error})") from error
 
 
 def fit_predictor(profiles: LossProfiles, config: ClassifierConfig | None = None) -> Predictor:

@@ -16,7 +16,6 @@ profile file's folder): ``metrics.json``, ``predictor.pt`` and, unless ``--no-fi
 
 from __future__ import annotations
 
-import argparse
 import json
 import warnings
 from pathlib import Path
@@ -30,7 +29,7 @@ from nbs_gym.classifier import (
     score_maps,
     score_metrics,
 )
-from nbs_gym.cli import bad_input
+from nbs_gym.cli import Parser, bad_input
 from nbs_gym.figures import profile_figure, segmentation_figure
 from nbs_gym.profiles import LossProfiles, load_profiles, write_atomic
 
@@ -43,7 +42,12 @@ TABLE_METRICS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 success, 2 bad input)."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_request:  # --help
+        return int(exit_request.code or 0)
+    except ValueError as error:
+        return bad_input(str(error))
     try:
         config = ClassifierConfig(
             kind=args.kind, seed=args.seed, device=args.device, max_epochs=args.max_epochs, ensemble=args.ensemble
@@ -126,9 +130,9 @@ def _classify(profiles: LossProfiles, path: Path, config: ClassifierConfig, out:
     return {"metrics": metrics, "written": written}
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> Parser:
     defaults = ClassifierConfig()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m nbs_gym.classify",
         description="Train the anomaly classifier on a profile file's labeled images, evaluate it on the rest.",
     )

@@ -16,6 +16,10 @@ key                 dtype, shape           meaning
 
 Probe images are the labeled set L followed by the evaluation set E, in the split's order. The
 masks of E are not in the file: only the evaluator reads them, from the dataset itself.
+
+float16 keeps losses from about 6e-8 (smaller ones, a near-perfect reconstruction, lose precision
+and the smallest become 0, which the classifier's log floors) up to 65504; a loss map outside
+[0, 65504] or not finite is an error at saving, as it is at loading.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class LossProfiles:
     source: str | None = None
 
     def __post_init__(self) -> None:
+        if self.loss_maps.ndim != 4:
+            raise ProfileFileError(f"loss_maps: expected shape (K, N, H, W), got {self.loss_maps.shape}")
         k, n, h, w = self.loss_maps.shape
         checks = {
             "snapshot_steps": (self.snapshot_steps.shape, (k,)),
@@ -77,6 +83,15 @@ class LossProfiles:
                 raise ProfileFileError(f"{name}: shape {tuple(got)} does not match the loss maps, expected {expected}")
         if len(self.split.probe) != n or not np.array_equal(self.split.probe, self.probe_indices):
             raise ProfileFileError("probe_indices: do not match the split's labeled + evaluation images")
+        if not (np.isfinite(self.loss_maps).all() and (self.loss_maps >= 0).all()):
+            raise ProfileFileError("loss_maps: expected finite losses >= 0")
+        if self.labeled_masks.dtype != np.bool_:
+            raise ProfileFileError(f"labeled_masks: expected bool, got {self.labeled_masks.dtype}")
+        if not np.issubdtype(self.snapshot_steps.dtype, np.integer):
+            raise ProfileFileError(f"snapshot_steps: expected integers, got {self.snapshot_steps.dtype}")
+        channels = self.metadata.get("config", {}).get("data", {}).get("channels")
+        if channels is not None and self.images.shape[1] != channels:
+            raise ProfileFileError(f"images: {self.images.shape[1]} channels, but the run's config has {channels}")
 
     def error(self, message: str) -> ProfileFileError:
         """A :class:`ProfileFileError` whose message names the file the profiles came from, when known."""
@@ -103,6 +118,11 @@ class LossProfiles:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the profiles to ``path`` (``.npz``) atomically; returns the path written."""
         path = Path(path)
+        if self.loss_maps.size and float(self.loss_maps.max()) > float(np.finfo(np.float16).max):
+            raise ProfileFileError(
+                f"{path}: loss_maps: a loss of {float(self.loss_maps.max()):.4g} is beyond float16's "
+                f"{float(np.finfo(np.float16).max):.0f}"
+            )
         metadata = {"format_version": FORMAT_VERSION, "split": json.loads(self.split.to_json()), **self.metadata}
         arrays = {
             "loss_maps": self.loss_maps.astype(np.float16),
@@ -126,7 +146,10 @@ def load_profiles(path: str | os.PathLike[str]) -> LossProfiles:
     if not path.is_file():
         raise ProfileFileError(f"{path}: no such profile file")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ProfileFileError(f"{path}: not a profile file, a single array rather than an .npz archive")
+        with loaded as archive:
             missing = [key for key in _KEYS if key not in archive.files]
             if missing:
                 raise ProfileFileError(f"{path}: not a profile file, missing {', '.join(missing)}")
@@ -135,11 +158,20 @@ def load_profiles(path: str | os.PathLike[str]) -> LossProfiles:
         if isinstance(error, ProfileFileError):
             raise
         raise ProfileFileError(f"{path}: unreadable or truncated profile file ({error})") from error
-    metadata = json.loads(str(arrays["metadata"]))
-    version = metadata.pop("format_version", None)
-    if version != FORMAT_VERSION:
-        raise ProfileFileError(f"{path}: format version {version}, this nbs_gym reads {FORMAT_VERSION}")
-    split = SemiSupervisedSplit.from_json(json.dumps(metadata.pop("split")))
+    try:
+        metadata = json.loads(str(arrays["metadata"]))
+        if not isinstance(metadata, dict):
+            raise ValueError(f"expected a JSON object, got {type(metadata).__name__}")
+        version = metadata.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise ProfileFileError(f"{path}: format version {version}, this nbs_gym reads {FORMAT_VERSION}")
+        if "split" not in metadata:
+            raise ValueError("no split")
+        split = SemiSupervisedSplit.from_json(json.dumps(metadata.pop("split")))
+    except ProfileFileError:
+        raise
+    except ValueError as error:  # JSONDecodeError and DatasetError are ValueErrors
+        raise ProfileFileError(f"{path}: metadata: {error}") from error
     try:
         return LossProfiles(
             loss_maps=arrays["loss_maps"].astype(np.float32),

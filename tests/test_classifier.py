@@ -204,6 +204,16 @@ def test_save_load_round_trip(profiles: LossProfiles, tmp_path: Path) -> None:
     torch.save({"format_version": 99}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="other.pt"):
         Predictor.load(tmp_path / "other.pt")
+    state = torch.load(path, weights_only=True)
+    tampered = {
+        "unknown_setting": {**state, "config": {**state["config"], "depth": 3}},
+        "short_mean": {**state, "feature_mean": state["feature_mean"][:1]},
+        "long_profile": {**state, "profile_length": 99},
+    }
+    for name, bad in tampered.items():
+        torch.save(bad, tmp_path / f"{name}.pt")
+        with pytest.raises(ValueError, match=f"{name}.pt: inconsistent predictor file"):
+            Predictor.load(tmp_path / f"{name}.pt")
 
 
 @pytest.mark.parametrize(
@@ -295,14 +305,49 @@ def _bad_file(kind: str, profiles: LossProfiles, profile_path: Path, folder: Pat
         path.write_bytes(profile_path.read_bytes()[:5000])
     elif kind == "unlabeled":
         dataclasses.replace(profiles, labeled_masks=np.zeros_like(profiles.labeled_masks)).save(path)
+    elif kind == "single array":
+        with path.open("wb") as handle:
+            np.save(handle, np.zeros(3))
+    elif kind in TAMPERED:
+        with np.load(profile_path) as archive:
+            arrays = dict(archive)
+        TAMPERED[kind](arrays)
+        np.savez(path, **arrays)
     else:
         dataclasses.replace(profiles, metadata={**profiles.metadata, "dataset_fingerprint": "0" * 16}).save(path)
     return path
 
 
+def _without_split(arrays: dict[str, np.ndarray]) -> None:
+    metadata = json.loads(str(arrays["metadata"]))
+    del metadata["split"]
+    arrays["metadata"] = np.array(json.dumps(metadata))
+
+
+TAMPERED = {
+    "no split": _without_split,
+    "list metadata": lambda arrays: arrays.update(metadata=np.array("[]")),
+    "broken metadata": lambda arrays: arrays.update(metadata=np.array("{not json")),
+    "negative losses": lambda arrays: arrays.update(loss_maps=-arrays["loss_maps"] - 1),
+    "3-d loss maps": lambda arrays: arrays.update(loss_maps=arrays["loss_maps"][0]),
+    "integer masks": lambda arrays: arrays.update(labeled_masks=arrays["labeled_masks"].astype(np.uint8) * 7),
+}
+
+
 @pytest.mark.parametrize(
     ("kind", "message"),
-    [("truncated", "truncated"), ("unlabeled", "no anomalous pixels"), ("mismatch", "another dataset")],
+    [
+        ("truncated", "truncated"),
+        ("unlabeled", "no anomalous pixels"),
+        ("mismatch", "another dataset"),
+        ("single array", "not a profile file"),
+        ("no split", "metadata: no split"),
+        ("list metadata", "metadata: expected a JSON object"),
+        ("broken metadata", "metadata: "),
+        ("negative losses", "loss_maps: expected finite losses >= 0"),
+        ("3-d loss maps", "loss_maps: expected shape (K, N, H, W)"),
+        ("integer masks", "labeled_masks: expected bool"),
+    ],
 )
 def test_cli_bad_input_exits_2_with_one_line_naming_the_file(
     kind: str,
@@ -317,6 +362,19 @@ def test_cli_bad_input_exits_2_with_one_line_naming_the_file(
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.count(str(path)) == 1 and message in error
     assert "Traceback" not in error
+
+
+def test_cli_bad_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profiles.npz", "--kind", "bogus"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: argument --kind: invalid choice: 'bogus'")
+
+
+def test_losses_beyond_float16_are_an_error_at_saving(profiles: LossProfiles, tmp_path: Path) -> None:
+    loud = dataclasses.replace(profiles, loss_maps=profiles.loss_maps * 0 + 1e5)
+    with pytest.raises(ProfileFileError, match=r"loud.npz: loss_maps: a loss of 1e\+05 is beyond float16's 65504"):
+        loud.save(tmp_path / "loud.npz")
+    assert not list(tmp_path.iterdir())
 
 
 def test_cli_run_dir_without_profiles_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
