@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import inspect
 import io
 import json
 import math
@@ -65,6 +66,7 @@ from agents.registry import get_spec
 from nbs_gym import train
 from nbs_gym.callbacks import latest_checkpoint
 from nbs_gym.cli import Parser, UsageError, run_resumable
+from nbs_gym.config import EnvConfig
 from nbs_gym.figures import save_figure
 from nbs_gym.io import write_text_atomic
 
@@ -280,9 +282,13 @@ def summarize(runs: Sequence[RunResult], confidence: float = CONFIDENCE) -> list
         ratios = {}
         if agent != REFERENCE_AGENT and paired:
             for column in RATIO_COLUMNS:
-                ratios[column] = mean_ci(
-                    (seeds[seed].values[column] / reference[seed].values[column] for seed in paired), confidence
-                )
+                # A reference of 0 (F1-max where E has no anomalous pixel) has no ratio: that seed is left out.
+                values = [
+                    seeds[seed].values[column] / reference[seed].values[column]
+                    for seed in paired
+                    if reference[seed].values[column] != 0
+                ]
+                ratios[column] = mean_ci(values, confidence) if values else Interval(math.nan, math.nan, math.nan, 0)
         summaries.append(AgentSummary(agent, tuple(seeds), columns, ratios))
     return summaries
 
@@ -426,9 +432,29 @@ def _plan(options: argparse.Namespace) -> list[_Plan]:
             if options.progress is False:
                 argv.append("--no-progress")
             plan = _Plan(agent, seed, run_dir, argv)
-            _check_existing(plan, train.parse_args(argv))
+            args = train.parse_args(argv)
+            _check_settings(args)
+            _check_existing(plan, args)
             plans.append(plan)
     return plans
+
+
+def _check_settings(args: train.Args) -> None:
+    """The settings a run would reject only once it starts: env and classifier settings, hyperparameter names.
+
+    Raises:
+        ValueError: The first bad setting, named.
+    """
+    spec = get_spec(args.agent)
+    mode = spec.resolve_action_mode(args.env_kwargs.get("action_mode"))
+    EnvConfig.from_kwargs(**{**args.env_kwargs, "action_mode": mode})
+    train._classifier_config(args)
+    parameters = inspect.signature(spec.agent_class).parameters.values()
+    if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        names = {parameter.name for parameter in parameters}
+        unknown = sorted(set(args.hyperparams) - names)
+        if unknown:
+            raise ValueError(f"--hyperparams {unknown[0]}: agent {args.agent!r} takes no such setting")
 
 
 def _hyperparams_by_agent(agents: Sequence[str], entries: Sequence[str]) -> dict[str, list[str]]:
@@ -460,7 +486,13 @@ def _check_existing(plan: _Plan, args: train.Args) -> None:
     config_path = plan.run_dir / train.CONFIG_FILE
     if not config_path.is_file():
         return
-    saved = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    try:
+        saved = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        reason = " ".join(str(error).split())  # YAML errors span lines; bad input is reported on one
+        raise ValueError(f"{config_path}: not valid YAML ({reason}); remove the run folder to redo it") from error
+    if not isinstance(saved, dict):
+        raise ValueError(f"{config_path}: expected a mapping of settings; remove the run folder to redo it")
     expected = {
         key: value for key, value in dataclasses.asdict(args).items() if key not in ("config", "resume", "run_dir")
     }
@@ -665,7 +697,8 @@ def _learning_curve_figure(summaries: Sequence[AgentSummary], runs: Sequence[Run
         colour = colours[row.agent]
         if curves:
             grid, mean, low, high = _mean_curve([_smoothed(steps, values) for steps, values in curves])
-            axis.plot(grid, mean, color=colour, label=f"{row.agent} (n={len(curves)})")
+            marker = "o" if len(grid) < 2 else None  # a curve of one point draws no line
+            axis.plot(grid, mean, color=colour, marker=marker, label=f"{row.agent} (n={len(curves)})")
             axis.fill_between(grid, low, high, color=colour, alpha=0.2, linewidth=0)
         else:
             level = row.columns["final_separation"]

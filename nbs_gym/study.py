@@ -137,8 +137,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder; dataset D goes to OUT/D")
     parser.add_argument(
-        "--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS), metavar="NAME",
-        help=f"datasets to run: {', '.join(DATASETS)} (default: all)",
+        "--datasets", nargs="+", choices=list(DATASETS), default=None, metavar="NAME",
+        help=f"datasets to run: {', '.join(DATASETS)} (default: all; with --collect, all that have runs)",
     )  # fmt: skip
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), metavar="AGENT",
                         help=f"samplers (default: {' '.join(AGENTS)})")  # fmt: skip
@@ -146,7 +146,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"seeds (default: {' '.join(map(str, SEEDS))})")  # fmt: skip
     parser.add_argument("--mvtec", type=Path, metavar="PATH", help="an MVTec-layout category folder for 'mvtec'")
     parser.add_argument("--collect", action="store_true", help="run nothing: report the finished runs")
-    parser.add_argument("--timesteps", type=int, help="environment steps per learned-sampler run (compare's default)")
+    parser.add_argument("--timesteps", type=int, help="environment steps per run, of every sampler (compare's default)")
     for flag in ("--env-kwargs", "--hyperparams", "--classifier-kwargs"):
         parser.add_argument(flag, nargs="*", default=[], metavar="KEY=VALUE", help="passed on to nbs_gym.compare")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
@@ -154,6 +154,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     options = parser.parse_args(argv)
     if options.mvtec is not None and not options.mvtec.is_dir():
         raise UsageError(f"--mvtec: {options.mvtec} is not a folder")
+    if options.datasets is None:
+        options.datasets = list(DATASETS)
+        if options.collect:
+            options.datasets = [name for name in DATASETS if (options.out / name / "runs").is_dir()]
+            if not options.datasets:
+                raise UsageError(f"--collect: no dataset under {options.out} has runs")
     return options
 
 

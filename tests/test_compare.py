@@ -178,6 +178,9 @@ def test_a_finished_run_with_other_settings_is_an_error(
         (["--agents", "ppo", "--env-kwargs", "novalue"], "expected KEY=VALUE"),
         (["--collect", "--timesteps", "5"], "--timesteps: has no effect with --collect"),
         (["--collect"], "no such folder"),
+        (["--agents", "uniform", "ppo", "--hyperparams", "ppo.bogus_key=1"], "--hyperparams bogus_key: agent 'ppo'"),
+        (["--agents", "uniform", "--env-kwargs", "episode_length=long"], "episode_length: expected an integer"),
+        (["--agents", "uniform", "--classifier-kwargs", "nope=1"], "--classifier-kwargs"),
     ],
 )
 def test_bad_input_exits_2_with_one_error_line(
@@ -230,6 +233,27 @@ def test_ratios_are_paired_by_seed() -> None:
     assert ratio.n == 2 and ratio.mean == pytest.approx(1.5)
     assert ratio.half_width == pytest.approx(stats.t.ppf(0.975, 1) * 0.5)
     assert ppo.columns["final_separation"].n == 3
+
+
+def test_a_reference_of_zero_leaves_that_seed_out_of_the_ratio() -> None:
+    runs = [fake_run("uniform", 0, 0.0), fake_run("uniform", 1, 0.5), fake_run("ppo", 0, 0.3), fake_run("ppo", 1, 0.6)]
+    ratio = next(row for row in summarize(runs) if row.agent == "ppo").ratios["predictor/pixel_f1_max"]
+    assert ratio.n == 1 and ratio.mean == pytest.approx(1.2)
+    only_zero = [fake_run("uniform", 0, 0.0), fake_run("ppo", 0, 0.3)]
+    ratio = next(row for row in summarize(only_zero) if row.agent == "ppo").ratios["predictor/pixel_f1_max"]
+    assert ratio.n == 0 and math.isnan(ratio.mean)
+
+
+def test_a_damaged_run_config_is_one_error_line(
+    comparison: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(comparison, out)
+    damaged = next((out / "runs").iterdir()) / "config.yaml"
+    damaged.write_text("agent: [\n")
+    assert main([*COMMAND, "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"{damaged}: not valid YAML" in error[0]
 
 
 def test_one_seed_shows_a_dash_and_a_note(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,6 +77,17 @@ def test_collect_rebuilds_the_report_without_running(study: Path) -> None:
     (study / "study.md").unlink()
     assert main(["--out", str(study), "--datasets", *DATASETS, "--collect", "--seeds", "0", "1"]) == 0
     assert (study / "study.md").read_text() == before
+
+
+def test_collect_without_datasets_reports_those_that_have_runs(
+    study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "study"
+    shutil.copytree(study, out)
+    assert main(["--out", str(out), "--collect", "--seeds", "0", "1"]) == 0
+    assert (out / "study.md").read_text() == (study / "study.md").read_text()
+    assert main(["--out", str(tmp_path / "empty"), "--collect"]) == 2
+    assert "no dataset under" in capsys.readouterr().err
 
 
 def test_bad_mvtec_path_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
