@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in SCORES:
             values[f"predictor/{name}"] = float(result[name])
         print(f"{run.agent} seed {run.seed}: predictor F1-max {result['pixel_f1_max']:.4f}", flush=True)
-        rescored.append(dataclasses.replace(run, values=values))
+        # The tables' header reads the classifier settings from each run's config: those of the new scores.
+        rescored.append(dataclasses.replace(run, values=values, config={**run.config, "classifier_kwargs": settings}))
     for path in write_results(summarize(rescored), rescored, args.out):
         print(f"wrote {path}")
     return 0
