@@ -154,20 +154,21 @@ class BaselineSampler:
         try:
             record = json.loads(Path(path).read_text())
             sampler_class = BASELINES[record["sampler"]]
+            n_groups, discrete = int(record["n_groups"]), bool(record["discrete"])
+            seed, params = record["seed"], dict(record["params"])
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}: not a saved baseline sampler ({error})") from error
+            raise ValueError(f"{path}: not a saved baseline sampler ({type(error).__name__}: {error})") from error
         if not issubclass(sampler_class, cls):
             raise ValueError(f"{path}: holds a {sampler_class.__name__}, not a {cls.__name__}")
         if env is None:
-            n_groups = int(record["n_groups"])
             action_space: spaces.Space[Any] = (
                 spaces.Discrete(n_groups + 1)
-                if record["discrete"]
+                if discrete
                 else spaces.Box(-1.0, 1.0, shape=(n_groups,), dtype=np.float32)
             )
             observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(3 * n_groups + 3,), dtype=np.float32)
             env = _Spaces(action_space, observation_space)
-        return sampler_class(env, seed=record["seed"], **record["params"])
+        return sampler_class(env, seed=seed, **params)
 
     # Subclasses implement one rule per action kind, vectorised over observation rows.
 
@@ -189,6 +190,8 @@ class BaselineSampler:
         """``(n, S)`` loss rank of each group scaled to [-1, 1]: -1 lowest loss, +1 highest."""
         # Stable sort: tied levels keep the group order, so sorted strata rank by their index.
         ranks = np.argsort(np.argsort(self._levels(rows), axis=1, kind="stable"), axis=1, kind="stable")
+        if self.n_groups == 1:  # one group (a 1x1 spatial grid) has no ranking: the neutral action
+            return np.zeros(ranks.shape)
         return 2.0 * ranks / (self.n_groups - 1) - 1.0
 
 

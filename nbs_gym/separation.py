@@ -45,12 +45,16 @@ def separation(features: np.ndarray, labels: np.ndarray, measure: str = "auroc")
     """Separation of anomalous from normal pixels by the named measure.
 
     Args:
-        features: Loss profiles, shape (n_pixels, k), non-negative losses.
-        labels: Boolean anomaly labels, shape (n_pixels,); both classes must be present.
+        features: Loss profiles, shape (n_pixels, k), finite non-negative losses.
+        labels: Boolean (or 0/1) anomaly labels, shape (n_pixels,); both classes must be present.
         measure: ``"auroc"``, ``"fisher"`` or ``"prediction_loss"``.
 
     Returns:
         The separation as a Python float (higher is better for every measure).
+
+    Raises:
+        ValueError: Shapes that do not fit, a missing class, non-boolean labels, or a loss that is
+            negative or not finite (a diverged autoencoder).
     """
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2:
@@ -80,7 +84,10 @@ class SeparationTracker:
     def __init__(self, labels: np.ndarray, measure: str = "auroc", max_columns: int = 16) -> None:
         if measure not in MEASURES:
             raise ValueError(f"measure: got {measure!r}, expected one of {', '.join(MEASURES)}")
-        labels = np.asarray(labels, dtype=bool)
+        given = np.asarray(labels)
+        if given.dtype != np.bool_ and not np.isin(given, (0, 1)).all():
+            raise ValueError("labels: expected booleans (or 0 and 1)")
+        labels = given.astype(bool)
         if labels.ndim != 1:
             raise ValueError(f"labels must be (n_pixels,); got shape {labels.shape}")
         if labels.all() or not labels.any():
@@ -104,6 +111,11 @@ class SeparationTracker:
             raise ValueError(
                 f"features must be (n_pixels, k) with k >= 1 and labels (n_pixels,); got {features.shape} and "
                 f"({n_pixels},)"
+            )
+        if not (np.isfinite(features).all() and (features >= 0).all()):
+            raise ValueError(
+                "features: losses must be finite and >= 0; a non-finite loss means the autoencoder diverged "
+                "(a lower learning_rate helps)"
             )
         start, stop = self.n_columns, self.n_columns + features.shape[1]
         if stop > len(self._columns):

@@ -164,6 +164,19 @@ def test_baselines_take_batched_observations(name: str, discrete: bool) -> None:
         sampler.predict(np.zeros(7))
 
 
+@pytest.mark.parametrize("sampler_class", [HardMiningSampler, CurriculumSampler])
+def test_loss_rank_samplers_are_neutral_with_one_group(sampler_class: type[BaselineSampler]) -> None:
+    action, _ = sampler_class(_spaces(1), strength=1.0).predict(_observation(1, [-2.0], 0.3))
+    np.testing.assert_array_equal(action, np.zeros(1, np.float32))
+
+
+def test_an_incomplete_saved_sampler_is_a_value_error(tmp_path) -> None:
+    path = tmp_path / "agent.json"
+    path.write_text('{"sampler": "uniform"}')
+    with pytest.raises(ValueError, match="not a saved baseline sampler .KeyError"):
+        BaselineSampler.load(path)
+
+
 @pytest.mark.parametrize("with_env", [False, True])
 def test_baseline_save_load_round_trip(tmp_path, with_env: bool) -> None:
     sampler = HardMiningSampler(_spaces(4), seed=2, strength=0.25)

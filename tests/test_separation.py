@@ -60,6 +60,10 @@ def test_prediction_loss_is_minus_log_two_at_chance() -> None:
         (np.ones((4, 2)), np.array([True, False]), "(n_pixels,)"),
         (np.ones(4), np.array([True, False, True, False]), "(n_pixels, k)"),
         (np.ones((4, 0)), np.array([True, False, True, False]), "k >= 1"),
+        (np.ones((4, 1)), np.array([0.5, 0.0, 2.0, 1.0]), "expected booleans (or 0 and 1)"),
+        (np.array([[1.0], [np.inf], [1.0], [2.0]]), np.array([1, 0, 1, 0]), "finite and >= 0"),
+        (np.array([[1.0], [np.nan], [1.0], [2.0]]), np.array([1, 0, 1, 0]), "finite and >= 0"),
+        (np.array([[1.0], [-1.0], [1.0], [2.0]]), np.array([1, 0, 1, 0]), "finite and >= 0"),
     ],
 )
 def test_bad_input_is_a_clear_error(features: np.ndarray, labels: np.ndarray, message: str) -> None:
