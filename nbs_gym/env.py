@@ -307,11 +307,11 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         n_groups = cfg.n_groups
         if cfg.action_mode == "discrete":
             value = np.asarray(action)
-            if value.size != 1 or not np.issubdtype(value.dtype, np.integer) or not 0 <= int(value) <= n_groups:
+            if value.size != 1 or not np.issubdtype(value.dtype, np.integer) or not 0 <= value.item() <= n_groups:
                 raise ValueError(
                     f"action: expected an integer in [0, {n_groups}] for Discrete({n_groups + 1}), got {action!r}"
                 )
-            choice = int(value)
+            choice = int(value.item())
             if choice == n_groups:
                 return self._group_sizes / self._group_sizes.sum()
             composition = np.zeros(n_groups)

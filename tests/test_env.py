@@ -219,7 +219,15 @@ def test_bad_box_action_is_a_value_error_stating_shape_and_bounds(action: np.nda
         env.step(action)
 
 
-@pytest.mark.parametrize("action", [6, -1, 2.5, np.array([1, 2])])
+def test_discrete_action_of_one_element_acts_as_its_value() -> None:
+    env = make("nbs_gym/NeuralBatchSamplingDiscrete-v0").unwrapped
+    env.reset(seed=0)
+    for action in (2, np.int64(2), np.array(2), np.array([2])):
+        np.testing.assert_array_equal(env.batch_composition(action), np.eye(6)[2, :5])
+    assert env.step(np.array([5]))[4]["batch_composition"].tolist() == pytest.approx([0.2] * 5)
+
+
+@pytest.mark.parametrize("action", [6, -1, 2.5, np.array([1, 2]), np.array([7]), np.array([2.0])])
 def test_bad_discrete_action_is_a_value_error(action) -> None:
     env = make("nbs_gym/NeuralBatchSamplingDiscrete-v0").unwrapped
     env.reset(seed=0)
