@@ -29,6 +29,7 @@ import numpy as np
 from gymnasium.error import ResetNeeded
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
+from stable_baselines3.common.env_util import is_wrapped
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
 from nbs_gym.autoencoder import BatchedAutoencoderTrainer
@@ -233,9 +234,10 @@ class SB3VecEnv(VecEnv):
             if dones[i]:
                 info = unbatch_info(infos["final_info"], i)
                 info["terminal_observation"] = infos["final_obs"][i]
-                info["TimeLimit.truncated"] = bool(truncations[i] and not terminations[i])
+                self.reset_infos[i] = unbatch_info(infos, i)  # the next episode's, as SB3's vec envs keep it
             else:
                 info = unbatch_info(infos, i)
+            info["TimeLimit.truncated"] = bool(truncations[i] and not terminations[i])
             per_env.append(info)
         return observations, rewards.astype(np.float32), dones, per_env
 
@@ -247,7 +249,7 @@ class SB3VecEnv(VecEnv):
         return list(frames) if frames is not None else [None] * self.num_envs
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        return [getattr(self._sub_env(i), attr_name) for i in self._get_indices(indices)]
+        return [_attribute(self._sub_env(i), attr_name) for i in self._get_indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         for i in self._get_indices(indices):
@@ -257,12 +259,18 @@ class SB3VecEnv(VecEnv):
         self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
     ) -> list[Any]:
         return [
-            getattr(self._sub_env(i), method_name)(*method_args, **method_kwargs) for i in self._get_indices(indices)
+            _attribute(self._sub_env(i), method_name)(*method_args, **method_kwargs)
+            for i in self._get_indices(indices)
         ]
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
-        return [False for _ in self._get_indices(indices)]
+        return [is_wrapped(self._sub_env(i), wrapper_class) for i in self._get_indices(indices)]
 
     def _sub_env(self, index: int) -> Any:
         envs = getattr(self.venv, "envs", None)
         return envs[index] if envs is not None else self.venv
+
+
+def _attribute(env: Any, name: str) -> Any:
+    """An attribute of a sub-environment, looked up through its wrappers as SB3's vec envs do."""
+    return env.get_wrapper_attr(name) if isinstance(env, gym.Wrapper) else getattr(env, name)

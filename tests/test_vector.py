@@ -300,6 +300,31 @@ def test_each_sub_environment_writes_its_own_profiles(tmp_path: Path) -> None:
     assert not np.array_equal(maps[0], maps[1])  # different seeds, different autoencoders
 
 
+def test_sb3_adapter_keeps_reset_infos_and_truncation_flags_as_sb3s_vec_envs_do() -> None:
+    vec_env = SB3VecEnv(make_vec(2).unwrapped)
+    vec_env.seed(1)
+    vec_env.reset()
+    first_episode = [info["initial_separation"] for info in vec_env.reset_infos]
+    for _ in range(SMALL["episode_length"]):
+        _, _, dones, infos = vec_env.step(np.zeros((2, 5), np.float32))
+        assert all(info["TimeLimit.truncated"] is False for info in infos)
+    assert dones.all()
+    assert [info["step"] for info in vec_env.reset_infos] == [0, 0]  # the episodes that just began
+    assert [info["initial_separation"] for info in vec_env.reset_infos] != first_episode
+
+
+def test_sb3_adapter_looks_through_the_wrappers_of_other_vector_envs() -> None:
+    from stable_baselines3.common.monitor import Monitor
+
+    sync = gym.vector.SyncVectorEnv(
+        [lambda: Monitor(gym.make("CartPole-v1")) for _ in range(2)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    vec_env = SB3VecEnv(sync)
+    assert vec_env.env_is_wrapped(Monitor) == [True, True]
+    assert vec_env.get_attr("gravity", indices=[1]) == [9.8]
+    assert SB3VecEnv(make_vec(2).unwrapped).env_is_wrapped(Monitor) == [False, False]
+
+
 def test_sb3_adapter_meets_the_vecenv_contract_and_ppo_learns_on_it() -> None:
     vec_env = SB3VecEnv(make_vec(2).unwrapped)
     vec_env.seed(5)
