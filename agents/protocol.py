@@ -38,6 +38,7 @@ callbacks; a plug-in's ``learn`` receives them only if the class is a subclass o
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from typing import Any, Protocol, runtime_checkable
 
@@ -91,8 +92,10 @@ def load_sampler_class(target: str) -> type:
         The class itself (not an instance).
 
     Raises:
-        PluginError: The string is malformed, the module cannot be imported, the class does not exist
-            or lacks one of :data:`REQUIRED_METHODS`; the message names the class.
+        PluginError: The string is malformed, the module cannot be imported, the class does not exist,
+            lacks one of :data:`REQUIRED_METHODS`, has a ``load`` that is not a classmethod, or a method
+            (or ``__init__``) whose signature cannot take the calls nbs_gym makes; the message names the
+            class and the method.
     """
     module_name, _, class_name = target.partition(":")
     if not module_name or not class_name or ":" in class_name:
@@ -112,4 +115,31 @@ def load_sampler_class(target: str) -> type:
             f"--agent {target}: class {class_name} lacks {', '.join(missing)}; a batch sampler needs "
             f"{', '.join(REQUIRED_METHODS)} (see agents.protocol.BatchSampler)"
         )
+    if not isinstance(inspect.getattr_static(sampler_class, "load"), (classmethod, staticmethod)):
+        raise PluginError(f"--agent {target}: {class_name}.load must be a classmethod, load(path, env=None)")
+    # How nbs_gym calls each method (``None`` stands for the instance); a signature that cannot take the
+    # call is reported now rather than after training.
+    calls = {
+        "__init__": (sampler_class, ("env",), {"seed": 0}),
+        "learn": (sampler_class.learn, (None, 1), {"callback": None, "progress_bar": False}),
+        "predict": (
+            sampler_class.predict,
+            (None, "observation"),
+            {"state": None, "episode_start": None, "deterministic": True},
+        ),
+        "save": (sampler_class.save, (None, "path"), {}),
+        "load": (sampler_class.load, ("path",), {"env": None}),
+    }
+    for name, (function, args, kwargs) in calls.items():
+        try:
+            signature = inspect.signature(function)
+        except (TypeError, ValueError):  # builtins without a signature: nothing to check
+            continue
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as error:
+            expected = ", ".join([*map(str, args[1:] if name != "__init__" else args), *kwargs])
+            raise PluginError(
+                f"--agent {target}: {class_name}.{name}{signature} cannot be called as {name}({expected}) ({error})"
+            ) from None
     return sampler_class

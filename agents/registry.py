@@ -179,7 +179,13 @@ def make_agent(name_or_path: str, env: Any, seed: int | None = None, **hyperpara
 
 def _plugin_spec(target: str) -> AgentSpec:
     sampler_class = load_sampler_class(target)
-    modes = tuple(getattr(sampler_class, "action_modes", ACTION_MODES))
+    declared = getattr(sampler_class, "action_modes", ACTION_MODES)
+    modes = (declared,) if isinstance(declared, str) else tuple(declared)
+    suffix = getattr(sampler_class, "file_suffix", ".zip")
+    if not (isinstance(suffix, str) and suffix.startswith(".") and len(suffix) > 1):
+        raise AgentError(
+            f"--agent {target}: class {sampler_class.__name__} has file_suffix {suffix!r}; expected '.ext'"
+        )
     default = str(getattr(sampler_class, "default_action_mode", "strata" if "strata" in modes else modes[0]))
     unknown = sorted(set(modes) - set(ACTION_MODES))
     if unknown or default not in modes:

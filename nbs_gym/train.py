@@ -59,6 +59,7 @@ from stable_baselines3.common.logger import Figure, HParam, Image, Logger, confi
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
 from agents.baselines import UniformSampler
+from agents.protocol import PluginError
 from agents.registry import AgentSpec, get_spec
 from nbs_gym.callbacks import (
     AtomicCheckpointCallback,
@@ -198,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         phase = "evaluation"
         metrics = _evaluate(run)
+    except PluginError as error:  # a sampler whose predictions the env cannot take
+        return bad_input(f"{error}; the trained agent is in {run.run_dir}")
     except KeyboardInterrupt:
         if phase == "checkpoint":
             message = f"interrupted again while saving a checkpoint; --resume {run.run_dir} continues from the last one"
@@ -526,13 +529,24 @@ def _run_episode(env: gym.Env, sampler: Any, seed: int) -> _Episode:
     observation, _ = env.reset(seed=seed)
     state, episode_start = None, True
     while True:
-        action, state = sampler.predict(
-            observation, state=state, episode_start=np.array([episode_start]), deterministic=True
-        )
+        result = sampler.predict(observation, state=state, episode_start=np.array([episode_start]), deterministic=True)
+        action, state = _checked_prediction(sampler, result, env)
         episode_start = False
         observation, _, terminated, truncated, info = env.step(action)
         if terminated or truncated:
             return _Episode(seed, Path(info["profile_path"]), float(info["separation"]), env.render())
+
+
+def _checked_prediction(sampler: Any, result: Any, env: gym.Env) -> tuple[Any, Any]:
+    """``(action, state)`` from ``sampler.predict``, or a :class:`PluginError` naming the sampler's class."""
+    name = type(sampler).__name__
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise PluginError(f"{name}.predict returned {type(result).__name__}; expected a tuple (action, state)")
+    try:
+        env.unwrapped.batch_composition(result[0])
+    except ValueError as error:
+        raise PluginError(f"{name}.predict returned an action the env rejects: {error}") from None
+    return result
 
 
 def _score(run: _Run, key: str, episodes: list[_Episode]) -> dict[str, Any]:

@@ -230,6 +230,29 @@ class NoPredict:
     def load(cls, path, env=None): ...
 
 
+class LoadWithoutClassmethod(GoodPlugin):
+    def load(self, path, env=None):  # type: ignore[override]
+        raise NotImplementedError
+
+
+class InitWithoutSeed(GoodPlugin):
+    def __init__(self, env) -> None:
+        self.action_space = env.action_space
+
+
+class PredictWithoutDeterministic(GoodPlugin):
+    def predict(self, observation, state=None, episode_start=None):  # type: ignore[override]
+        raise NotImplementedError
+
+
+class ModesAsAString(GoodPlugin):
+    action_modes = "strata"  # type: ignore[assignment]
+
+
+class SuffixWithoutDot(GoodPlugin):
+    file_suffix = "json"
+
+
 def test_plugin_builds_with_hyperparameters(envs: dict[str, gym.Env]) -> None:
     agent = make_agent(f"{__name__}:GoodPlugin", envs["strata"], seed=0, scale=0.25)
     assert isinstance(agent, GoodPlugin) and agent.scale == 0.25
@@ -246,11 +269,20 @@ def test_plugin_builds_with_hyperparameters(envs: dict[str, gym.Env]) -> None:
         (f"{__name__}:Missing", "has no class Missing"),
         (f"{__name__}:NoPredict", "class NoPredict lacks predict"),
         ("just_a_module:", "expected 'package.module:ClassName'"),
+        (f"{__name__}:LoadWithoutClassmethod", r"LoadWithoutClassmethod.load must be a classmethod"),
+        (f"{__name__}:InitWithoutSeed", r"InitWithoutSeed.__init__\(env\).* cannot be called as __init__\(env, seed\)"),
+        (f"{__name__}:PredictWithoutDeterministic", r"PredictWithoutDeterministic.predict.*deterministic"),
     ],
 )
 def test_plugin_errors_name_the_class(target: str, message: str) -> None:
     with pytest.raises(PluginError, match=message):
         get_spec(target)
+
+
+def test_plugin_action_modes_as_a_string_and_a_suffix_without_a_dot() -> None:
+    assert get_spec(f"{__name__}:ModesAsAString").action_modes == ("strata",)
+    with pytest.raises(AgentError, match="SuffixWithoutDot has file_suffix 'json'; expected '.ext'"):
+        get_spec(f"{__name__}:SuffixWithoutDot")
 
 
 def _spaces(n_groups: int, discrete: bool = False) -> HasSpaces:

@@ -68,6 +68,13 @@ class ConstantSampler:
         return sampler
 
 
+class BareActionSampler(ConstantSampler):
+    """A plug-in whose predict forgets the state: it returns the action alone."""
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=False):
+        return super().predict(observation, state, episode_start, deterministic)[0]
+
+
 def run_train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, **ONE_THREAD, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
     return subprocess.run(
@@ -205,6 +212,16 @@ def test_other_agents_train_and_load_back(agent: str, extra: list[str], load: An
         metrics = json.loads((run_dir / "metrics.json").read_text())
         for key in ("predictor", "final_loss", "final_separation"):  # the same sampler under the same seeds
             assert metrics["agent"][key] == metrics["uniform"][key]
+
+
+def test_a_plugin_whose_predictions_the_env_rejects_is_one_error_line(tmp_path: Path) -> None:
+    plugin = ["--agent", "test_train:BareActionSampler", "--timesteps", "20"]
+    result = run_train(*plugin, *TINY, "--run-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: BareActionSampler.predict returned ndarray; expected a tuple (action, state); "
+        f"the trained agent is in {tmp_path}"
+    ]
 
 
 def test_several_envs_train_on_the_batched_vector_env(tmp_path: Path) -> None:
