@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +98,15 @@ def save_atomic(agent: Any, path: str | os.PathLike[str]) -> Path:
     The temporary name keeps ``path``'s suffix, so that savers which append a missing suffix (SB3
     appends ``.zip``) write exactly the temporary file.
     """
-    path = Path(path)
+    return _save_through_temporary(agent.save, Path(path))
+
+
+def _save_through_temporary(save: Callable[[Path], object], path: Path) -> Path:
+    """``save(temporary)`` beside ``path``, keeping its suffix, then the temporary file moved into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
-        agent.save(temporary)
+        save(temporary)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -117,13 +122,7 @@ def save_checkpoint(agent: Any, path: str | os.PathLike[str]) -> Path:
     """
     path = save_atomic(agent, path)
     if getattr(agent, "replay_buffer", None) is not None and hasattr(agent, "save_replay_buffer"):
-        buffer_path = replay_buffer_path(path)
-        temporary = buffer_path.with_name(f".{buffer_path.stem}.tmp.pkl")
-        try:
-            agent.save_replay_buffer(temporary)
-            os.replace(temporary, buffer_path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        buffer_path = _save_through_temporary(agent.save_replay_buffer, replay_buffer_path(path))
         for older in path.parent.glob(f"*{_REPLAY_BUFFER_SUFFIX}"):
             if older != buffer_path:
                 older.unlink(missing_ok=True)
