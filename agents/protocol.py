@@ -1,7 +1,7 @@
 """The plug-in protocol: what a custom batch sampler must offer to run under ``nbs_gym.train``.
 
 A batch sampler is any class with Stable-Baselines3's public surface. ``--agent package.module:Class``
-imports ``Class`` and builds it as ``Class(env, seed=None, **hyperparams)``; nothing else is required,
+imports ``Class`` and builds it as ``Class(env, seed=<--seed>, **hyperparams)``; nothing else is required,
 no base class and no registration. A minimal sampler::
 
     class AlwaysHardest:

@@ -44,7 +44,7 @@ _ALGORITHMS: tuple[tuple[str, str, str, tuple[str, ...], str, str, dict[str, Any
     ("sac", "stable_baselines3", "SAC", BOX_MODES, "strata", "MlpPolicy", {}),
     ("td3", "stable_baselines3", "TD3", BOX_MODES, "strata", "MlpPolicy", {}),
     ("ddpg", "stable_baselines3", "DDPG", BOX_MODES, "strata", "MlpPolicy", {}),
-    ("dqn", "stable_baselines3", "DQN", ("discrete",), "discrete", "MlpPolicy", {}),
+    ("dqn", "stable_baselines3", "DQN", ("discrete",), "discrete", "MlpPolicy", {"buffer_size": 40_000}),
     ("recurrent_ppo", "sb3_contrib", "RecurrentPPO", ACTION_MODES, "strata", "MlpLstmPolicy", _ON_POLICY_DEFAULTS),
     ("trpo", "sb3_contrib", "TRPO", ACTION_MODES, "strata", "MlpPolicy", _ON_POLICY_DEFAULTS),
     ("qrdqn", "sb3_contrib", "QRDQN", ("discrete",), "discrete", "MlpPolicy", {}),

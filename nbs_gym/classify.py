@@ -2,11 +2,12 @@
 
 Usage::
 
-    python -m nbs_gym.classify runs/ppo__0/profiles/episode_00042.npz
-    python -m nbs_gym.classify runs/ppo__0 --out results/ --kind per_pixel
+    python -m nbs_gym.classify runs/ppo__0/profiles/agent/episode_00000.npz
+    python -m nbs_gym.classify runs/ppo__0/profiles/agent --out results/ --kind per_pixel
 
-Given a folder, the newest ``*.npz`` profile file anywhere under it (by modification time) is used, so
-that pointing at a training run evaluates its last finished episode; the file used is printed.
+Given a folder, the newest ``*.npz`` profile file anywhere under it (by modification time) is used; the
+file used is printed. A training run evaluates the ``uniform`` baseline after its sampler, so for the
+sampler's profiles point at ``RUN/profiles/agent``, not at the run itself.
 
 The predictor is trained on the labeled set L of the file, then it and the two label-free baselines
 (``final_loss``, ``mean_profile``) are scored on the evaluation set E. Written to ``--out`` (default: the

@@ -108,7 +108,7 @@ class Args:
     agent: str = "ppo"
     """Sampler: ppo, a2c, sac, td3, ddpg, dqn, the sb3-contrib ones when installed (recurrent_ppo, trpo,
     qrdqn, tqc, ars), the baselines uniform, random, hard_mining, curriculum, or package.module:ClassName.
-    The env action mode follows the agent (dqn: discrete, others: strata) unless env_kwargs sets it."""
+    The env action mode follows the agent (dqn, qrdqn: discrete; others: strata) unless env_kwargs sets it."""
     timesteps: int = DEFAULT_TIMESTEPS
     """Environment steps (autoencoder updates) to train for, summed over the envs."""
     seed: int = 0

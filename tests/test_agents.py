@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
+import yaml
 from gymnasium import spaces
 
-import nbs_gym  # noqa: F401  (registers the env ids)
+import nbs_gym
 from agents import (
     AGENTS,
     BASELINES,
@@ -88,6 +90,17 @@ def test_an_agent_of_a_missing_package_says_what_to_install(monkeypatch: pytest.
 
 def test_verbose_is_a_hyperparameter_like_any_other(envs: dict[str, gym.Env]) -> None:
     assert make_agent("ppo", envs["strata"], verbose=1, n_steps=16, batch_size=16).verbose == 1
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "a2c", "dqn"])
+def test_shipped_zoo_hyperparameters_are_the_ones_train_uses(algorithm: str) -> None:
+    path = Path(nbs_gym.__file__).parent / "hyperparams" / f"{algorithm}.yml"
+    spec = get_spec(algorithm)
+    for env_id, entry in yaml.safe_load(path.read_text()).items():
+        assert env_id in {ENV_ID_BY_MODE[mode] for mode in spec.action_modes}
+        settings = {key: value for key, value in entry.items() if key not in ("n_timesteps", "n_envs")}
+        assert settings.pop("policy") == spec.policy
+        assert settings == dict(spec.defaults), env_id
 
 
 def test_bad_hyperparameter_names_the_agent(envs: dict[str, gym.Env]) -> None:
