@@ -66,7 +66,6 @@ from agents.registry import get_spec
 from nbs_gym import train
 from nbs_gym.callbacks import latest_checkpoint
 from nbs_gym.cli import Parser, UsageError, run_resumable
-from nbs_gym.config import EnvConfig
 from nbs_gym.figures import save_figure
 from nbs_gym.io import write_text_atomic
 
@@ -445,10 +444,7 @@ def _check_settings(args: train.Args) -> None:
     Raises:
         ValueError: The first bad setting, named.
     """
-    spec = get_spec(args.agent)
-    mode = spec.resolve_action_mode(args.env_kwargs.get("action_mode"))
-    EnvConfig.from_kwargs(**{**args.env_kwargs, "action_mode": mode})
-    train._classifier_config(args)
+    spec, *_ = train.validated_settings(args)
     parameters = inspect.signature(spec.agent_class).parameters.values()
     if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
         names = {parameter.name for parameter in parameters}

@@ -118,11 +118,9 @@ class LossProfiles:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the profiles to ``path`` (``.npz``) atomically; returns the path written."""
         path = Path(path)
-        if self.loss_maps.size and float(self.loss_maps.max()) > float(np.finfo(np.float16).max):
-            raise ProfileFileError(
-                f"{path}: loss_maps: a loss of {float(self.loss_maps.max()):.4g} is beyond float16's "
-                f"{float(np.finfo(np.float16).max):.0f}"
-            )
+        largest, limit = float(self.loss_maps.max(initial=0.0)), float(np.finfo(np.float16).max)
+        if largest > limit:
+            raise ProfileFileError(f"{path}: loss_maps: a loss of {largest:.4g} is beyond float16's {limit:.0f}")
         metadata = {"format_version": FORMAT_VERSION, "split": json.loads(self.split.to_json()), **self.metadata}
         arrays = {
             "loss_maps": self.loss_maps.astype(np.float16),

@@ -360,24 +360,34 @@ class _Run:
         self.logger.close()
 
 
-def _prepare(args: Args) -> _Run:
-    """Validate the whole configuration and build data, envs, agent and logger; writes config and split."""
+def validated_settings(args: Args) -> tuple[AgentSpec, dict[str, Any], EnvConfig, ClassifierConfig]:
+    """A run's agent spec, env keyword arguments, env config and classifier config, each validated.
+
+    Nothing is loaded or built, so that a caller (``nbs_gym.compare``) can check many runs up front.
+
+    Raises:
+        ValueError: An unknown agent, an action mode it cannot act in, or a bad env or classifier setting.
+    """
     spec = get_spec(args.agent)
-    mode = spec.resolve_action_mode(args.env_kwargs.get("action_mode"))
     env_kwargs = {
         **args.env_kwargs,
-        "action_mode": mode,
+        "action_mode": spec.resolve_action_mode(args.env_kwargs.get("action_mode")),
         "dataset": args.dataset,
         "n_labeled_anomalous_per_type": args.n_labeled_anomalous_per_type,
         "n_labeled_normal": args.n_labeled_normal,
         "device": args.device,
     }
-    data = EnvConfig.from_kwargs(**env_kwargs).data  # validates every env setting before any work
-    classifier_config = _classifier_config(args)
+    return spec, env_kwargs, EnvConfig.from_kwargs(**env_kwargs), _classifier_config(args)
+
+
+def _prepare(args: Args) -> _Run:
+    """Validate the whole configuration and build data, envs, agent and logger; writes config and split."""
+    spec, env_kwargs, env_config, classifier_config = validated_settings(args)  # before any work
+    data = env_config.data
     # Loaded once and shared by all envs (training and evaluation), rather than once per env.
     dataset = load_dataset(data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels)
     run_dir = _run_dir(args)
-    env_id = spec.env_id(mode)
+    env_id = spec.env_id(env_config.action_mode)
     vec_env = _training_envs(args, env_id, {**env_kwargs, "dataset_object": dataset})
     try:
         agent = _load_agent(spec, args, run_dir, vec_env) if args.resume else _new_agent(spec, args, vec_env)
