@@ -34,21 +34,28 @@ BOX_MODES: tuple[str, ...] = ("strata", "spatial")
 ENV_ID_BY_MODE: dict[str, str] = {kwargs["action_mode"]: env_id for env_id, kwargs in ENV_IDS.items()}
 """Registered env id of each action mode."""
 
+# The env's horizon is part of the task and observed (progress), and its documented objective is the
+# undiscounted return S_T - S_0: every algorithm that discounts gets gamma = 1, so that what it
+# optimises is that return (SB3's default 0.99 would weigh the last snapshot's gain of a 200-step
+# episode about 0.16 of the first's).
+_UNDISCOUNTED: dict[str, Any] = {"gamma": 1.0}
+# A replay buffer no larger than the default run (SB3 defaults to a million transitions).
+_DQN_DEFAULTS: dict[str, Any] = {"buffer_size": 40_000, **_UNDISCOUNTED}
 # One PPO rollout of one default episode (200 steps), minibatches that divide it.
-_ON_POLICY_DEFAULTS: dict[str, Any] = {"n_steps": 200, "batch_size": 50}
+_ON_POLICY_DEFAULTS: dict[str, Any] = {"n_steps": 200, "batch_size": 50, **_UNDISCOUNTED}
 
 # name, module, class, action modes, default mode, policy, constructor defaults
 _ALGORITHMS: tuple[tuple[str, str, str, tuple[str, ...], str, str, dict[str, Any]], ...] = (
     ("ppo", "stable_baselines3", "PPO", ACTION_MODES, "strata", "MlpPolicy", _ON_POLICY_DEFAULTS),
-    ("a2c", "stable_baselines3", "A2C", ACTION_MODES, "strata", "MlpPolicy", {}),
-    ("sac", "stable_baselines3", "SAC", BOX_MODES, "strata", "MlpPolicy", {}),
-    ("td3", "stable_baselines3", "TD3", BOX_MODES, "strata", "MlpPolicy", {}),
-    ("ddpg", "stable_baselines3", "DDPG", BOX_MODES, "strata", "MlpPolicy", {}),
-    ("dqn", "stable_baselines3", "DQN", ("discrete",), "discrete", "MlpPolicy", {"buffer_size": 40_000}),
+    ("a2c", "stable_baselines3", "A2C", ACTION_MODES, "strata", "MlpPolicy", _UNDISCOUNTED),
+    ("sac", "stable_baselines3", "SAC", BOX_MODES, "strata", "MlpPolicy", _UNDISCOUNTED),
+    ("td3", "stable_baselines3", "TD3", BOX_MODES, "strata", "MlpPolicy", _UNDISCOUNTED),
+    ("ddpg", "stable_baselines3", "DDPG", BOX_MODES, "strata", "MlpPolicy", _UNDISCOUNTED),
+    ("dqn", "stable_baselines3", "DQN", ("discrete",), "discrete", "MlpPolicy", _DQN_DEFAULTS),
     ("recurrent_ppo", "sb3_contrib", "RecurrentPPO", ACTION_MODES, "strata", "MlpLstmPolicy", _ON_POLICY_DEFAULTS),
     ("trpo", "sb3_contrib", "TRPO", ACTION_MODES, "strata", "MlpPolicy", _ON_POLICY_DEFAULTS),
-    ("qrdqn", "sb3_contrib", "QRDQN", ("discrete",), "discrete", "MlpPolicy", {}),
-    ("tqc", "sb3_contrib", "TQC", BOX_MODES, "strata", "MlpPolicy", {}),
+    ("qrdqn", "sb3_contrib", "QRDQN", ("discrete",), "discrete", "MlpPolicy", _UNDISCOUNTED),
+    ("tqc", "sb3_contrib", "TQC", BOX_MODES, "strata", "MlpPolicy", _UNDISCOUNTED),
     ("ars", "sb3_contrib", "ARS", ACTION_MODES, "strata", "MlpPolicy", {}),
 )
 

@@ -1,37 +1,77 @@
-"""How much can any batch composition gain over uniform sampling? Oracle samplers that see every mask.
+"""The headroom map: on which task does batch composition change the anomaly classifier's result?
 
-A sampler acts only through which pool patches the autoencoder trains on. This script bounds what that
-can buy: it runs evaluation episodes, exactly as ``nbs_gym.train`` does (env seed 1,000,000 + seed,
-classifier seed = seed), with samplers no agent could be, because they read the masks of every image:
+A sampler acts only through which pool patches the autoencoder trains on. For each *task* (a set of
+environment settings and dataset-generator settings), this script runs evaluation episodes as
+``nbs_gym.train`` does (env seed 1,000,000 + seed, classifier seed = seed) with these samplers:
 
-``uniform``        plain uniform sampling over the pool (the study's reference; same numbers)
-``clean``          only patches without an anomalous pixel: the autoencoder never sees a defect
-``defects=F``      a share F of each batch from patches that hold anomalous pixels, the rest clean
+``uniform``        plain uniform sampling over the pool (the reference, normalised score 0)
+``clean``          a mask-reading oracle: only patches without an anomalous pixel
+``defects=F``      a mask-reading oracle: a share F of each batch from patches that hold anomalous pixels
+``fixed:NAME``     a fixed label-free strata composition (an action held for the whole episode):
+                   ``no_top`` (all strata but the highest-loss one), ``bottom``, ``top``, ``middle``,
+                   or ``fixed:a0,a1,...`` for any action
 
-and prints the classifier's metrics on E with 95 % CIs over seeds, and the per-seed ratio to uniform.
+and scores each episode's saved profiles with the predictor (an ensemble of ``--ensemble`` networks)
+and the ``final_loss`` baseline on E. Every (task, sampler, seed) is one small JSON file under
+``--out/cells``, written atomically, so a map grows over several invocations, two can run at once
+(one torch thread each) and an interrupted one resumes where it stopped. ``report`` prints the map
+as a Markdown table: per task, each sampler's metrics, its per-seed F1-max and AUPRO ratios to
+uniform with 95 % CIs, its episode return ``S_T - S_0`` and the compute it took.
 
-    python benchmarks/headroom.py --seeds 0 1 2 3 4
-    python benchmarks/headroom.py --dataset synthetic:grid --defect-shares 0.25 0.5
+    python benchmarks/headroom.py run --out docs/headroom --task t1000 episode_length=1000 --seeds 0 1 2 3 4
+    python benchmarks/headroom.py run --out docs/headroom --task frequent episode_length=1000 \\
+        frequent_defect=stain --samplers uniform clean fixed:no_top
+    python benchmarks/headroom.py report --out docs/headroom > docs/headroom/README.md
+
+Task settings are ``key=value`` pairs: keys of :class:`nbs_gym.config.EnvConfig` (flat, as
+``gymnasium.make`` takes them) go to the environment, every other key to the synthetic generator
+(:func:`nbs_gym.data.synthetic.generate_synthetic`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import tempfile
+import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import yaml
 
-from nbs_gym.classifier import ClassifierConfig, evaluate, fit_predictor
+from nbs_gym.classifier import ClassifierConfig, fit_predictor, score_maps, score_metrics
 from nbs_gym.compare import mean_ci
+from nbs_gym.config import AutoencoderConfig, DataConfig, EnvConfig
 from nbs_gym.data import AnomalyDataset, load_dataset
 from nbs_gym.env import NeuralBatchSamplingEnv
+from nbs_gym.io import write_text_atomic
 from nbs_gym.profiles import load_profiles
 from nbs_gym.train import EVAL_SEED_OFFSET
 
-METRICS = ("predictor/pixel_auroc", "predictor/pixel_f1_max", "final_loss/pixel_auroc", "final_loss/pixel_f1_max")
+METRICS = (
+    "predictor/pixel_auroc",
+    "predictor/pixel_aupro",
+    "predictor/pixel_f1_max",
+    "final_loss/pixel_auroc",
+    "final_loss/pixel_f1_max",
+)
+RATIO_METRICS = ("predictor/pixel_f1_max", "predictor/pixel_aupro")
+NAMED_COMPOSITIONS = {
+    "no_top": (1.0, 1.0, 1.0, 1.0, -1.0),
+    "bottom": (1.0, -1.0, -1.0, -1.0, -1.0),
+    "top": (-1.0, -1.0, -1.0, -1.0, 1.0),
+    "middle": (-1.0, 1.0, 1.0, 1.0, -1.0),
+}
+_ENV_KEYS = (
+    {f.name for f in dataclasses.fields(EnvConfig)}
+    | {f.name for f in dataclasses.fields(DataConfig)}
+    | {f.name for f in dataclasses.fields(AutoencoderConfig)}
+) - {"data", "autoencoder"}
 
 
 class OracleEnv(NeuralBatchSamplingEnv):
@@ -40,13 +80,12 @@ class OracleEnv(NeuralBatchSamplingEnv):
 
     def __init__(self, dataset_object: AnomalyDataset, defect_share: float, **kwargs: Any) -> None:
         super().__init__(dataset_object=dataset_object, **kwargs)
-        dataset = dataset_object
         self.defect_share = defect_share
         snapshot_index = np.union1d(self.split.pool, self.split.probe)
         image = snapshot_index[self._patch_image]
         size = self.config.patch_size
         corners = zip(image, self._patch_y, self._patch_x, strict=True)
-        touched = np.array([dataset.masks[i, y : y + size, x : x + size].any() for i, y, x in corners])
+        touched = np.array([dataset_object.masks[i, y : y + size, x : x + size].any() for i, y, x in corners])
         self._defect_patches, self._clean_patches = np.flatnonzero(touched), np.flatnonzero(~touched)
 
     def _draw(self, composition: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,47 +100,157 @@ class OracleEnv(NeuralBatchSamplingEnv):
         return ids, np.bincount(self._groups_of(ids), minlength=len(composition))
 
 
-def episode_metrics(env: NeuralBatchSamplingEnv, seed: int) -> dict[str, float]:
-    """One evaluation episode (zero action) and the classifier's metrics on E, from the saved profiles."""
-    env.reset(seed=seed + EVAL_SEED_OFFSET)
-    zero = np.zeros(env.action_space.shape, np.float32)
-    terminated = False
-    while not terminated:
-        _, _, terminated, _, info = env.step(zero)
-    profiles = load_profiles(info["profile_path"])  # float16 on disk, as nbs_gym.train scores them
-    result = evaluate(profiles, fit_predictor(profiles, ClassifierConfig(seed=seed, device="cpu")))
-    return {key: float(result[key.split("/")[0]][key.split("/")[1]]) for key in METRICS}
+def split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A task's settings as (env keyword arguments, synthetic-generator keyword arguments)."""
+    env = {key: value for key, value in settings.items() if key in _ENV_KEYS}
+    generator = {key: value for key, value in settings.items() if key not in _ENV_KEYS}
+    return env, generator
+
+
+def sampler_action(sampler: str, n_groups: int) -> np.ndarray:
+    """The action a sampler holds for the whole episode (zero for uniform and the oracles)."""
+    if not sampler.startswith("fixed:"):
+        return np.zeros(n_groups, np.float32)
+    spec = sampler.removeprefix("fixed:")
+    values = NAMED_COMPOSITIONS.get(spec) or tuple(float(v) for v in spec.split(","))
+    if len(values) != n_groups:
+        raise SystemExit(f"error: {sampler}: {len(values)} weights, but the task has {n_groups} strata")
+    return np.asarray(values, np.float32)
+
+
+def run_cell(task: str, settings: dict[str, Any], sampler: str, seed: int, ensemble: int) -> dict[str, Any]:
+    """One evaluation episode of ``sampler`` on a task and the classifier's metrics on E."""
+    env_kwargs, generator_kwargs = split_settings(settings)
+    config = EnvConfig.from_kwargs(device="cpu", **env_kwargs)
+    data = config.data
+    dataset = load_dataset(
+        data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels, **generator_kwargs
+    )
+    with tempfile.TemporaryDirectory(prefix="nbs_gym_headroom_") as scratch:
+        if sampler == "clean" or sampler.startswith("defects="):
+            share = 0.0 if sampler == "clean" else float(sampler.removeprefix("defects="))
+            env: NeuralBatchSamplingEnv = OracleEnv(dataset, share, config=config, profile_dir=scratch)
+        elif sampler == "uniform" or sampler.startswith("fixed:"):
+            env = NeuralBatchSamplingEnv(config=config, dataset_object=dataset, profile_dir=scratch)
+        else:
+            raise SystemExit(f"error: --samplers: unknown sampler {sampler!r}")
+        action = sampler_action(sampler, config.n_groups)
+        start = time.perf_counter()
+        env.reset(seed=seed + EVAL_SEED_OFFSET)
+        terminated, episode_return = False, 0.0
+        while not terminated:
+            _, reward, terminated, _, info = env.step(action)
+            episode_return += float(reward)
+        episode_seconds = time.perf_counter() - start
+        profiles = load_profiles(info["profile_path"])  # float16 on disk, as nbs_gym.train scores them
+    start = time.perf_counter()
+    predictor = fit_predictor(profiles, ClassifierConfig(seed=seed, device="cpu", ensemble=ensemble))
+    evaluation = np.asarray(env.split.evaluation, dtype=np.int64)
+    defect_types = tuple(dataset.defect_types[i] for i in evaluation)
+    result = score_metrics(score_maps(profiles, predictor), dataset.masks[evaluation], defect_types)
+    classifier_seconds = time.perf_counter() - start
+    metrics = {key: float(result[key.split("/")[0]][key.split("/")[1]]) for key in METRICS}
+    return {
+        "task": task,
+        "settings": settings,
+        "sampler": sampler,
+        "seed": seed,
+        "ensemble": ensemble,
+        "metrics": metrics,
+        "separation": float(info["separation"]),
+        "initial_separation": float(info["initial_separation"]),
+        "return": episode_return,
+        "episode_seconds": episode_seconds,
+        "classifier_seconds": classifier_seconds,
+    }
+
+
+def cell_path(out: Path, task: str, sampler: str, seed: int, ensemble: int) -> Path:
+    name = f"{task}__{sampler.replace(':', '-').replace(',', '_')}__e{ensemble}__{seed}.json"
+    return out / "cells" / name
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    task, *pairs = args.task
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise SystemExit(f"error: --task: expected key=value after the task's name, got {pair!r}")
+        settings[key] = yaml.safe_load(value)
+    (args.out / "cells").mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        for sampler in args.samplers:
+            path = cell_path(args.out, task, sampler, seed, args.ensemble)
+            if path.exists():
+                saved = json.loads(path.read_text())
+                if saved["settings"] != settings:
+                    raise SystemExit(f"error: {path} holds task {task!r} with settings {saved['settings']}")
+                continue
+            cell = run_cell(task, settings, sampler, seed, args.ensemble)
+            write_text_atomic(path, json.dumps(cell, indent=1) + "\n")
+            f1 = cell["metrics"]["predictor/pixel_f1_max"]
+            print(f"{task} {sampler} seed {seed}: F1-max {f1:.4f}, return {cell['return']:+.4f}", flush=True)
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    cells: dict[tuple[str, int], dict[str, dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
+    for path in sorted((args.out / "cells").glob("*.json")):
+        cell = json.loads(path.read_text())
+        cells[(cell["task"], cell["ensemble"])][cell["sampler"]][cell["seed"]] = cell
+    print(
+        "| task | settings | classifier | sampler | seeds | predictor pixel AUROC | predictor AUPRO "
+        "| predictor F1-max | final_loss pixel AUROC | F1-max ratio [95 % CI] | AUPRO ratio [95 % CI] "
+        "| return S_T - S_0 | minutes per seed |"
+    )
+    print("|" + "---|" * 13)
+    for (task, ensemble), samplers in sorted(cells.items()):
+        uniform = samplers.get("uniform", {})
+        for sampler, by_seed in sorted(samplers.items(), key=lambda item: _sampler_order(item[0])):
+            rows = [by_seed[seed] for seed in sorted(by_seed)]
+            settings = " ".join(f"{k}={v}" for k, v in rows[0]["settings"].items()) or "defaults"
+            cells_text = [_interval([row["metrics"][key] for row in rows]) for key in METRICS if key != METRICS[-1]]
+            for key in RATIO_METRICS:
+                paired = [
+                    by_seed[seed]["metrics"][key] / uniform[seed]["metrics"][key] for seed in by_seed if seed in uniform
+                ]
+                cells_text.append(_interval(paired, ratio=True) if sampler != "uniform" and paired else "1")
+            cells_text.append(_interval([row["return"] for row in rows]))
+            minutes = np.mean([row["episode_seconds"] + row["classifier_seconds"] for row in rows]) / 60
+            line = [task, settings, f"ensemble {ensemble}", sampler, str(len(rows)), *cells_text, f"{minutes:.1f}"]
+            print("| " + " | ".join(line) + " |")
+    return 0
+
+
+def _sampler_order(sampler: str) -> tuple[int, str]:
+    return ({"uniform": 0, "clean": 1}.get(sampler, 2 if sampler.startswith("defects") else 3), sampler)
+
+
+def _interval(values: list[float], ratio: bool = False) -> str:
+    interval = mean_ci(values)
+    if ratio:
+        return f"{interval.mean:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+    if interval.n < 2:
+        return f"{interval.mean:.4f}"
+    return f"{interval.mean:.4f} ± {interval.half_width:.4f}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="synthetic")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--defect-shares", nargs="*", type=float, default=[0.5], metavar="F")
+    commands = parser.add_subparsers(dest="command", required=True)
+    runner = commands.add_parser("run", help="run the missing cells of one task")
+    runner.add_argument("--out", type=Path, required=True, help="folder of the map (cells/ holds one file per cell)")
+    runner.add_argument("--task", nargs="+", required=True, metavar="NAME [KEY=VALUE ...]")
+    runner.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    runner.add_argument("--samplers", nargs="+", default=["uniform", "clean", "fixed:no_top"])
+    runner.add_argument("--ensemble", type=int, default=4, help="networks in the classifier ensemble")
+    runner.add_argument("--threads", type=int, default=1, help="torch threads (1 lets two maps run at once)")
+    reporter = commands.add_parser("report", help="print the map as a Markdown table")
+    reporter.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    dataset = load_dataset(args.dataset)
-    with tempfile.TemporaryDirectory(prefix="nbs_gym_headroom_") as scratch:
-        settings = {"device": "cpu", "dataset": args.dataset}
-        uniform = NeuralBatchSamplingEnv(dataset_object=dataset, profile_dir=Path(scratch) / "uniform", **settings)
-        samplers: dict[str, NeuralBatchSamplingEnv] = {"uniform": uniform}
-        samplers["clean"] = OracleEnv(dataset, 0.0, profile_dir=Path(scratch) / "clean", **settings)
-        for share in args.defect_shares:
-            name = f"defects={share:g}"
-            samplers[name] = OracleEnv(dataset, share, profile_dir=Path(scratch) / name, **settings)
-        results = {name: [episode_metrics(env, seed) for seed in args.seeds] for name, env in samplers.items()}
-
-    print(f"{args.dataset}, seeds {args.seeds}: mean ± half-width of the 95 % CI")
-    print(f"{'sampler':14s}" + "".join(f"{key:>26s}" for key in METRICS) + f"{'F1 ratio to uniform':>26s}")
-    for name, rows in results.items():
-        cells = []
-        for key in METRICS:
-            interval = mean_ci([row[key] for row in rows])
-            cells.append(f"{interval.mean:.4f} ± {interval.half_width:.4f}")
-        key = "predictor/pixel_f1_max"
-        ratio = mean_ci([row[key] / base[key] for row, base in zip(rows, results["uniform"], strict=True)])
-        cells.append(f"{ratio.mean:.3f} [{ratio.low:.3f}, {ratio.high:.3f}]")
-        print(f"{name:14s}" + "".join(f"{cell:>26s}" for cell in cells), flush=True)
-    return 0
+    return run(args) if args.command == "run" else report(args)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,27 @@ def test_every_registry_entry_builds_and_acts_on_its_default_mode(name: str, env
     env.step(action)
 
 
+@pytest.mark.parametrize("name", [name for name, spec in AGENTS.items() if spec.kind == "sb3"])
+def test_the_return_an_agent_discounts_is_the_documented_objective(name: str, envs: dict[str, gym.Env]) -> None:
+    """Whatever an SB3 agent optimises, sum_t gamma^t r_t, equals the env's documented return S_T - S_0."""
+    spec = AGENTS[name]
+    env = envs[spec.resolve_action_mode(None)]
+    hyperparams = SMALL_BUFFER if "buffer_size" in _init_parameters(spec.agent_class) else {}
+    agent = make_agent(name, env, seed=0, **hyperparams)
+    # ARS searches parameters by undiscounted episode returns; it has no discount to set.
+    gamma = getattr(agent, "gamma", 1.0)
+    observation, info = env.reset(seed=3)
+    rewards, terminated, truncated = [], False, False
+    while not (terminated or truncated):
+        action, _ = agent.predict(observation, deterministic=False)
+        observation, reward, terminated, truncated, info = env.step(action)
+        rewards.append(reward)
+    discounted = sum(gamma**t * reward for t, reward in enumerate(rewards))
+    assert terminated and not truncated
+    assert any(reward != 0.0 for reward in rewards)
+    assert discounted == pytest.approx(info["separation"] - info["initial_separation"], abs=1e-12)
+
+
 def test_agents_pick_their_env_mode() -> None:
     assert get_spec("ppo").resolve_action_mode(None) == "strata"
     assert get_spec("a2c").resolve_action_mode(None) == "strata"
