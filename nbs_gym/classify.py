@@ -40,7 +40,6 @@ TABLE_METRICS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
 """Columns of the printed table."""
 
 
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 success, 2 bad input)."""
     try:

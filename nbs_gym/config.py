@@ -19,10 +19,12 @@ import numpy as np
 ActionMode = Literal["strata", "spatial", "discrete"]
 RewardMeasure = Literal["auroc", "fisher", "prediction_loss"]
 RewardMode = Literal["dense", "terminal"]
+RewardBaseline = Literal["none", "uniform_twin"]
 
 ACTION_MODES: tuple[str, ...] = ("strata", "spatial", "discrete")
 REWARD_MEASURES: tuple[str, ...] = ("auroc", "fisher", "prediction_loss")
 REWARD_MODES: tuple[str, ...] = ("dense", "terminal")
+REWARD_BASELINES: tuple[str, ...] = ("none", "uniform_twin")
 
 
 class ConfigError(ValueError):
@@ -167,6 +169,13 @@ class EnvConfig:
             pixel's own loss profile as features of the reward's read-out, so that the reward sees a
             neighbourhood as the downstream classifier does; 0 reads each pixel's own profile only.
         history: Recent batches over which the sampled share per group is averaged in the observation.
+        decision_interval: Autoencoder updates per env step k, all drawn with the step's batch
+            composition; ``episode_length`` must be a multiple of it. An episode is
+            ``episode_length / k`` env steps, so that long training runs stay short in agent steps.
+        reward_baseline: ``"none"``, or ``"uniform_twin"``: a twin autoencoder from the same
+            initialisation trains in lockstep on uniform batches from its own random stream, and the
+            potential is the separation gained over the twin's, ``S_t - S_t^twin``. Most of the
+            initialisation's effect on the separation cancels in the difference.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -184,6 +193,8 @@ class EnvConfig:
     reward_mode: RewardMode = "dense"
     context_window: int = 0
     history: int = 10
+    decision_interval: int = 1
+    reward_baseline: RewardBaseline = "none"
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -224,11 +235,23 @@ class EnvConfig:
             f"must be 0 or an odd side <= image_size ({self.data.image_size}), got {self.context_window}",
         )
         _check(self.history >= 1, "history", f"must be >= 1, got {self.history}")
+        _check(self.decision_interval >= 1, "decision_interval", f"must be >= 1, got {self.decision_interval}")
+        _check(
+            self.episode_length % self.decision_interval == 0,
+            "decision_interval",
+            f"episode_length ({self.episode_length}) must be a multiple of it, got {self.decision_interval}",
+        )
+        _check_choice(self.reward_baseline, "reward_baseline", REWARD_BASELINES)
 
     @property
     def stride(self) -> int:
         """Stride of the patch grid."""
         return self.patch_stride if self.patch_stride is not None else max(1, self.patch_size // 2)
+
+    @property
+    def n_steps(self) -> int:
+        """Env steps per episode: ``episode_length / decision_interval``."""
+        return self.episode_length // self.decision_interval
 
     @property
     def n_groups(self) -> int:

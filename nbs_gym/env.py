@@ -20,6 +20,14 @@ from nbs_gym.data import AnomalyDataset, SemiSupervisedSplit, load_dataset, make
 from nbs_gym.profiles import LossProfiles
 from nbs_gym.separation import SeparationTracker, separation, separation_pixels, snapshot_features
 
+# The info["rewards"] term that is the reward, by (reward_baseline, reward_mode).
+_REWARD_TERM = {
+    ("none", "dense"): "separation_gain",
+    ("none", "terminal"): "final_separation",
+    ("uniform_twin", "dense"): "paired_gain",
+    ("uniform_twin", "terminal"): "final_paired_separation",
+}
+
 # Observation values are log10-losses, their changes, shares and progress; the bound only guards
 # against overflow (a loss of exactly zero), real values stay within about [-10, 1].
 OBS_BOUND = 20.0
@@ -81,6 +89,20 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
       return of an episode is then exactly ``S_T - S_0``.
     * ``final_separation``: ``S_T`` at the last step, else 0 — the reward when ``reward_mode="terminal"``.
 
+    With ``reward_baseline="uniform_twin"`` a twin autoencoder starts from the same weights and trains in
+    lockstep on uniform batches of its own seeded stream (it never sees the agent's batches); its
+    separation ``S_t^twin`` is measured at the same snapshots, and the potential becomes
+    ``S_t - S_t^twin`` (0 at the start). Three more terms:
+
+    * ``twin_separation_gain``: ``S_t^twin - S_{t-1}^twin``.
+    * ``paired_gain``: ``separation_gain - twin_separation_gain`` — the dense reward with the twin; the
+      return is ``S_T - S_T^twin``, the separation gained over uniform sampling from the same start.
+    * ``final_paired_separation``: ``S_T - S_T^twin`` at the last step, else 0 — the terminal reward
+      with the twin.
+
+    With ``decision_interval`` k, each term is summed over the step's k updates (a potential difference
+    over the step), so the return is the same.
+
     ## Starting State
 
     Autoencoder weights drawn from a torch generator seeded from ``np_random``, a fresh Adam state, the
@@ -88,8 +110,8 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
 
     ## Episode End
 
-    * Termination: after ``episode_length`` updates (the horizon is part of the task; progress is
-      observed).
+    * Termination: after ``episode_length`` updates, that is ``episode_length / decision_interval`` env
+      steps (the horizon is part of the task; progress is observed).
     * Truncation: never by the env itself; a ``TimeLimit`` wrapper may add it.
 
     ## Arguments
@@ -110,15 +132,36 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
     | reward_mode      | str        | "dense"       | "dense" or "terminal"                                |
     | context_window   | int        | 0             | odd box side whose mean losses join the reward's     |
     |                  |            |               | features (0: each pixel's own profile only)          |
+    | decision_interval| int        | 1             | updates per env step, all with one composition       |
+    | reward_baseline  | str        | "none"        | "none" or "uniform_twin" (gain over a uniform twin)  |
     | device           | str        | "auto"        | "cpu", "cuda[:N]" or "auto"                          |
     | profile_dir      | str | None | None          | folder to write each finished episode's profiles    |
     | config           | EnvConfig  | None          | a whole config; flat keywords (the id's              |
     |                  |            |               | ``action_mode`` among them) override its fields      |
     | dataset_object   | AnomalyDataset | None      | an already loaded dataset (skips loading ``dataset``)|
 
+    ## Info
+
+    Every ``reset`` and ``step`` returns an ``info`` dict with:
+
+    | key                 | meaning                                                                 |
+    |---------------------|-------------------------------------------------------------------------|
+    | step                | updates done this episode                                               |
+    | separation          | ``S_t``, the separation of L's profiles so far                          |
+    | initial_separation  | ``S_0``                                                                 |
+    | rewards             | every reward term of this step (see Rewards)                            |
+    | ae_loss             | mean training loss of the last batch                                    |
+    | batch_composition   | probability of each group for the step's batches (float32)              |
+    | snapshot            | whether a snapshot of the loss maps was taken during this step          |
+    | n_snapshots         | snapshots taken so far                                                  |
+    | twin_separation     | ``S_t^twin`` (``reward_baseline="uniform_twin"`` only)                  |
+    | profile_path        | where the finished episode's profiles were written (last step, with     |
+    |                     | ``profile_dir`` only)                                                   |
+
     ## Version History
 
-    * v0: Initial version.
+    * v0: Initial version. Later options (``decision_interval``, ``reward_baseline``) default to the v0
+      behaviour, so v0 trajectories are unchanged.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -139,8 +182,10 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         self.profile_dir = Path(profile_dir) if profile_dir is not None else None
         cfg, data = self.config, self.config.data
 
-        dataset = dataset_object if dataset_object is not None else load_dataset(
-            data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels
+        dataset = (
+            dataset_object
+            if dataset_object is not None
+            else load_dataset(data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels)
         )
         if dataset.image_size != data.image_size:
             raise ConfigError(f"image_size: {data.image_size}, but the dataset's images are {dataset.image_size}")
@@ -166,6 +211,9 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         self._pool_rows = np.searchsorted(snapshot_index, pool)
         self._probe_rows = np.searchsorted(snapshot_index, probe)
         self._snapshot_images = torch.as_tensor(dataset.images[snapshot_index], device=self.device)
+        self._labeled_images = self._snapshot_images[torch.as_tensor(self._probe_rows[: len(self.split.labeled)])]
+        self._twin = AutoencoderTrainer(dataset.channels, cfg.autoencoder) if cfg.reward_baseline != "none" else None
+        self._snapshot_in_step = False
         # The probe images of every episode's profiles, shared read-only.
         self._probe_images = dataset.images[probe]
         self._probe_images.flags.writeable = False
@@ -195,20 +243,31 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
         if self._step_count >= self.config.episode_length:
             raise RuntimeError("step() called after the episode terminated; call reset() first")
-        patch_ids = self._begin_step(self.batch_composition(action))
-        per_patch = self.trainer.update(self._gather_patches(patch_ids))
-        snapshot = None
-        if self._snapshot_due:
-            snapshot = self._snapshots_to_host(self.trainer.loss_maps(self._snapshot_images)[None])[0]
-        return self._finish_step(per_patch.cpu().numpy(), snapshot)
+        composition = self.batch_composition(action)
+        self._begin_step()
+        for _ in range(self.config.decision_interval):
+            patch_ids = self._begin_update(composition)
+            per_patch = self.trainer.update(self._gather_patches(patch_ids))
+            snapshot = None
+            if self._snapshot_due:
+                snapshot = self._snapshots_to_host(self.trainer.loss_maps(self._snapshot_images)[None])[0]
+            self._finish_update(per_patch.cpu().numpy(), snapshot)
+        return self._finish_step()
 
     # The phases below split reset() and step() around the autoencoder's work, so that the vector env
     # can run that work for all its sub-environments in one batched computation.
 
     def _begin_episode(self) -> torch.Generator:
-        """Draw the episode's seed from ``np_random``; returns the generator the weights are drawn from."""
+        """Draw the episode's seed from ``np_random``; returns the generator the weights are drawn from.
+
+        With the uniform twin, the twin gets the same initial weights and a patch stream of its own,
+        seeded by a second draw from ``np_random``.
+        """
         self._episode += 1
         self._episode_seed = int(self.np_random.integers(2**63 - 1))
+        if self._twin is not None:
+            self._twin.reset(torch.Generator().manual_seed(self._episode_seed))
+            self._twin_rng = np.random.default_rng(int(self.np_random.integers(2**63 - 1)))
         return torch.Generator().manual_seed(self._episode_seed)
 
     def _finish_reset(self, snapshot: Snapshot) -> tuple[np.ndarray, dict[str, Any]]:
@@ -230,6 +289,12 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
             self._reward_features(probe_maps[:n_labeled]), self._separation_labels, cfg.reward
         )
         self._separation = self._previous_separation = self._initial_separation
+        if self._twin is not None:
+            # The twin starts from the agent's very weights, so its initial separation is the agent's.
+            self._twin_tracker = SeparationTracker(
+                self._separation_labels, cfg.reward, max_columns=k * columns_per_snapshot
+            )
+            self._twin_separation = self._previous_twin_separation = self._initial_separation
         self._levels_at_snapshot = self._group_levels()
         self._recent_counts: deque[np.ndarray] = deque(maxlen=cfg.history)
         self._position_counts = np.zeros(self._n_positions, dtype=np.int64)
@@ -238,7 +303,13 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         self._last_composition = self._group_sizes / self._group_sizes.sum()
         return self._observation(), self._info(snapshot=False)
 
-    def _begin_step(self, composition: np.ndarray) -> np.ndarray:
+    def _begin_step(self) -> None:
+        """Start an env step: the potential the step's reward is measured from."""
+        self._previous_separation = self._separation
+        if self._twin is not None:
+            self._previous_twin_separation = self._twin_separation
+
+    def _begin_update(self, composition: np.ndarray) -> np.ndarray:
         """Draw the batch of a composition (see ``batch_composition``); returns the patch ids to train on."""
         patch_ids, group_counts = self._draw(composition)
         self._recent_counts.append(group_counts)
@@ -252,22 +323,27 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         """Whether the update now being done is followed by a snapshot of the loss maps."""
         return self._step_count + 1 in self._snapshot_at
 
-    def _finish_step(
-        self, per_patch: np.ndarray, snapshot: Snapshot | None
-    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Bookkeeping after the update: patch losses, snapshot (when due), reward, observation."""
+    def _finish_update(self, per_patch: np.ndarray, snapshot: Snapshot | None) -> None:
+        """Bookkeeping after one update: patch losses, the twin's update, the snapshot (when due)."""
         self._patch_loss[self._pending_patch_ids] = per_patch
         self._batch_loss = float(per_patch.mean())
+        if self._twin is not None:
+            ids = self._twin_rng.integers(0, len(self._patch_loss), size=self.config.batch_size)
+            self._twin.update(self._gather_patches(ids))
         self._step_count += 1
-        self._previous_separation = self._separation
+        self._snapshot_in_step = self._snapshot_in_step or snapshot is not None
         if snapshot is not None:
             self._take_snapshot(snapshot)
         else:
             self._restratify()
+
+    def _finish_step(self) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """The end of an env step (``decision_interval`` updates): reward, observation, info, profiles."""
         terminated = self._step_count == self.config.episode_length
         rewards = self._rewards(terminated)
-        reward = rewards["separation_gain" if self.config.reward_mode == "dense" else "final_separation"]
-        info = self._info(snapshot=snapshot is not None, rewards=rewards)
+        reward = rewards[_REWARD_TERM[self.config.reward_baseline, self.config.reward_mode]]
+        info = self._info(snapshot=self._snapshot_in_step, rewards=rewards)
+        self._snapshot_in_step = False
         if terminated:
             self.last_profiles = self._episode_profiles()
             if self.profile_dir is not None:
@@ -339,6 +415,8 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         sibling._np_random = None
         sibling._np_random_seed = None
         sibling.trainer = None
+        if self._twin is not None:  # each sibling's twin trains on its own, outside the batched engine
+            sibling._twin = AutoencoderTrainer(self._snapshot_images.shape[1], self.config.autoencoder)
         sibling.profile_dir = profile_dir
         sibling._episode = -1
         sibling.last_profiles = None
@@ -453,6 +531,9 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         self._display_map = self._loss_maps[self._n_snapshots, self._display_probe]
         self._n_snapshots += 1
         self._separation = self._separation_tracker.add(self._reward_features(probe_maps[: len(self.split.labeled)]))
+        if self._twin is not None:
+            twin_maps = self._twin.loss_maps(self._labeled_images).cpu().numpy()
+            self._twin_separation = self._twin_tracker.add(self._reward_features(twin_maps))
         self._levels_at_snapshot = self._group_levels()
 
     def _restratify(self, from_scratch: bool = False) -> None:
@@ -486,10 +567,15 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         return snapshot_features(labeled_maps, self._separation_pixels, self.config.context_window)
 
     def _rewards(self, terminated: bool) -> dict[str, float]:
-        return {
-            "separation_gain": float(self._separation - self._previous_separation),
-            "final_separation": float(self._separation) if terminated else 0.0,
-        }
+        gain = float(self._separation - self._previous_separation)
+        rewards = {"separation_gain": gain, "final_separation": float(self._separation) if terminated else 0.0}
+        if self._twin is not None:
+            twin_gain = float(self._twin_separation - self._previous_twin_separation)
+            rewards["twin_separation_gain"] = twin_gain
+            rewards["paired_gain"] = gain - twin_gain
+            paired = float(self._separation - self._twin_separation)
+            rewards["final_paired_separation"] = paired if terminated else 0.0
+        return rewards
 
     def _group_levels(self) -> np.ndarray:
         if self.config.action_mode == "spatial":
@@ -513,7 +599,7 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         return np.clip(observation, -OBS_BOUND, OBS_BOUND).astype(np.float32)
 
     def _info(self, snapshot: bool, rewards: dict[str, float] | None = None) -> dict[str, Any]:
-        return {
+        info = {
             "step": self._step_count,
             "separation": float(self._separation),
             "initial_separation": float(self._initial_separation),
@@ -523,6 +609,9 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
             "snapshot": snapshot,
             "n_snapshots": self._n_snapshots,
         }
+        if self._twin is not None:
+            info["twin_separation"] = float(self._twin_separation)
+        return info
 
     def _sampling_coverage(self) -> np.ndarray:
         """How often each pixel location was inside a sampled patch this episode, summed over images."""

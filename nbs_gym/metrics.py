@@ -252,8 +252,7 @@ def _validated(scores: ArrayLike, masks: ArrayLike) -> tuple[NDArray[np.floating
     masks_arr = np.asarray(masks)
     if scores_arr.shape != masks_arr.shape:
         raise ValueError(
-            "scores and masks must have the same shape, "
-            f"got scores {scores_arr.shape} and masks {masks_arr.shape}."
+            f"scores and masks must have the same shape, got scores {scores_arr.shape} and masks {masks_arr.shape}."
         )
     if scores_arr.size == 0:
         raise ValueError("scores and masks are empty.")

@@ -126,7 +126,8 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
         return observations, infos
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """One batched update of every sub-environment's autoencoder, each on the batch its action composes."""
+        """``decision_interval`` batched updates of every sub-environment's autoencoder, each on batches its
+        action composes."""
         if not self._started.all():
             raise ResetNeeded("step() called before reset(); call reset() first")
         if len(actions) != self.num_envs:
@@ -138,18 +139,23 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
                 compositions.append(env.batch_composition(action))
             except ValueError as error:
                 raise ValueError(f"actions[{i}]: {error}") from None
-        patch_ids = np.concatenate([env._begin_step(c) for env, c in zip(self.envs, compositions, strict=True)])
-        patches = self._gather_patches(patch_ids)
-        per_patch = self.engine.update(patches.view(self.num_envs, -1, *patches.shape[1:])).cpu().numpy()
-        # Sub-environments snapshot at the same steps unless a partial reset put them out of step.
-        due = [i for i, env in enumerate(self.envs) if env._snapshot_due]
-        snapshots = dict(zip(due, self._snapshots(due), strict=True)) if due else {}
+        for env in self.envs:
+            env._begin_step()
+        for _ in range(self.config.decision_interval):
+            patch_ids = np.concatenate([env._begin_update(c) for env, c in zip(self.envs, compositions, strict=True)])
+            patches = self._gather_patches(patch_ids)
+            per_patch = self.engine.update(patches.view(self.num_envs, -1, *patches.shape[1:])).cpu().numpy()
+            # Sub-environments snapshot at the same steps unless a partial reset put them out of step.
+            due = [i for i, env in enumerate(self.envs) if env._snapshot_due]
+            snapshots = dict(zip(due, self._snapshots(due), strict=True)) if due else {}
+            for i, env in enumerate(self.envs):
+                env._finish_update(per_patch[i], snapshots.get(i))
 
         observations, step_infos, rewards = [], [], np.zeros(self.num_envs)
         terminations = np.zeros(self.num_envs, dtype=bool)
         truncations = np.zeros(self.num_envs, dtype=bool)
         for i, env in enumerate(self.envs):
-            step = env._finish_step(per_patch[i], snapshots.get(i))
+            step = env._finish_step()
             observation, rewards[i], terminations[i], truncations[i], info = step
             observations.append(observation)
             step_infos.append(info)
@@ -259,8 +265,7 @@ class SB3VecEnv(VecEnv):
         self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
     ) -> list[Any]:
         return [
-            _attribute(self._sub_env(i), method_name)(*method_args, **method_kwargs)
-            for i in self._get_indices(indices)
+            _attribute(self._sub_env(i), method_name)(*method_args, **method_kwargs) for i in self._get_indices(indices)
         ]
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:

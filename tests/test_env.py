@@ -251,6 +251,9 @@ def test_bad_discrete_action_is_a_value_error(action) -> None:
         ({"action_mode": "spatial", "spatial_grid": 30, "patch_size": 32}, "spatial_grid"),
         ({"batchsize": 8}, "batchsize"),
         ({"device": "tpu"}, "device"),
+        ({"decision_interval": 0}, "decision_interval"),
+        ({"decision_interval": 3}, "decision_interval"),  # does not divide episode_length 20
+        ({"reward_baseline": "twin"}, "reward_baseline"),
     ],
 )
 def test_invalid_config_is_rejected_at_construction_naming_the_field(kwargs: dict, field: str) -> None:
@@ -328,3 +331,89 @@ def test_uniform_episode_profiles_carry_the_anomaly_signal() -> None:
     final = maps[-1]
     assert final[masks].mean() > 1.5 * final[~masks].mean()
     assert infos[-1]["separation"] > 0.6
+
+
+OPTIONS = [
+    {"reward_baseline": "uniform_twin"},
+    {"decision_interval": 4},
+    {"reward_baseline": "uniform_twin", "decision_interval": 5},
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+def test_checkers_pass_with_the_twin_and_a_decision_interval(options: dict) -> None:
+    env = make(**options).unwrapped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gym_check_env(env)
+        sb3_check_env(env, warn=True)
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+def test_same_seed_and_actions_give_identical_rewards_with_the_twin_and_an_interval(options: dict) -> None:
+    actions = [make(**options).action_space.sample() for _ in range(SMALL["episode_length"])]
+    first, second = (rollout(make(**options), 5, actions) for _ in range(2))
+    assert first[1] == second[1]
+    for a, b in zip(first[0], second[0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert [i.get("twin_separation") for i in first[2]] == [i.get("twin_separation") for i in second[2]]
+
+
+def test_the_uniform_twin_never_sees_the_agents_batches() -> None:
+    """Under two very different action sequences the twin's separation is the same, step for step."""
+    n = SMALL["episode_length"]
+    top_only, bottom_only = np.array([-1, -1, -1, -1, 1.0]), np.array([1, -1, -1, -1, -1.0])
+    runs = [rollout(make(reward_baseline="uniform_twin"), 2, [action] * n) for action in (top_only, bottom_only)]
+    twin = [[info["twin_separation"] for info in infos] for _, _, infos in runs]
+    agent = [[info["separation"] for info in infos] for _, _, infos in runs]
+    assert twin[0] == twin[1]
+    assert agent[0] != agent[1]
+    # And the twin is uniform sampling itself: with the zero action the agent's autoencoder and the
+    # twin start alike but draw different batches, so their separations part.
+    _, _, infos = rollout(make(reward_baseline="uniform_twin"), 2, [np.zeros(5)] * n)
+    assert infos[0]["twin_separation"] == infos[0]["separation"]
+    assert infos[-1]["twin_separation"] == twin[0][-1]
+    assert infos[-1]["separation"] != infos[-1]["twin_separation"]
+
+
+@pytest.mark.parametrize("mode", ["dense", "terminal"])
+def test_the_twin_return_is_the_final_separation_gained_over_the_twin(mode: str) -> None:
+    env = make(reward_baseline="uniform_twin", reward_mode=mode)
+    _, rewards, infos = rollout(env, 1, [env.action_space.sample() for _ in range(SMALL["episode_length"])])
+    last = infos[-1]
+    assert sum(rewards) == pytest.approx(last["separation"] - last["twin_separation"], abs=1e-12)
+    terms = last["rewards"]
+    assert terms["paired_gain"] == pytest.approx(terms["separation_gain"] - terms["twin_separation_gain"])
+    assert terms["final_paired_separation"] == pytest.approx(last["separation"] - last["twin_separation"])
+    if mode == "terminal":
+        assert all(reward == 0.0 for reward in rewards[:-1])
+
+
+def test_a_decision_interval_holds_the_composition_for_k_updates_and_keeps_the_return() -> None:
+    k, length = 4, SMALL["episode_length"]
+    env = make(decision_interval=k)
+    observation, _ = env.reset(seed=0)
+    progress_index = 3 * 5
+    steps, rewards = 0, []
+    terminated = False
+    while not terminated:
+        observation, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        steps += 1
+        rewards.append(reward)
+        assert info["step"] == steps * k
+        assert observation[progress_index] == pytest.approx(steps * k / length)
+    assert steps == length // k
+    assert sum(rewards) == pytest.approx(info["separation"] - info["initial_separation"], abs=1e-12)
+    assert info["n_snapshots"] == SMALL["profile_length"]
+
+
+def test_a_decision_interval_of_k_equals_k_repeated_single_update_steps() -> None:
+    k, length = 5, SMALL["episode_length"]
+    actions = [make().action_space.sample() for _ in range(length // k)]
+    held = rollout(make(decision_interval=k), 9, actions)
+    repeated = rollout(make(), 9, [action for action in actions for _ in range(k)])
+    for j in range(len(actions) + 1):
+        np.testing.assert_array_equal(held[0][j], repeated[0][j * k])
+    assert held[2][-1]["separation"] == repeated[2][-1]["separation"]
+    grouped = [sum(repeated[1][j * k : (j + 1) * k]) for j in range(len(actions))]
+    np.testing.assert_allclose(held[1], grouped, atol=1e-12)

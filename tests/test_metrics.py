@@ -36,9 +36,7 @@ def random_batch(seed: int, shape: tuple[int, int, int] = (4, 12, 12)) -> tuple[
     return scores, masks
 
 
-def reference_aupro(
-    scores: NDArray, masks: NDArray, fpr_limit: float, thresholds: NDArray | None = None
-) -> float:
+def reference_aupro(scores: NDArray, masks: NDArray, fpr_limit: float, thresholds: NDArray | None = None) -> float:
     """AUPRO by a loop over thresholds and regions, integrated segment by segment."""
     eight_connected = np.ones((3, 3), dtype=bool)
     regions = []

@@ -246,6 +246,28 @@ def test_vector_env_matches_gymnasiums_sync_vector_env_of_single_envs(env_id: st
             assert not terminations.any()
 
 
+@pytest.mark.parametrize(
+    "options", [{"reward_baseline": "uniform_twin"}, {"decision_interval": 4, "reward_baseline": "uniform_twin"}]
+)
+def test_vector_env_with_the_twin_and_an_interval_matches_single_envs(options: dict) -> None:
+    n, seed = 2, 30
+    venv = make_vec(n, **options)
+    singles = [gym.make("nbs_gym/NeuralBatchSampling-v0", **SMALL, **options) for _ in range(n)]
+    observations, _ = venv.reset(seed=seed)
+    expected = [single.reset(seed=seed + i)[0] for i, single in enumerate(singles)]
+    np.testing.assert_allclose(observations, np.stack(expected), atol=1e-5)
+    venv.action_space.seed(1)
+    for _ in range(SMALL["episode_length"] // options.get("decision_interval", 1)):
+        actions = venv.action_space.sample()
+        observations, rewards, terminations, _, infos = venv.step(actions)
+        steps = [single.step(action) for single, action in zip(singles, actions, strict=True)]
+        np.testing.assert_allclose(rewards, [step[1] for step in steps], atol=1e-6)
+        np.testing.assert_array_equal(terminations, [step[2] for step in steps])
+    finals = infos["final_info"]
+    np.testing.assert_allclose(finals["twin_separation"], [step[4]["twin_separation"] for step in steps], atol=1e-6)
+    assert terminations.all()
+
+
 def test_vector_env_spaces_and_seeded_reset_are_consistent() -> None:
     venv = make_vec(2)
     assert isinstance(venv.unwrapped, NeuralBatchSamplingVectorEnv)
