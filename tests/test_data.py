@@ -95,6 +95,44 @@ def test_defect_mask_is_exactly_the_changed_pixels(category: str, defect: str) -
         assert saturated.mean() < 0.25
 
 
+@pytest.mark.parametrize("defect", [None, "stain"])
+def test_contaminated_training_images_hold_exactly_masked_unlabeled_defects(
+    fabric: AnomalyDataset, defect: str | None
+) -> None:
+    dirty = load_dataset("synthetic", contamination=0.2, contaminating_defect=defect)
+    train = np.flatnonzero(fabric.is_train)
+    hidden = train[:12]  # round(0.2 * 60) training images, the first ones
+    assert np.array_equal(dirty.is_train, fabric.is_train) and dirty.names == fabric.names
+    assert dirty.masks[hidden].any(axis=(1, 2)).all() and not dirty.masks[train[12:]].any()
+    expected = [defect or DEFECT_TYPES[i % len(DEFECT_TYPES)] for i in range(12)]
+    assert [dirty.defect_types[i] for i in hidden] == expected
+    # Each is the clean training image with one defect: the mask is exactly the pixels that changed.
+    changed = dirty.images[hidden, 0] != fabric.images[hidden, 0]
+    assert np.array_equal(changed, dirty.masks[hidden])
+    np.testing.assert_array_equal(
+        dirty.images[~np.isin(np.arange(fabric.n_images), hidden)],
+        fabric.images[~np.isin(np.arange(fabric.n_images), hidden)],
+    )
+    # The split labels test images only, and the same ones as without contamination.
+    assert make_split(dirty).labeled == make_split(fabric).labeled
+    assert make_split(dirty).train == make_split(fabric).train
+
+
+@pytest.mark.parametrize("defect", DEFECT_TYPES)
+def test_defect_contrast_scales_the_change_and_keeps_the_mask_exact(defect: str) -> None:
+    """Against the defect-free texture (private helpers): half the contrast, half the change."""
+    for index in range(3):
+        texture = _TEXTURES["fabric"](np.random.default_rng([12, index]), 64)
+        full, full_mask = _add_defect(np.random.default_rng([13, index]), defect, texture)
+        faint, faint_mask = _add_defect(np.random.default_rng([13, index]), defect, texture, 0.5)
+        change = np.abs(faint.astype(np.float32) - texture.image.astype(np.float32))
+        assert np.array_equal(change > 0, faint_mask)
+        both = full_mask & faint_mask
+        assert both.sum() >= 0.8 * faint_mask.sum()
+        ratio = change[both] / np.abs(full - texture.image)[both]
+        assert abs(float(np.median(ratio)) - 0.5) < 0.05, (index, float(np.median(ratio)))
+
+
 def test_synthetic_good_test_images_are_fresh_draws(fabric: AnomalyDataset) -> None:
     goods = fabric.images[~fabric.is_anomalous, 0]
     assert len({g.tobytes() for g in goods}) == len(goods)
@@ -122,6 +160,9 @@ def test_synthetic_default_generation_is_fast() -> None:
         ({"seed": -1}, "seed"),
         ({"n_train": 0}, "n_train"),
         ({"n_test_per_defect": -2}, "n_test_per_defect"),
+        ({"contamination": 1.5}, "contamination"),
+        ({"contaminating_defect": "dent"}, "contaminating_defect"),
+        ({"defect_contrast": 0.0}, "defect_contrast"),
     ],
 )
 def test_synthetic_rejects_bad_arguments(kwargs: dict[str, int], field: str) -> None:
@@ -158,7 +199,7 @@ def test_dataset_validation_names_the_field(fabric: AnomalyDataset) -> None:
     broken = {
         "images": fabric.images.astype(np.float64),
         "masks": fabric.masks[:, :10],
-        "is_train": ~fabric.is_train,  # marks anomalous images as training images
+        "is_train": fabric.is_train.astype(np.int64),
         "names": fabric.names[:-1] + fabric.names[:1],  # a repeated name
         "defect_types": fabric.defect_types[:-1],
     }

@@ -26,15 +26,17 @@ class DatasetError(ValueError):
 class AnomalyDataset:
     """Images of one texture or object category with their per-pixel anomaly masks.
 
-    All images share one square size and one channel count. Normal training images (``is_train``) are
-    always ``"good"``; test images are good or carry one defect type and a pixel mask.
+    All images share one square size and one channel count. Training images (``is_train``) are meant to
+    be normal: folder datasets hold only good ones, while a synthetic dataset can be *contaminated*
+    (training images with a defect nobody labeled, whose type and mask are kept for mask-reading
+    references only). Test images are good or carry one defect type and a pixel mask.
 
     Attributes:
         spec: The spec string the dataset was loaded from, in canonical form (``"synthetic:fabric"``,
             ``"mvtec:/abs/path"``).
         images: ``(N, C, H, W)`` float32 in ``[0, 1]``; ``C`` is 1 (grayscale) or 3 (RGB), ``H == W``.
         masks: ``(N, H, W)`` bool, True on anomalous pixels; all False for good images.
-        is_train: ``(N,)`` bool, True for the normal training images (``train/good``).
+        is_train: ``(N,)`` bool, True for the training images (``train/good``).
         defect_types: Per image, ``"good"`` or the defect type name.
         names: Per image, a stable unique id such as ``"train/good/000"`` or ``"test/hole/003"``.
 
@@ -89,8 +91,6 @@ class AnomalyDataset:
         repeated = sorted(name for name, count in Counter(self.names).items() if count > 1)
         _check(not repeated, "names", f"must be unique, repeated: {repeated[:5]}")
         good = ~self.is_anomalous
-        bad_train = [self.names[i] for i in np.flatnonzero(is_train & ~good)]
-        _check(not bad_train, "is_train", f"training images must be good, not: {bad_train[:5]}")
         bad_masks = [self.names[i] for i in np.flatnonzero(good & masks.any(axis=(1, 2)))]
         _check(not bad_masks, "masks", f"good images must have empty masks, not: {bad_masks[:5]}")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from nbs_gym.data.base import AnomalyDataset, DatasetError
 from nbs_gym.data.mvtec import load_mvtec
 from nbs_gym.data.synthetic import DEFAULT_CATEGORY, SYNTHETIC_CATEGORIES, generate_synthetic
@@ -20,7 +22,7 @@ def load_dataset(
     image_size: int = 64,
     seed: int = 0,
     channels: int | None = None,
-    **synthetic_sizes: int,
+    **synthetic_options: Any,
 ) -> AnomalyDataset:
     """Load the dataset a spec string names.
 
@@ -30,8 +32,9 @@ def load_dataset(
         image_size: Side length of the returned images, in pixels (synthetic: at least 32).
         seed: Seed of the synthetic generator; folder datasets ignore it.
         channels: 1 or 3 to convert, None to keep the source's channels (synthetic: 1).
-        **synthetic_sizes: ``n_train``, ``n_test_good`` and ``n_test_per_defect`` of
-            :func:`~nbs_gym.data.synthetic.generate_synthetic`; synthetic specs only.
+        **synthetic_options: Keyword arguments of :func:`~nbs_gym.data.synthetic.generate_synthetic`
+            (``n_train``, ``n_test_good``, ``n_test_per_defect``, ``contamination``,
+            ``contaminating_defect``, ``defect_contrast``); synthetic specs only.
 
     Returns:
         The dataset, its ``spec`` in canonical form (``"synthetic:fabric"``, ``"mvtec:/abs/path"``).
@@ -51,10 +54,10 @@ def load_dataset(
     scheme, separator, argument = spec.partition(":")
     if scheme == "synthetic":
         category = argument if separator else DEFAULT_CATEGORY
-        dataset = generate_synthetic(category, image_size=image_size, seed=seed, **synthetic_sizes)
+        dataset = generate_synthetic(category, image_size=image_size, seed=seed, **synthetic_options)
     elif scheme == "mvtec" and argument:
-        if synthetic_sizes:
-            names = ", ".join(sorted(synthetic_sizes))
+        if synthetic_options:
+            names = ", ".join(sorted(synthetic_options))
             raise DatasetError(f"{names} only apply to synthetic datasets, not {spec!r}")
         dataset = load_mvtec(argument, image_size=image_size)
     else:

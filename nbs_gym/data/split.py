@@ -187,21 +187,22 @@ def make_split(
     if not isinstance(transductive, bool):
         raise DatasetError(f"transductive must be a bool, got {transductive!r}")
     anomalous = dataset.is_anomalous
-    if not anomalous.any():
+    test = ~dataset.is_train
+    if not (anomalous & test).any():
         raise DatasetError(f"dataset {dataset.spec}: no anomalous test images, so nothing can be labeled")
 
     rng = np.random.default_rng(seed)
     defect_types = np.array(dataset.defect_types)
     labeled: list[int] = []
+    # Only test images are labeled: a contaminated training image's defect is, by definition, unknown.
     for defect in dataset.defect_type_names:
-        members = rng.permutation(np.flatnonzero(defect_types == defect))
+        members = rng.permutation(np.flatnonzero((defect_types == defect) & test))
         labeled += members[: min(n_labeled_anomalous_per_type, len(members) // 2)].tolist()
     if n_labeled_anomalous_per_type > 0 and not labeled:
         warnings.warn(
             f"dataset {dataset.spec}: no defect type has two images, so no anomalous image is labeled",
             stacklevel=2,
         )
-    test = ~dataset.is_train
     good_test = rng.permutation(np.flatnonzero(test & ~anomalous))
     n_normal = min(n_labeled_normal, len(good_test) - 1 if len(good_test) >= 2 else len(good_test))
     labeled += good_test[:n_normal].tolist()

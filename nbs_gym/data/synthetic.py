@@ -59,6 +59,9 @@ def generate_synthetic(
     n_train: int = 60,
     n_test_good: int = 20,
     n_test_per_defect: int = 10,
+    contamination: float = 0.0,
+    contaminating_defect: str | None = None,
+    defect_contrast: float = 1.0,
 ) -> AnomalyDataset:
     """Generate a synthetic texture dataset.
 
@@ -69,6 +72,15 @@ def generate_synthetic(
         n_train: Normal training images (``train/good/*``), at least 1.
         n_test_good: Normal test images (``test/good/*``).
         n_test_per_defect: Anomalous test images per defect type (``test/<defect>/*``).
+        contamination: Share of the training images that hold a defect nobody labeled, as a training
+            set collected without inspection does (their masks are kept, for mask-reading references
+            only; the split treats them as normal training images). 0 keeps ``train/good`` clean.
+        contaminating_defect: The defect type of every contaminated training image (one frequent type
+            that an autoencoder trained on uniform batches learns to reconstruct); ``None`` cycles
+            through :data:`DEFECT_TYPES`.
+        defect_contrast: Factor in (0, 1] on the intensity change of every defect (test images and
+            contaminated training images alike): 1 gives the defects as drawn, smaller values fainter
+            ones. The mask stays the set of pixels that changed by at least 2.5 grey levels.
 
     Returns:
         A grayscale dataset with spec ``"synthetic:<category>"``: the training images, then the good test
@@ -84,6 +96,16 @@ def generate_synthetic(
     check_int(n_train, "n_train", 1)
     check_int(n_test_good, "n_test_good", 0)
     check_int(n_test_per_defect, "n_test_per_defect", 0)
+    if not (isinstance(contamination, (int, float)) and 0.0 <= contamination <= 1.0):
+        raise DatasetError(f"contamination: must be a share in [0, 1], got {contamination!r}")
+    if contaminating_defect is not None and contaminating_defect not in DEFECT_TYPES:
+        raise DatasetError(
+            f"contaminating_defect: unknown defect type {contaminating_defect!r}; "
+            f"choose one of {', '.join(DEFECT_TYPES)}"
+        )
+    if not (isinstance(defect_contrast, (int, float)) and 0.0 < defect_contrast <= 1.0):
+        raise DatasetError(f"defect_contrast: must be in (0, 1], got {defect_contrast!r}")
+    n_contaminated = round(contamination * n_train)
 
     draw_texture = _TEXTURES[category]
     category_key = SYNTHETIC_CATEGORIES.index(category)
@@ -100,14 +122,20 @@ def generate_synthetic(
         for index in range(count):
             rng = np.random.default_rng([seed, category_key, group_key, index])
             texture = draw_texture(rng, image_size)
-            if defect == GOOD:
+            hidden = split == "train" and index < n_contaminated
+            defect_drawn = defect
+            if defect == GOOD and not hidden:
                 image, mask = texture.image, np.zeros((image_size, image_size), dtype=bool)
             else:
-                image, mask = _add_defect(rng, defect, texture)
+                if hidden:  # a stream of its own, so the texture is the clean training image's
+                    rng = np.random.default_rng([seed, category_key, group_key, index, 1])
+                    cycled = DEFECT_TYPES[index % len(DEFECT_TYPES)]
+                    defect_drawn = contaminating_defect if contaminating_defect is not None else cycled
+                image, mask = _add_defect(rng, defect_drawn, texture, defect_contrast)
             images.append(image)
             masks.append(mask)
             names.append(f"{split}/{defect}/{index:0{digits}d}")
-            defect_types.append(defect)
+            defect_types.append(defect_drawn)
             is_train.append(split == "train")
     return AnomalyDataset(
         spec=f"synthetic:{category}",
@@ -198,12 +226,17 @@ _TEXTURES: dict[str, Callable[[np.random.Generator, int], _Texture]] = {
 }
 
 
-def _add_defect(rng: np.random.Generator, defect: str, texture: _Texture) -> tuple[np.ndarray, np.ndarray]:
-    """Return the texture with one ``defect`` and the mask of exactly the pixels it changed."""
+def _add_defect(
+    rng: np.random.Generator, defect: str, texture: _Texture, contrast: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the texture with one ``defect`` (its change scaled by ``contrast``) and the mask of exactly
+    the pixels it changed."""
     draw = _DEFECTS[defect]
     size = texture.image.shape[0]
     for _ in range(_MAX_DRAWS):
         candidate, region = draw(rng, texture)
+        if contrast != 1.0:
+            candidate = texture.image + contrast * (candidate - texture.image)
         candidate = np.clip(candidate, 0.0, 1.0)
         changed = region & (np.abs(candidate - texture.image) >= _MIN_CHANGE)
         if MIN_COVERAGE <= changed.mean() <= MAX_COVERAGE:
