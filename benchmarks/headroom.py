@@ -19,19 +19,17 @@ as a Markdown table: per task, each sampler's metrics, its per-seed F1-max and A
 uniform with 95 % CIs, its episode return ``S_T - S_0`` and the compute it took.
 
     python benchmarks/headroom.py run --out docs/headroom --task t1000 episode_length=1000 --seeds 0 1 2 3 4
-    python benchmarks/headroom.py run --out docs/headroom --task frequent episode_length=1000 \\
-        frequent_defect=stain --samplers uniform clean fixed:no_top
+    python benchmarks/headroom.py run --out docs/headroom --task stain20 episode_length=1000 \\
+        "dataset=synthetic:fabric?contamination=0.2&contaminating_defect=stain" --samplers uniform clean
     python benchmarks/headroom.py report --out docs/headroom > docs/headroom/README.md
 
-Task settings are ``key=value`` pairs: keys of :class:`nbs_gym.config.EnvConfig` (flat, as
-``gymnasium.make`` takes them) go to the environment, every other key to the synthetic generator
-(:func:`nbs_gym.data.synthetic.generate_synthetic`).
+Task settings are ``key=value`` pairs of :class:`nbs_gym.config.EnvConfig` (flat, as ``gymnasium.make``
+takes them); the synthetic generator's options travel in the dataset spec's query.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -46,7 +44,7 @@ import yaml
 
 from nbs_gym.classifier import ClassifierConfig, fit_predictor, score_maps, score_metrics
 from nbs_gym.compare import mean_ci
-from nbs_gym.config import AutoencoderConfig, DataConfig, EnvConfig
+from nbs_gym.config import EnvConfig
 from nbs_gym.data import AnomalyDataset, load_dataset
 from nbs_gym.env import NeuralBatchSamplingEnv
 from nbs_gym.io import write_text_atomic
@@ -67,11 +65,6 @@ NAMED_COMPOSITIONS = {
     "top": (-1.0, -1.0, -1.0, -1.0, 1.0),
     "middle": (-1.0, 1.0, 1.0, 1.0, -1.0),
 }
-_ENV_KEYS = (
-    {f.name for f in dataclasses.fields(EnvConfig)}
-    | {f.name for f in dataclasses.fields(DataConfig)}
-    | {f.name for f in dataclasses.fields(AutoencoderConfig)}
-) - {"data", "autoencoder"}
 
 
 class OracleEnv(NeuralBatchSamplingEnv):
@@ -100,13 +93,6 @@ class OracleEnv(NeuralBatchSamplingEnv):
         return ids, np.bincount(self._groups_of(ids), minlength=len(composition))
 
 
-def split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A task's settings as (env keyword arguments, synthetic-generator keyword arguments)."""
-    env = {key: value for key, value in settings.items() if key in _ENV_KEYS}
-    generator = {key: value for key, value in settings.items() if key not in _ENV_KEYS}
-    return env, generator
-
-
 def sampler_action(sampler: str, n_groups: int) -> np.ndarray:
     """The action a sampler holds for the whole episode (zero for uniform and the oracles)."""
     if not sampler.startswith("fixed:"):
@@ -120,12 +106,9 @@ def sampler_action(sampler: str, n_groups: int) -> np.ndarray:
 
 def run_cell(task: str, settings: dict[str, Any], sampler: str, seed: int, ensemble: int) -> dict[str, Any]:
     """One evaluation episode of ``sampler`` on a task and the classifier's metrics on E."""
-    env_kwargs, generator_kwargs = split_settings(settings)
-    config = EnvConfig.from_kwargs(device="cpu", **env_kwargs)
+    config = EnvConfig.from_kwargs(device="cpu", **settings)
     data = config.data
-    dataset = load_dataset(
-        data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels, **generator_kwargs
-    )
+    dataset = load_dataset(data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels)
     with tempfile.TemporaryDirectory(prefix="nbs_gym_headroom_") as scratch:
         if sampler == "clean" or sampler.startswith("defects="):
             share = 0.0 if sampler == "clean" else float(sampler.removeprefix("defects="))

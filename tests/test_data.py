@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.ndimage import gaussian_filter
 
 from nbs_gym.data import (
     SYNTHETIC_CATEGORIES,
@@ -23,7 +24,8 @@ from nbs_gym.data import (
     make_split,
     write_mvtec_folder,
 )
-from nbs_gym.data.synthetic import _TEXTURES, DEFECT_TYPES, MAX_COVERAGE, MIN_COVERAGE, _add_defect
+from nbs_gym.data.photos import PHOTOS
+from nbs_gym.data.synthetic import DEFECT_TYPES, MAX_COVERAGE, MIN_COVERAGE, TEXTURES, Texture, add_defect
 
 SMALL = {"n_train": 4, "n_test_good": 3, "n_test_per_defect": 3}
 
@@ -85,8 +87,8 @@ def test_defect_mask_is_exactly_the_changed_pixels(category: str, defect: str) -
     """Against the defect-free texture (private helpers): visible, exactly masked, never saturated."""
     for index in range(5):
         rng = np.random.default_rng([11, index])
-        texture = _TEXTURES[category](rng, 64)
-        image, mask = _add_defect(rng, defect, texture)
+        texture = TEXTURES[category](rng, 64)
+        image, mask = add_defect(rng, defect, texture)
         change = np.abs(image.astype(np.float32) - texture.image.astype(np.float32))
         assert np.array_equal(change > 0, mask)
         assert 0.05 < change[mask].mean() < 0.6, (index, change[mask].mean())
@@ -122,9 +124,9 @@ def test_contaminated_training_images_hold_exactly_masked_unlabeled_defects(
 def test_defect_contrast_scales_the_change_and_keeps_the_mask_exact(defect: str) -> None:
     """Against the defect-free texture (private helpers): half the contrast, half the change."""
     for index in range(3):
-        texture = _TEXTURES["fabric"](np.random.default_rng([12, index]), 64)
-        full, full_mask = _add_defect(np.random.default_rng([13, index]), defect, texture)
-        faint, faint_mask = _add_defect(np.random.default_rng([13, index]), defect, texture, 0.5)
+        texture = TEXTURES["fabric"](np.random.default_rng([12, index]), 64)
+        full, full_mask = add_defect(np.random.default_rng([13, index]), defect, texture)
+        faint, faint_mask = add_defect(np.random.default_rng([13, index]), defect, texture, 0.5)
         change = np.abs(faint.astype(np.float32) - texture.image.astype(np.float32))
         assert np.array_equal(change > 0, faint_mask)
         both = full_mask & faint_mask
@@ -597,3 +599,79 @@ def test_split_needs_anomalous_images() -> None:
     only_good = load_dataset("synthetic", n_train=2, n_test_good=2, n_test_per_defect=0)
     with pytest.raises(DatasetError, match="no anomalous test images"):
         make_split(only_good)
+
+
+# ------------------------------------------------------------------ photographs
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_photo_tiles_hold_exactly_masked_defects_on_the_photographs_texture(name: str) -> None:
+    dataset = load_dataset(f"photo:{name}", n_train=6, n_test_good=3, n_test_per_defect=2)
+    assert dataset.spec == f"photo:{name}" and dataset.images.shape == (19, 1, 64, 64)
+    assert dataset.defect_type_names == tuple(sorted(DEFECT_TYPES))
+    anomalous = dataset.is_anomalous
+    coverage = dataset.masks[anomalous].mean(axis=(1, 2))
+    assert np.all((coverage >= MIN_COVERAGE) & (coverage <= MAX_COVERAGE))
+    assert not dataset.masks[~anomalous].any()
+    # The same arguments give the same tiles.
+    again = load_dataset(f"photo:{name}", n_train=6, n_test_good=3, n_test_per_defect=2)
+    np.testing.assert_array_equal(again.images, dataset.images)
+    assert dataset.images.std(axis=(1, 2, 3)).min() > 0.02  # real texture, not a flat tile
+
+
+def test_photo_defect_changes_exactly_its_mask() -> None:
+    from nbs_gym.data.photos import _SURFACE_SIGMA, _crop, _read_photo
+
+    region = _read_photo("brick", 0.5)[128:]
+    for index, defect in enumerate(DEFECT_TYPES):
+        tile = _crop(np.random.default_rng(index), region, 64)
+        surface = gaussian_filter(tile, _SURFACE_SIGMA, mode="reflect")
+        image, mask = add_defect(np.random.default_rng([5, index]), defect, Texture(tile, surface, 8.0), 0.7)
+        change = np.abs(image.astype(np.float32) - tile.astype(np.float32))
+        assert np.array_equal(change > 0, mask), defect
+
+
+def test_photo_training_and_test_tiles_come_from_disjoint_halves() -> None:
+    from nbs_gym.data.photos import _read_photo
+
+    photo = _read_photo("gravel", 0.5)
+    dataset = load_dataset("photo:gravel", n_train=4, n_test_good=4, n_test_per_defect=0)
+    halves = photo[:128], photo[128:]
+    for image, train in zip(dataset.images[:, 0], dataset.is_train, strict=True):
+        found = [_holds_tile(half, image) for half in halves]
+        assert found == [bool(train), not train]
+
+
+def _holds_tile(region: np.ndarray, tile: np.ndarray) -> bool:
+    """Whether some orientation of ``tile`` is a crop of ``region``."""
+    size = tile.shape[0]
+    for turned in (np.rot90(tile, k) for k in range(4)):
+        for candidate in (turned, turned[::-1]):
+            for top in range(region.shape[0] - size + 1):
+                rows = np.flatnonzero(np.abs(region[top, : region.shape[1] - size + 1] - candidate[0, 0]) < 1e-6)
+                for left in rows:
+                    if np.allclose(region[top : top + size, left : left + size], candidate, atol=1e-6):
+                        return True
+    return False
+
+
+def test_photo_spec_options_and_errors() -> None:
+    faint = load_dataset("photo:grass?defect_contrast=0.5", n_train=2, n_test_good=1, n_test_per_defect=1)
+    assert faint.spec == "photo:grass?defect_contrast=0.5"
+    with pytest.raises(DatasetError, match="unknown photograph 'lena'"):
+        load_dataset("photo:lena")
+    with pytest.raises(DatasetError, match="'size=3' is not an option"):
+        load_dataset("photo:grass?size=3")
+    with pytest.raises(DatasetError, match="image_size: 200 does not fit"):
+        load_dataset("photo:grass", image_size=200)
+
+
+def test_photo_source_without_scikit_image_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.resources
+
+    def missing(package: str) -> None:
+        raise ModuleNotFoundError(package)
+
+    monkeypatch.setattr(importlib.resources, "files", missing)
+    with pytest.raises(DatasetError, match="pip install scikit-image"):
+        load_dataset("photo:brick")

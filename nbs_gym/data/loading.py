@@ -6,13 +6,17 @@ from typing import Any
 
 from nbs_gym.data.base import AnomalyDataset, DatasetError
 from nbs_gym.data.mvtec import load_mvtec
-from nbs_gym.data.synthetic import DEFAULT_CATEGORY, SYNTHETIC_CATEGORIES, generate_synthetic
+from nbs_gym.data.photos import PHOTO_SPEC_OPTIONS, PHOTOS, load_photos
+from nbs_gym.data.synthetic import DEFAULT_CATEGORY, SPEC_OPTIONS, SYNTHETIC_CATEGORIES, generate_synthetic
 
 __all__ = ["load_dataset"]
 
 _VALID_SPECS = (
     f"'synthetic' (= 'synthetic:{DEFAULT_CATEGORY}'), "
     f"'synthetic:<category>' with category one of {', '.join(SYNTHETIC_CATEGORIES)}, "
+    f"optionally followed by '?key=value&...' with keys among {', '.join(SPEC_OPTIONS)}, "
+    f"'photo:<name>' with name one of {', '.join(PHOTOS)} (tiles of a photograph scikit-image ships, "
+    f"options {', '.join(PHOTO_SPEC_OPTIONS)}), "
     "or 'mvtec:<path to a category folder>'"
 )
 
@@ -28,7 +32,11 @@ def load_dataset(
 
     Args:
         spec: ``"synthetic"``, ``"synthetic:<category>"`` (see
-            :data:`~nbs_gym.data.synthetic.SYNTHETIC_CATEGORIES`) or ``"mvtec:<path>"``.
+            :data:`~nbs_gym.data.synthetic.SYNTHETIC_CATEGORIES`), optionally with generator options as
+            a query (``"synthetic:fabric?contamination=0.2&contaminating_defect=stain"``, see
+            :data:`~nbs_gym.data.synthetic.SPEC_OPTIONS`), ``"photo:<name>"`` (see
+            :mod:`nbs_gym.data.photos`, options :data:`~nbs_gym.data.photos.PHOTO_SPEC_OPTIONS`) or
+            ``"mvtec:<path>"``.
         image_size: Side length of the returned images, in pixels (synthetic: at least 32).
         seed: Seed of the synthetic generator; folder datasets ignore it.
         channels: 1 or 3 to convert, None to keep the source's channels (synthetic: 1).
@@ -37,7 +45,8 @@ def load_dataset(
             ``contaminating_defect``, ``defect_contrast``); synthetic specs only.
 
     Returns:
-        The dataset, its ``spec`` in canonical form (``"synthetic:fabric"``, ``"mvtec:/abs/path"``).
+        The dataset, its ``spec`` in canonical form (``"synthetic:fabric"``, options that differ from their
+        defaults in a fixed order, ``"mvtec:/abs/path"``).
 
     Raises:
         DatasetError: If the spec is malformed or names an unknown scheme or category (the message lists
@@ -53,8 +62,13 @@ def load_dataset(
         raise DatasetError(f"dataset spec must be a string, got {spec!r}; valid specs: {_VALID_SPECS}")
     scheme, separator, argument = spec.partition(":")
     if scheme == "synthetic":
-        category = argument if separator else DEFAULT_CATEGORY
-        dataset = generate_synthetic(category, image_size=image_size, seed=seed, **synthetic_options)
+        category, _, query = (argument if separator else DEFAULT_CATEGORY).partition("?")
+        options = {**_spec_options(spec, query, SPEC_OPTIONS), **synthetic_options}
+        dataset = generate_synthetic(category, image_size=image_size, seed=seed, **options)
+    elif scheme == "photo" and argument:
+        name, _, query = argument.partition("?")
+        options = {**_spec_options(spec, query, PHOTO_SPEC_OPTIONS), **synthetic_options}
+        dataset = load_photos(name, image_size=image_size, seed=seed, **options)
     elif scheme == "mvtec" and argument:
         if synthetic_options:
             names = ", ".join(sorted(synthetic_options))
@@ -63,3 +77,21 @@ def load_dataset(
     else:
         raise DatasetError(f"unknown dataset spec {spec!r}; valid specs: {_VALID_SPECS}")
     return dataset if channels is None else dataset.with_channels(channels)
+
+
+def _spec_options(spec: str, query: str, table: dict[str, tuple[type, object]]) -> dict[str, Any]:
+    """The generator options of a spec's query (``key=value&...``), typed as ``table`` says."""
+    options: dict[str, Any] = {}
+    for pair in query.split("&") if query else []:
+        key, separator, text = pair.partition("=")
+        if not separator or key not in table:
+            raise DatasetError(
+                f"dataset spec {spec!r}: {pair!r} is not an option; expected key=value with a key among "
+                f"{', '.join(table)}"
+            )
+        kind = table[key][0]
+        try:
+            options[key] = kind(text)
+        except ValueError:
+            raise DatasetError(f"dataset spec {spec!r}: {key} must be a {kind.__name__}, got {text!r}") from None
+    return options

@@ -19,11 +19,15 @@ from nbs_gym.data.base import GOOD, AnomalyDataset, DatasetError, check_int
 
 __all__ = [
     "DEFAULT_CATEGORY",
+    "SPEC_OPTIONS",
     "DEFECT_TYPES",
     "MAX_COVERAGE",
     "MIN_COVERAGE",
     "MIN_IMAGE_SIZE",
     "SYNTHETIC_CATEGORIES",
+    "TEXTURES",
+    "Texture",
+    "add_defect",
     "generate_synthetic",
 ]
 
@@ -36,6 +40,15 @@ DEFECT_TYPES: tuple[str, ...] = ("tear", "hole", "stain", "scratch", "missing")
 """Defect types, one folder each in the test set."""
 
 MIN_IMAGE_SIZE = 32
+
+SPEC_OPTIONS: dict[str, tuple[type, object]] = {
+    "contamination": (float, 0.0),
+    "contaminating_defect": (str, None),
+    "defect_contrast": (float, 1.0),
+}
+"""Generator options that change the images, with their types and defaults. A dataset's spec names
+those set to other values, as a query (``"synthetic:fabric?contamination=0.2&defect_contrast=0.5"``), so
+that the spec alone rebuilds the dataset."""
 
 # Share of the image every defect mask covers. Shapes are drawn to land well inside the range (about
 # 1-4 %); the rare draw outside it (a defect over a spot it barely changes) is redrawn.
@@ -83,7 +96,8 @@ def generate_synthetic(
             ones. The mask stays the set of pixels that changed by at least 2.5 grey levels.
 
     Returns:
-        A grayscale dataset with spec ``"synthetic:<category>"``: the training images, then the good test
+        A grayscale dataset with spec ``"synthetic:<category>"`` (followed by the :data:`SPEC_OPTIONS`
+        that differ from their defaults, as a query): the training images, then the good test
         images, then each defect type's images in :data:`DEFECT_TYPES` order.
 
     Raises:
@@ -107,7 +121,7 @@ def generate_synthetic(
         raise DatasetError(f"defect_contrast: must be in (0, 1], got {defect_contrast!r}")
     n_contaminated = round(contamination * n_train)
 
-    draw_texture = _TEXTURES[category]
+    draw_texture = TEXTURES[category]
     category_key = SYNTHETIC_CATEGORIES.index(category)
     groups: list[tuple[str, str, int]] = [("train", GOOD, n_train), ("test", GOOD, n_test_good)]
     groups += [("test", defect, n_test_per_defect) for defect in DEFECT_TYPES]
@@ -131,14 +145,21 @@ def generate_synthetic(
                     rng = np.random.default_rng([seed, category_key, group_key, index, 1])
                     cycled = DEFECT_TYPES[index % len(DEFECT_TYPES)]
                     defect_drawn = contaminating_defect if contaminating_defect is not None else cycled
-                image, mask = _add_defect(rng, defect_drawn, texture, defect_contrast)
+                image, mask = add_defect(rng, defect_drawn, texture, defect_contrast)
             images.append(image)
             masks.append(mask)
             names.append(f"{split}/{defect}/{index:0{digits}d}")
             defect_types.append(defect_drawn)
             is_train.append(split == "train")
+    options = {"contamination": contamination, "contaminating_defect": contaminating_defect}
+    options["defect_contrast"] = defect_contrast
+    query = "&".join(
+        f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in options.items()
+        if value != SPEC_OPTIONS[key][1]
+    )
     return AnomalyDataset(
-        spec=f"synthetic:{category}",
+        spec=f"synthetic:{category}" + (f"?{query}" if query else ""),
         images=np.stack(images)[:, None].astype(np.float32),
         masks=np.stack(masks),
         is_train=np.array(is_train, dtype=bool),
@@ -147,15 +168,16 @@ def generate_synthetic(
     )
 
 
-class _Texture(NamedTuple):
-    """A defect-free texture and what a defect needs to know about it."""
+class Texture(NamedTuple):
+    """A defect-free texture and what a defect needs to know about it (the photograph source builds
+    these from photographs, too)."""
 
     image: np.ndarray  # (H, W) float64 in [0, 1]
     surface: np.ndarray  # the image with its elements (threads, pins, relief) removed: level + grain
     period: float  # size of one texture element, in pixels
 
 
-def _fabric(rng: np.random.Generator, size: int) -> _Texture:
+def _fabric(rng: np.random.Generator, size: int) -> Texture:
     """Plain weave: warp and weft threads alternate on top from one crossing to the next."""
     scale = size / _REFERENCE_SIZE
     period = 8.0 * scale * rng.uniform(0.95, 1.05)
@@ -172,10 +194,10 @@ def _fabric(rng: np.random.Generator, size: int) -> _Texture:
     weft = 0.9 * np.sin(np.pi * across_v) ** 0.6 * (0.7 + 0.3 * np.sin(np.pi * across_u))
     surface = 0.18 + rng.uniform(-0.03, 0.03) + rng.normal(0.0, 0.015, (size, size))
     image = surface + 0.6 * rng.uniform(0.93, 1.07) * np.where(warp_on_top, warp, weft)
-    return _Texture(np.clip(image, 0.0, 1.0), np.clip(surface, 0.0, 1.0), period)
+    return Texture(np.clip(image, 0.0, 1.0), np.clip(surface, 0.0, 1.0), period)
 
 
-def _grid(rng: np.random.Generator, size: int) -> _Texture:
+def _grid(rng: np.random.Generator, size: int) -> Texture:
     """Lattice of dome-shaded pins joined by thin horizontal bars; each pin is slightly misplaced."""
     scale = size / _REFERENCE_SIZE
     period = 10.0 * scale * rng.uniform(0.97, 1.03)
@@ -194,10 +216,10 @@ def _grid(rng: np.random.Generator, size: int) -> _Texture:
     bar = 0.45 * np.clip((0.07 * period - np.abs(dy)) / edge + 0.5, 0.0, 1.0)
     surface = 0.25 + rng.uniform(-0.03, 0.03) + rng.normal(0.0, 0.015, (size, size))
     image = surface + 0.55 * rng.uniform(0.93, 1.07) * np.maximum(pin, bar)
-    return _Texture(np.clip(image, 0.0, 1.0), np.clip(surface, 0.0, 1.0), period)
+    return Texture(np.clip(image, 0.0, 1.0), np.clip(surface, 0.0, 1.0), period)
 
 
-def _stochastic(rng: np.random.Generator, size: int) -> _Texture:
+def _stochastic(rng: np.random.Generator, size: int) -> Texture:
     """Smooth random surface: white noise low-pass filtered at two scales, a fresh draw per image."""
     scale = size / _REFERENCE_SIZE
     freq_y = np.fft.fftfreq(size)[:, None]
@@ -216,18 +238,18 @@ def _stochastic(rng: np.random.Generator, size: int) -> _Texture:
     # The bare substrate under the relief is darker than its mean, so that a missing patch of relief shows
     # as a flat dull area rather than as an invisible flat patch at the texture's own mean level.
     surface = level - 0.12 + grain
-    return _Texture(np.clip(image, 0.0, 1.0), np.clip(surface, 0.0, 1.0), 8.0 * scale)
+    return Texture(np.clip(image, 0.0, 1.0), np.clip(surface, 0.0, 1.0), 8.0 * scale)
 
 
-_TEXTURES: dict[str, Callable[[np.random.Generator, int], _Texture]] = {
+TEXTURES: dict[str, Callable[[np.random.Generator, int], Texture]] = {  # category -> its texture drawer
     "fabric": _fabric,
     "grid": _grid,
     "stochastic": _stochastic,
 }
 
 
-def _add_defect(
-    rng: np.random.Generator, defect: str, texture: _Texture, contrast: float = 1.0
+def add_defect(
+    rng: np.random.Generator, defect: str, texture: Texture, contrast: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return the texture with one ``defect`` (its change scaled by ``contrast``) and the mask of exactly
     the pixels it changed."""
@@ -248,7 +270,7 @@ def _add_defect(
     )
 
 
-def _tear(rng: np.random.Generator, texture: _Texture) -> tuple[np.ndarray, np.ndarray]:
+def _tear(rng: np.random.Generator, texture: Texture) -> tuple[np.ndarray, np.ndarray]:
     """Irregular thin line, darker (a split) or brighter (frayed fibres) than the texture."""
     image = texture.image
     size = image.shape[0]
@@ -263,7 +285,7 @@ def _tear(rng: np.random.Generator, texture: _Texture) -> tuple[np.ndarray, np.n
     return image + (1.0 - image) * rng.uniform(0.45, 0.6), region
 
 
-def _hole(rng: np.random.Generator, texture: _Texture) -> tuple[np.ndarray, np.ndarray]:
+def _hole(rng: np.random.Generator, texture: Texture) -> tuple[np.ndarray, np.ndarray]:
     """Irregular blob where the material is gone and a dark backing shows through."""
     size = texture.image.shape[0]
     radius = np.sqrt(rng.uniform(0.012, 0.03) * size**2 / np.pi)
@@ -276,7 +298,7 @@ def _hole(rng: np.random.Generator, texture: _Texture) -> tuple[np.ndarray, np.n
     return 0.35 * texture.surface, np.hypot(dy, dx) <= boundary
 
 
-def _stain(rng: np.random.Generator, texture: _Texture) -> tuple[np.ndarray, np.ndarray]:
+def _stain(rng: np.random.Generator, texture: Texture) -> tuple[np.ndarray, np.ndarray]:
     """Elliptic smooth shift of intensity, strongest at its centre and fading to nothing at its rim."""
     size = texture.image.shape[0]
     area = rng.uniform(0.015, 0.035) * size**2
@@ -295,7 +317,7 @@ def _stain(rng: np.random.Generator, texture: _Texture) -> tuple[np.ndarray, np.
     return texture.image + amplitude * np.clip(1.0 - radius_sq, 0.0, None), radius_sq < 1.0
 
 
-def _scratch(rng: np.random.Generator, texture: _Texture) -> tuple[np.ndarray, np.ndarray]:
+def _scratch(rng: np.random.Generator, texture: Texture) -> tuple[np.ndarray, np.ndarray]:
     """Thin straight bright line."""
     image = texture.image
     size = image.shape[0]
@@ -308,7 +330,7 @@ def _scratch(rng: np.random.Generator, texture: _Texture) -> tuple[np.ndarray, n
     return image + (1.0 - image) * rng.uniform(0.45, 0.6), region
 
 
-def _missing(rng: np.random.Generator, texture: _Texture) -> tuple[np.ndarray, np.ndarray]:
+def _missing(rng: np.random.Generator, texture: Texture) -> tuple[np.ndarray, np.ndarray]:
     """Rectangle, about one element wide, where the texture's elements are missing: bare surface shows."""
     size = texture.image.shape[0]
     thickness = texture.period * rng.uniform(0.7, 1.0)
@@ -321,7 +343,7 @@ def _missing(rng: np.random.Generator, texture: _Texture) -> tuple[np.ndarray, n
     return texture.surface, region
 
 
-_DEFECTS: dict[str, Callable[[np.random.Generator, _Texture], tuple[np.ndarray, np.ndarray]]] = {
+_DEFECTS: dict[str, Callable[[np.random.Generator, Texture], tuple[np.ndarray, np.ndarray]]] = {
     "tear": _tear,
     "hole": _hole,
     "stain": _stain,

@@ -1,0 +1,165 @@
+"""Realistic cases from real photographs: tiles of texture photographs with synthesised, exactly masked defects.
+
+No real anomaly dataset can be downloaded everywhere the package runs, but scikit-image ships a few
+photographs of real surfaces. This source cuts square tiles from one of them and adds the defects of
+:mod:`nbs_gym.data.synthetic` (tear, hole, stain, scratch, missing) to some, so that the texture has the
+statistics of a photograph (its noise, lighting, irregular structure) and every mask is exact.
+
+- Training tiles come from the upper half of the photograph, test tiles from the lower half: a test
+  image shows material the autoencoder's normal training images never held, as in MVTec AD.
+- Each tile is a seeded random crop of the photograph, downscaled by ``zoom`` first, in one of the 8
+  orientations of the square; colour photographs are read as their luma.
+- ``hole`` shows a dark backing under the local mean of the tile; ``missing`` replaces the texture by
+  that local mean (a smear); the others change the photographed texture itself.
+
+:data:`TUNING_PHOTOS` are the photographs task settings may be tuned on; :data:`REPORTING_PHOTOS` are
+kept apart for reporting. The photographs are scikit-image's (``pip install scikit-image``, or the
+package's ``photos`` extra), read from its installed data folder, never downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+
+from nbs_gym.data.base import GOOD, AnomalyDataset, DatasetError, check_int
+from nbs_gym.data.synthetic import DEFECT_TYPES, MIN_IMAGE_SIZE, Texture, add_defect
+
+__all__ = ["PHOTOS", "PHOTO_SPEC_OPTIONS", "REPORTING_PHOTOS", "TUNING_PHOTOS", "load_photos"]
+
+PHOTOS: dict[str, str] = {
+    "brick": "brick.png",  # a brick wall
+    "grass": "grass.png",  # a lawn
+    "gravel": "gravel.png",  # gravel
+    "ihc": "ihc.png",  # a stained tissue section (immunohistochemistry), in colour
+}
+"""Photograph name -> its file in scikit-image's data folder."""
+
+TUNING_PHOTOS: tuple[str, ...] = ("brick",)
+"""Photographs that settings may be chosen on."""
+REPORTING_PHOTOS: tuple[str, ...] = ("grass", "gravel", "ihc")
+"""Photographs kept apart from any tuning, for reporting."""
+
+PHOTO_SPEC_OPTIONS: dict[str, tuple[type, object]] = {"defect_contrast": (float, 1.0), "zoom": (float, 0.5)}
+"""Options of a photograph dataset's spec query (``"photo:grass?defect_contrast=0.5"``), with defaults."""
+
+# A smooth "surface" under the texture: the local mean over about a texture element.
+_SURFACE_SIGMA = 4.0
+_PERIOD = 8.0
+
+
+def load_photos(
+    name: str,
+    *,
+    image_size: int = 64,
+    seed: int = 0,
+    n_train: int = 60,
+    n_test_good: int = 20,
+    n_test_per_defect: int = 10,
+    defect_contrast: float = 1.0,
+    zoom: float = 0.5,
+) -> AnomalyDataset:
+    """Tiles of one photograph, some with a synthesised defect.
+
+    Args:
+        name: A key of :data:`PHOTOS`.
+        image_size: Side of each tile, in pixels of the downscaled photograph (at least 32).
+        seed: Seed of the crops, orientations and defects; the same arguments give the same arrays.
+        n_train: Normal training tiles (upper half of the photograph).
+        n_test_good: Normal test tiles (lower half).
+        n_test_per_defect: Anomalous test tiles per defect type (lower half).
+        defect_contrast: Factor in (0, 1] on each defect's intensity change.
+        zoom: Scale factor in (0, 1] applied to the photograph before cropping.
+
+    Returns:
+        A grayscale dataset with spec ``"photo:<name>"`` (and the options that differ from their
+        defaults as a query), training tiles first, then good test tiles, then each defect type's.
+
+    Raises:
+        DatasetError: An unknown photograph, scikit-image not installed, or an argument out of range.
+    """
+    if name not in PHOTOS:
+        raise DatasetError(f"unknown photograph {name!r}; choose one of {', '.join(PHOTOS)}")
+    check_int(image_size, "image_size", MIN_IMAGE_SIZE)
+    check_int(seed, "seed", 0)
+    check_int(n_train, "n_train", 1)
+    check_int(n_test_good, "n_test_good", 0)
+    check_int(n_test_per_defect, "n_test_per_defect", 0)
+    if not (isinstance(defect_contrast, (int, float)) and 0.0 < defect_contrast <= 1.0):
+        raise DatasetError(f"defect_contrast: must be in (0, 1], got {defect_contrast!r}")
+    if not (isinstance(zoom, (int, float)) and 0.0 < zoom <= 1.0):
+        raise DatasetError(f"zoom: must be in (0, 1], got {zoom!r}")
+    photo = _read_photo(name, zoom)
+    half = photo.shape[0] // 2
+    if half < image_size or photo.shape[1] < image_size:
+        raise DatasetError(
+            f"image_size: {image_size} does not fit in half of photograph {name!r} at zoom {zoom:g} "
+            f"({photo.shape[1]}x{photo.shape[0]} pixels)"
+        )
+    regions = {"train": photo[:half], "test": photo[half:]}
+    groups: list[tuple[str, str, int]] = [("train", GOOD, n_train), ("test", GOOD, n_test_good)]
+    groups += [("test", defect, n_test_per_defect) for defect in DEFECT_TYPES]
+    photo_key = list(PHOTOS).index(name)
+
+    images, masks, names, defect_types, is_train = [], [], [], [], []
+    for group_key, (split, defect, count) in enumerate(groups):
+        digits = max(3, len(str(count - 1)))
+        for index in range(count):
+            rng = np.random.default_rng([seed, 100 + photo_key, group_key, index])
+            tile = _crop(rng, regions[split], image_size)
+            if defect == GOOD:
+                image, mask = tile, np.zeros(tile.shape, dtype=bool)
+            else:
+                scale = image_size / 64.0
+                surface = gaussian_filter(tile, _SURFACE_SIGMA * scale, mode="reflect")
+                image, mask = add_defect(rng, defect, Texture(tile, surface, _PERIOD * scale), defect_contrast)
+            images.append(image)
+            masks.append(mask)
+            names.append(f"{split}/{defect}/{index:0{digits}d}")
+            defect_types.append(defect)
+            is_train.append(split == "train")
+    options = {"defect_contrast": defect_contrast, "zoom": zoom}
+    query = "&".join(f"{key}={value:g}" for key, value in options.items() if value != PHOTO_SPEC_OPTIONS[key][1])
+    return AnomalyDataset(
+        spec=f"photo:{name}" + (f"?{query}" if query else ""),
+        images=np.stack(images)[:, None].astype(np.float32),
+        masks=np.stack(masks),
+        is_train=np.array(is_train, dtype=bool),
+        defect_types=tuple(defect_types),
+        names=tuple(names),
+    )
+
+
+def _read_photo(name: str, zoom: float) -> np.ndarray:
+    """The photograph as float64 luma in [0, 1], downscaled by ``zoom`` (area averaging)."""
+    try:
+        folder = importlib.resources.files("skimage") / "data"
+    except ModuleNotFoundError:
+        raise DatasetError(
+            f"photograph {name!r}: the photo datasets read the photographs scikit-image ships; "
+            'install it with pip install scikit-image (or pip install -e ".[photos]")'
+        ) from None
+    path = folder / PHOTOS[name]
+    try:
+        with path.open("rb") as handle:
+            picture: Any = Image.open(handle)
+            picture = picture.convert("L")
+            if zoom != 1.0:
+                size = (max(1, round(picture.width * zoom)), max(1, round(picture.height * zoom)))
+                picture = picture.resize(size, Image.Resampling.BOX)
+            return np.asarray(picture, dtype=np.float64) / 255.0
+    except OSError as error:
+        raise DatasetError(f"photograph {name!r}: cannot read {path}: {error}") from error
+
+
+def _crop(rng: np.random.Generator, region: np.ndarray, size: int) -> np.ndarray:
+    """A random ``size`` x ``size`` crop of ``region`` in a random one of the square's 8 orientations."""
+    top = int(rng.integers(0, region.shape[0] - size + 1))
+    left = int(rng.integers(0, region.shape[1] - size + 1))
+    tile = region[top : top + size, left : left + size]
+    tile = np.rot90(tile, int(rng.integers(4)))
+    return np.ascontiguousarray(tile[:, ::-1] if rng.random() < 0.5 else tile)
