@@ -25,7 +25,16 @@ from nbs_gym.data import (
     write_mvtec_folder,
 )
 from nbs_gym.data.photos import PHOTOS
-from nbs_gym.data.synthetic import DEFECT_TYPES, MAX_COVERAGE, MIN_COVERAGE, TEXTURES, Texture, add_defect
+from nbs_gym.data.synthetic import (
+    DEFECT_TYPES,
+    IC_DEFECT_TYPES,
+    MAX_COVERAGE,
+    MIN_COVERAGE,
+    TEXTURES,
+    Texture,
+    add_defect,
+    category_defect_types,
+)
 
 SMALL = {"n_train": 4, "n_test_good": 3, "n_test_per_defect": 3}
 
@@ -73,7 +82,8 @@ def test_synthetic_image_does_not_depend_on_other_groups_counts() -> None:
 @pytest.mark.parametrize("category", SYNTHETIC_CATEGORIES)
 def test_every_category_has_every_defect_with_small_masks(category: str) -> None:
     dataset = load_dataset(f"synthetic:{category}", seed=1)
-    assert dataset.defect_type_names == tuple(sorted(DEFECT_TYPES))
+    assert dataset.defect_type_names == tuple(sorted(category_defect_types(category)))
+    assert category_defect_types(category) == (IC_DEFECT_TYPES if category == "ic" else DEFECT_TYPES)
     coverage = dataset.masks.mean(axis=(1, 2))
     anomalous = dataset.is_anomalous
     assert np.all(coverage[~anomalous] == 0.0)
@@ -81,8 +91,9 @@ def test_every_category_has_every_defect_with_small_masks(category: str) -> None
     assert (MIN_COVERAGE, MAX_COVERAGE) == (0.005, 0.05)
 
 
-@pytest.mark.parametrize("category", SYNTHETIC_CATEGORIES)
-@pytest.mark.parametrize("defect", DEFECT_TYPES)
+@pytest.mark.parametrize(
+    ("category", "defect"), [(c, d) for c in SYNTHETIC_CATEGORIES for d in category_defect_types(c)]
+)
 def test_defect_mask_is_exactly_the_changed_pixels(category: str, defect: str) -> None:
     """Against the defect-free texture (private helpers): visible, exactly masked, never saturated."""
     for index in range(5):
@@ -133,6 +144,23 @@ def test_defect_contrast_scales_the_change_and_keeps_the_mask_exact(defect: str)
         assert both.sum() >= 0.8 * faint_mask.sum()
         ratio = change[both] / np.abs(full - texture.image)[both]
         assert abs(float(np.median(ratio)) - 0.5) < 0.05, (index, float(np.median(ratio)))
+
+
+def test_ic_pin_defects_change_one_pin_only() -> None:
+    """A missing pin shows the board where the pin was; a bent pin leaves its place."""
+    for index in range(4):
+        texture = TEXTURES["ic"](np.random.default_rng([21, index]), 64)
+        assert texture.render is not None
+        np.testing.assert_array_equal(texture.render(-1, 0.0, True), texture.image)
+        for pin in range(8):
+            gone = texture.render(pin, 0.0, False)
+            changed = np.abs(gone - texture.image) >= 0.01
+            # Where the pin was, the board (surface) shows, up to the soft edge.
+            assert 15 <= changed.sum() <= 60, (index, pin, changed.sum())
+            np.testing.assert_allclose(gone[changed].mean(), texture.surface[changed].mean(), atol=0.08)
+            bent = texture.render(pin, 0.7, True)
+            assert (np.abs(bent - texture.image) >= 0.01).sum() > 10
+            assert np.abs(bent - texture.image)[changed].max() > 0.2  # the bent pin left its place
 
 
 def test_synthetic_good_test_images_are_fresh_draws(fabric: AnomalyDataset) -> None:

@@ -1,8 +1,11 @@
-"""The embedded default dataset: procedural grayscale textures with small, exactly masked defects.
+"""The embedded default dataset: procedural grayscale textures and objects with small, exactly masked defects.
 
 Three categories mimic the texture classes of MVTec AD: ``fabric`` (a woven cloth), ``grid`` (a lattice of
-pins joined by bars) and ``stochastic`` (a smooth random surface). Each anomalous image holds one of five
-defect types; its mask is exactly the set of pixels the defect changed.
+pins joined by bars) and ``stochastic`` (a smooth random surface); each anomalous image holds one of five
+defect types (:data:`DEFECT_TYPES`). One category mimics its object classes: ``ic``, an integrated
+circuit on a circuit board, its pose a little different in every image, with defects of its own
+(:data:`IC_DEFECT_TYPES`: a bent pin, a missing pin, a scratch, a stain). A mask is exactly the set of
+pixels the defect changed.
 
 Everything is drawn from ``numpy.random.default_rng`` streams keyed by ``(seed, category, group, index)``, so
 a dataset is a pure function of its arguments and an image does not change when other groups' counts do.
@@ -21,6 +24,7 @@ __all__ = [
     "DEFAULT_CATEGORY",
     "SPEC_OPTIONS",
     "DEFECT_TYPES",
+    "IC_DEFECT_TYPES",
     "MAX_COVERAGE",
     "MIN_COVERAGE",
     "MIN_IMAGE_SIZE",
@@ -31,13 +35,15 @@ __all__ = [
     "generate_synthetic",
 ]
 
-SYNTHETIC_CATEGORIES: tuple[str, ...] = ("fabric", "grid", "stochastic")
-"""Texture categories of the synthetic dataset."""
+SYNTHETIC_CATEGORIES: tuple[str, ...] = ("fabric", "grid", "stochastic", "ic")
+"""Categories of the synthetic dataset: three textures, then an object."""
 
 DEFAULT_CATEGORY = "fabric"
 
 DEFECT_TYPES: tuple[str, ...] = ("tear", "hole", "stain", "scratch", "missing")
-"""Defect types, one folder each in the test set."""
+"""Defect types of the texture categories, one folder each in the test set."""
+IC_DEFECT_TYPES: tuple[str, ...] = ("bent_pin", "missing_pin", "scratch", "stain")
+"""Defect types of the ``ic`` object category."""
 
 MIN_IMAGE_SIZE = 32
 
@@ -90,7 +96,7 @@ def generate_synthetic(
             only; the split treats them as normal training images). 0 keeps ``train/good`` clean.
         contaminating_defect: The defect type of every contaminated training image (one frequent type
             that an autoencoder trained on uniform batches learns to reconstruct); ``None`` cycles
-            through :data:`DEFECT_TYPES`.
+            through the category's defect types.
         defect_contrast: Factor in (0, 1] on the intensity change of every defect (test images and
             contaminated training images alike): 1 gives the defects as drawn, smaller values fainter
             ones. The mask stays the set of pixels that changed by at least 2.5 grey levels.
@@ -98,7 +104,7 @@ def generate_synthetic(
     Returns:
         A grayscale dataset with spec ``"synthetic:<category>"`` (followed by the :data:`SPEC_OPTIONS`
         that differ from their defaults, as a query): the training images, then the good test
-        images, then each defect type's images in :data:`DEFECT_TYPES` order.
+        images, then each defect type's images in the order of :func:`category_defect_types`.
 
     Raises:
         DatasetError: If the category is unknown or a size or the seed is out of range.
@@ -112,10 +118,11 @@ def generate_synthetic(
     check_int(n_test_per_defect, "n_test_per_defect", 0)
     if not (isinstance(contamination, (int, float)) and 0.0 <= contamination <= 1.0):
         raise DatasetError(f"contamination: must be a share in [0, 1], got {contamination!r}")
-    if contaminating_defect is not None and contaminating_defect not in DEFECT_TYPES:
+    defect_types_of_category = category_defect_types(category)
+    if contaminating_defect is not None and contaminating_defect not in defect_types_of_category:
         raise DatasetError(
-            f"contaminating_defect: unknown defect type {contaminating_defect!r}; "
-            f"choose one of {', '.join(DEFECT_TYPES)}"
+            f"contaminating_defect: unknown defect type {contaminating_defect!r} for {category!r}; "
+            f"choose one of {', '.join(defect_types_of_category)}"
         )
     if not (isinstance(defect_contrast, (int, float)) and 0.0 < defect_contrast <= 1.0):
         raise DatasetError(f"defect_contrast: must be in (0, 1], got {defect_contrast!r}")
@@ -124,7 +131,7 @@ def generate_synthetic(
     draw_texture = TEXTURES[category]
     category_key = SYNTHETIC_CATEGORIES.index(category)
     groups: list[tuple[str, str, int]] = [("train", GOOD, n_train), ("test", GOOD, n_test_good)]
-    groups += [("test", defect, n_test_per_defect) for defect in DEFECT_TYPES]
+    groups += [("test", defect, n_test_per_defect) for defect in defect_types_of_category]
 
     images: list[np.ndarray] = []
     masks: list[np.ndarray] = []
@@ -143,7 +150,7 @@ def generate_synthetic(
             else:
                 if hidden:  # a stream of its own, so the texture is the clean training image's
                     rng = np.random.default_rng([seed, category_key, group_key, index, 1])
-                    cycled = DEFECT_TYPES[index % len(DEFECT_TYPES)]
+                    cycled = defect_types_of_category[index % len(defect_types_of_category)]
                     defect_drawn = contaminating_defect if contaminating_defect is not None else cycled
                 image, mask = add_defect(rng, defect_drawn, texture, defect_contrast)
             images.append(image)
@@ -168,6 +175,11 @@ def generate_synthetic(
     )
 
 
+def category_defect_types(category: str) -> tuple[str, ...]:
+    """The defect types of a synthetic category, in the order of its test folders."""
+    return IC_DEFECT_TYPES if category == "ic" else DEFECT_TYPES
+
+
 class Texture(NamedTuple):
     """A defect-free texture and what a defect needs to know about it (the photograph source builds
     these from photographs, too)."""
@@ -175,6 +187,8 @@ class Texture(NamedTuple):
     image: np.ndarray  # (H, W) float64 in [0, 1]
     surface: np.ndarray  # the image with its elements (threads, pins, relief) removed: level + grain
     period: float  # size of one texture element, in pixels
+    # Objects only: renders the same object with one pin changed, render(pin, angle, present).
+    render: Callable[[int, float, bool], np.ndarray] | None = None
 
 
 def _fabric(rng: np.random.Generator, size: int) -> Texture:
@@ -241,10 +255,54 @@ def _stochastic(rng: np.random.Generator, size: int) -> Texture:
     return Texture(np.clip(image, 0.0, 1.0), np.clip(surface, 0.0, 1.0), 8.0 * scale)
 
 
-TEXTURES: dict[str, Callable[[np.random.Generator, int], Texture]] = {  # category -> its texture drawer
+def _ic(rng: np.random.Generator, size: int) -> Texture:
+    """An integrated circuit: a dark body with a pin-1 mark and 4 shaded metal pins on each long side, on
+    a circuit board with a faint copper trace; position, rotation and size vary a little per image."""
+    scale = size / _REFERENCE_SIZE
+    y, x = _coordinates(size)
+    centre = size / 2 + rng.normal(0.0, 1.5 * scale, 2)
+    angle = rng.normal(0.0, 0.05)
+    half_u, half_v = 11.0 * scale * rng.uniform(0.97, 1.03), 13.0 * scale * rng.uniform(0.97, 1.03)
+    # Body frame: u across (pins stick out along u), v along the pin rows.
+    u = (x - centre[1]) * np.cos(angle) + (y - centre[0]) * np.sin(angle)
+    v = -(x - centre[1]) * np.sin(angle) + (y - centre[0]) * np.cos(angle)
+    edge = 0.6 * scale
+    board = 0.42 + rng.uniform(-0.03, 0.03) + rng.normal(0.0, 0.012, (size, size))
+    trace_row = rng.uniform(0.15, 0.3) * size * rng.choice([-1.0, 1.0])
+    trace = 0.08 * np.clip((1.2 * scale - np.abs(v - trace_row)) / edge + 0.5, 0.0, 1.0)
+    surface = np.clip(board + trace, 0.0, 1.0)
+    body = np.clip((half_u - np.abs(u)) / edge + 0.5, 0.0, 1.0) * np.clip((half_v - np.abs(v)) / edge + 0.5, 0.0, 1.0)
+    mark = np.clip((1.6 * scale - np.hypot(u + 0.55 * half_u, v + 0.65 * half_v)) / edge + 0.5, 0.0, 1.0)
+    body_level = 0.12 + 0.03 * (v / half_v) + rng.normal(0.0, 0.006, (size, size))
+    pin_length, pin_width = 7.0 * scale, 3.2 * scale
+    rows = (np.arange(4) - 1.5) * (2.0 * half_v / 4.0)
+    roots = [(-half_u, row, np.pi) for row in rows] + [(half_u, row, 0.0) for row in rows]
+    brightness = 0.78 * rng.uniform(0.95, 1.05)
+
+    def render(changed_pin: int = -1, bend: float = 0.0, present: bool = True) -> np.ndarray:
+        pins = np.zeros((size, size))
+        for k, (root_u, root_v, direction) in enumerate(roots):
+            if k == changed_pin and not present:
+                continue
+            heading = direction + (bend if k == changed_pin else 0.0)
+            along = (u - root_u) * np.cos(heading) + (v - root_v) * np.sin(heading)
+            across = -(u - root_u) * np.sin(heading) + (v - root_v) * np.cos(heading)
+            inside = np.clip((pin_length - np.abs(along - pin_length / 2) * 2) / edge / 2 + 0.5, 0.0, 1.0)
+            inside = np.minimum(inside, np.clip((pin_width / 2 - np.abs(across)) / edge + 0.5, 0.0, 1.0))
+            shade = 1.0 - 0.35 * (across / (pin_width / 2)) ** 2  # a rounded metal lead: bright on its axis
+            pins = np.maximum(pins, inside * np.clip(shade, 0.0, 1.0))
+        image = surface * (1.0 - pins) + brightness * pins
+        image = image * (1.0 - body) + body_level * body
+        return np.clip(image + 0.25 * mark * body, 0.0, 1.0)
+
+    return Texture(render(), surface, 2.0 * pin_width, render)
+
+
+TEXTURES: dict[str, Callable[[np.random.Generator, int], Texture]] = {  # category -> its drawer
     "fabric": _fabric,
     "grid": _grid,
     "stochastic": _stochastic,
+    "ic": _ic,
 }
 
 
@@ -343,7 +401,22 @@ def _missing(rng: np.random.Generator, texture: Texture) -> tuple[np.ndarray, np
     return texture.surface, region
 
 
+def _bent_pin(rng: np.random.Generator, texture: Texture) -> tuple[np.ndarray, np.ndarray]:
+    """One pin bent sideways about its root by 25-50 degrees."""
+    assert texture.render is not None, "bent_pin needs an object"
+    bend = rng.uniform(0.45, 0.9) * rng.choice([-1.0, 1.0])
+    return texture.render(int(rng.integers(8)), bend, True), np.ones(texture.image.shape, dtype=bool)
+
+
+def _missing_pin(rng: np.random.Generator, texture: Texture) -> tuple[np.ndarray, np.ndarray]:
+    """One pin gone: the board shows where it was."""
+    assert texture.render is not None, "missing_pin needs an object"
+    return texture.render(int(rng.integers(8)), 0.0, False), np.ones(texture.image.shape, dtype=bool)
+
+
 _DEFECTS: dict[str, Callable[[np.random.Generator, Texture], tuple[np.ndarray, np.ndarray]]] = {
+    "bent_pin": _bent_pin,
+    "missing_pin": _missing_pin,
     "tear": _tear,
     "hole": _hole,
     "stain": _stain,
