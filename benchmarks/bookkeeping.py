@@ -68,8 +68,10 @@ def main() -> None:
     if profiler is not None:
         profiler.disable()
     env_steps = args.episodes * length * args.n_envs
-    print(f"N={args.n_envs}, torch threads {torch.get_num_threads()}: bookkeeping alone runs "
-          f"{env_steps / seconds:.0f} env steps/s ({seconds / env_steps * 1e6:.0f} us per env step)")
+    print(
+        f"N={args.n_envs}, torch threads {torch.get_num_threads()}: bookkeeping alone runs "
+        f"{env_steps / seconds:.0f} env steps/s ({seconds / env_steps * 1e6:.0f} us per env step)"
+    )
     if profiler is not None:
         stats = pstats.Stats(profiler)
         stats.sort_stats("tottime").print_stats(15)

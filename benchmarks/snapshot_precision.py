@@ -102,16 +102,20 @@ def main() -> None:
     reference_strata = strata(np.stack([losses for losses, _ in env._snapshots_to_host(reference)]), group_starts)
     name = torch.cuda.get_device_name() if cuda else "cpu"
     print(f"device: {args.device} ({name}), models: {n_envs}, images per snapshot: {len(env._snapshot_images)}")
-    print(f"{'variant':8s} {'ms per model':>13s} {'speed-up':>10s} {'rel. error median':>18s} "
-          f"{'rel. error p99':>15s} {'patches changing stratum':>25s}")
+    print(
+        f"{'variant':8s} {'ms per model':>13s} {'speed-up':>10s} {'rel. error median':>18s} "
+        f"{'rel. error p99':>15s} {'patches changing stratum':>25s}"
+    )
     base = statistics.median(seconds["float32"])
     for variant in variants:
         median = statistics.median(seconds[variant])
         relative = ((maps[variant] - reference).abs() / reference.abs().clamp_min(1e-12)).flatten().cpu().numpy()
         losses = np.stack([losses for losses, _ in env._snapshots_to_host(maps[variant])])
         changed = float((strata(losses, group_starts) != reference_strata).mean())
-        print(f"{variant:8s} {median / n_envs * 1e3:13.3f} {base / median:10.2f} {np.median(relative):18.2e} "
-              f"{np.quantile(relative, 0.99):15.2e} {changed:25.4f}")
+        print(
+            f"{variant:8s} {median / n_envs * 1e3:13.3f} {base / median:10.2f} {np.median(relative):18.2e} "
+            f"{np.quantile(relative, 0.99):15.2e} {changed:25.4f}"
+        )
     venv.close()
 
 

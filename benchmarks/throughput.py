@@ -141,8 +141,11 @@ def main() -> None:
 
     single = gym.make(ENV_ID, device=device)
     length = single.unwrapped.config.episode_length
-    print(f"device: {device} ({torch.cuda.get_device_name() if cuda else 'cpu'}), "
-          f"torch threads: {torch.get_num_threads()}, episode_length: {length}, rounds: {args.rounds}", flush=True)
+    print(
+        f"device: {device} ({torch.cuda.get_device_name() if cuda else 'cpu'}), "
+        f"torch threads: {torch.get_num_threads()}, episode_length: {length}, rounds: {args.rounds}",
+        flush=True,
+    )
 
     def make_single() -> gym.Env:
         return gym.make(ENV_ID, device=device)
@@ -161,11 +164,13 @@ def main() -> None:
         if not cuda or n <= 8:  # N separate GPU envs are the slow path being replaced
             makers.append(lambda n=n: sb3_variant(f"(c) DummyVecEnv N={n}", DummyVecEnv([make_single] * n), length))
             if not args.no_subproc and n > 1:
-                makers.append(lambda n=n: sb3_variant(
-                    f"(c) SubprocVecEnv N={n}",
-                    SubprocVecEnv([make_single_one_thread] * n, start_method="spawn"),
-                    length,
-                ))
+                makers.append(
+                    lambda n=n: sb3_variant(
+                        f"(c) SubprocVecEnv N={n}",
+                        SubprocVecEnv([make_single_one_thread] * n, start_method="spawn"),
+                        length,
+                    )
+                )
         makers.append(lambda n=n: vector_variant(n, device))
     variants = []
     for make in makers:
@@ -184,8 +189,10 @@ def main() -> None:
     base = rate[variants[0].name]
     for variant in variants:
         memory = "–" if variant.name.startswith("(c) Subproc") else f"{variant.memory_mib:.0f}"
-        print(f"{variant.name:34s} {rate[variant.name]:10.1f} {min(variant.rates):8.1f} {max(variant.rates):8.1f} "
-              f"{rate[variant.name] / base:7.2f} {memory:>13s}")
+        print(
+            f"{variant.name:34s} {rate[variant.name]:10.1f} {min(variant.rates):8.1f} {max(variant.rates):8.1f} "
+            f"{rate[variant.name] / base:7.2f} {memory:>13s}"
+        )
     print()
     for variant in variants:
         if variant.name.startswith("(d)"):
