@@ -25,14 +25,14 @@ from gymnasium import spaces
 
 from agents.baselines import BASELINES
 from agents.protocol import load_sampler_class
-from nbs_gym import ENV_IDS
 from nbs_gym.config import ACTION_MODES, ConfigError
+from nbs_gym.tasks import DEFAULT_ENV_ID, env_id_for
 
 __all__ = ["AGENTS", "ENV_ID_BY_MODE", "AgentError", "AgentSpec", "get_spec", "make_agent"]
 
 BOX_MODES: tuple[str, ...] = ("strata", "spatial")
-ENV_ID_BY_MODE: dict[str, str] = {kwargs["action_mode"]: env_id for env_id, kwargs in ENV_IDS.items()}
-"""Registered env id of each action mode."""
+ENV_ID_BY_MODE: dict[str, str] = {mode: env_id_for(DEFAULT_ENV_ID, mode) for mode in ACTION_MODES}
+"""Registered env id of each action mode, in the default task version."""
 
 # The env's horizon is part of the task and observed (progress), and its documented objective is the
 # undiscounted return S_T - S_0: every algorithm that discounts gets gamma = 1, so that what it
@@ -112,9 +112,9 @@ class AgentSpec:
             )
         return requested
 
-    def env_id(self, requested_mode: str | None = None) -> str:
-        """Registered env id for :meth:`resolve_action_mode` of ``requested_mode``."""
-        return ENV_ID_BY_MODE[self.resolve_action_mode(requested_mode)]
+    def env_id(self, requested_mode: str | None = None, task: str = DEFAULT_ENV_ID) -> str:
+        """Registered env id of ``task``'s version for :meth:`resolve_action_mode` of ``requested_mode``."""
+        return env_id_for(task, self.resolve_action_mode(requested_mode))
 
     def check_action_space(self, action_space: spaces.Space[Any]) -> None:
         """Raise :class:`AgentError` unless the agent can act in ``action_space``."""

@@ -100,7 +100,7 @@ CURVE_SMOOTHING = 10
 """Episodes in the trailing moving average of each run's curve before the mean over seeds is taken."""
 
 # Flags that define runs; --collect only reads runs, so giving one with it is a mistake worth reporting.
-_RUN_FLAGS = ("timesteps", "dataset", "env_kwargs", "hyperparams", "classifier_kwargs", "device", "progress")
+_RUN_FLAGS = ("timesteps", "env_id", "dataset", "env_kwargs", "hyperparams", "classifier_kwargs", "device", "progress")
 # Saved settings that do not change a run's results.
 _COSMETIC = ("progress",)
 _NO_INTERVAL = "–"
@@ -358,7 +358,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--timesteps", type=int, metavar="N", help=f"environment steps per run (default: {train.DEFAULT_TIMESTEPS})"
     )
-    parser.add_argument("--dataset", help="synthetic, synthetic:CATEGORY or mvtec:PATH (default: synthetic)")
+    parser.add_argument(
+        "--env-id", help=f"registered task id of every run (default: {train.DEFAULT_ENV_ID}); see nbs_gym.tasks"
+    )
+    parser.add_argument(
+        "--dataset", help="synthetic, synthetic:CATEGORY, photo:NAME or mvtec:PATH (default: the task's dataset)"
+    )
     parser.add_argument("--env-kwargs", nargs="*", metavar="KEY=VALUE", help="env settings for every run")
     parser.add_argument(
         "--hyperparams",
@@ -425,9 +430,9 @@ def _plan(options: argparse.Namespace) -> list[_Plan]:
             ):
                 if values:
                     argv += [flag, *values]
-            for flag in ("dataset", "device"):
+            for flag in ("env_id", "dataset", "device"):
                 if getattr(options, flag) is not None:
-                    argv += [f"--{flag}", getattr(options, flag)]
+                    argv += [f"--{flag.replace('_', '-')}", getattr(options, flag)]
             if options.progress is False:
                 argv.append("--no-progress")
             plan = _Plan(agent, seed, run_dir, argv)

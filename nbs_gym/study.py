@@ -147,6 +147,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--mvtec", type=Path, metavar="PATH", help="an MVTec-layout category folder for 'mvtec'")
     parser.add_argument("--collect", action="store_true", help="run nothing: report the finished runs")
     parser.add_argument("--timesteps", type=int, help="environment steps per run, of every sampler (compare's default)")
+    parser.add_argument("--env-id", help="registered task id of every run (compare's default); the datasets "
+                        "above replace the task's own")  # fmt: skip
     for flag in ("--env-kwargs", "--hyperparams", "--classifier-kwargs"):
         parser.add_argument(flag, nargs="*", default=[], metavar="KEY=VALUE", help="passed on to nbs_gym.compare")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
@@ -170,6 +172,8 @@ def _compare_argv(options: argparse.Namespace, name: str) -> list[str]:
     argv += ["--dataset", dataset_spec(name, options.out, options.mvtec), "--device", options.device]
     if options.timesteps is not None:
         argv += ["--timesteps", str(options.timesteps)]
+    if options.env_id is not None:
+        argv += ["--env-id", options.env_id]
     for flag in ("env_kwargs", "hyperparams", "classifier_kwargs"):
         if getattr(options, flag):
             argv += [f"--{flag.replace('_', '-')}", *getattr(options, flag)]

@@ -76,6 +76,7 @@ from nbs_gym.data import AnomalyDataset, load_dataset
 from nbs_gym.figures import profile_figure, segmentation_figure
 from nbs_gym.io import write_text_atomic
 from nbs_gym.profiles import LossProfiles, load_profiles
+from nbs_gym.tasks import DEFAULT_ENV_ID, parse_env_id, task_config
 from nbs_gym.vector import SB3VecEnv
 
 __all__ = ["Args", "main", "parse_args"]
@@ -105,6 +106,11 @@ _NOT_SAVED = ("config", "resume", "run_dir")
 class Args:
     """Arguments of ``python -m nbs_gym.train``; every field is a ``--flag`` (underscores as dashes)."""
 
+    env_id: str = DEFAULT_ENV_ID
+    """Registered task id (nbs_gym/NeuralBatchSampling-v1, ...-v0, ...); its version fixes the dataset,
+    episode and reward settings, which the flags below override. A plain id leaves the action mode to the
+    agent (dqn and qrdqn act in ...Discrete-v1, the others in the strata mode); a ...Spatial-... or
+    ...Discrete-... id fixes it."""
     agent: str = "ppo"
     """Sampler: ppo, a2c, sac, td3, ddpg, dqn, the sb3-contrib ones when installed (recurrent_ppo, trpo,
     qrdqn, tqc, ars), the baselines uniform, random, hard_mining, curriculum, or package.module:ClassName.
@@ -113,12 +119,13 @@ class Args:
     """Environment steps (autoencoder updates) to train for, summed over the envs."""
     seed: int = 0
     """Seed of the agent, the training envs (seed, seed + 1, ...), the evaluation episodes and the classifier."""
-    dataset: str = "synthetic"
-    """Dataset: synthetic, synthetic:CATEGORY or mvtec:PATH (an MVTec-style category folder)."""
-    n_labeled_anomalous_per_type: int = 5
-    """Labeled anomalous images per defect type (the set L)."""
-    n_labeled_normal: int = 5
-    """Labeled normal test images (in L)."""
+    dataset: str | None = None
+    """Dataset: synthetic, synthetic:CATEGORY, photo:NAME or mvtec:PATH (an MVTec-style category folder);
+    default the task's."""
+    n_labeled_anomalous_per_type: int | None = None
+    """Labeled anomalous images per defect type (the set L); default the task's."""
+    n_labeled_normal: int | None = None
+    """Labeled normal test images (in L); default the task's."""
     n_envs: int = 1
     """Training envs, with seeds seed, seed + 1, ... (see --vec-env)."""
     vec_env: str = "auto"
@@ -128,7 +135,7 @@ class Args:
     device: str = "auto"
     """Device of the autoencoder, the agent and the classifier: cpu, cuda, cuda:N or auto."""
     run_dir: str | None = None
-    """Run directory; default runs/<agent>__<dataset>__<seed>__<time>."""
+    """Run directory; default runs/<agent>__<task version>__<dataset>__<seed>__<time>."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Env settings as KEY=VALUE (values parsed as YAML), e.g. episode_length=100 reward=fisher."""
     hyperparams: dict[str, Any] = field(default_factory=dict)
@@ -161,6 +168,8 @@ class Args:
             ("checkpoint_freq", 0),
         ):
             value = getattr(self, name)
+            if value is None and name.startswith("n_labeled"):
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{_flag(name)}: must be an integer >= {minimum}, got {value!r}")
         if self.vec_env not in ("auto", "batched", "dummy"):
@@ -236,6 +245,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
             allowed = ", ".join(_flag(name) for name in _RESUME_OVERRIDES)
             raise ValueError(f"{_flag(fixed[0])}: cannot change when resuming; only {allowed} can")
         values = _read_config(Path(given["resume"]) / CONFIG_FILE, "--resume") | {"run_dir": given["resume"]}
+        # Runs saved before task versions existed ran v0, whose defaults they relied on.
+        values.setdefault("env_id", "nbs_gym/NeuralBatchSampling-v0")
+        for name in ("dataset", "n_labeled_anomalous_per_type", "n_labeled_normal"):
+            values.setdefault(name, None)
     return Args(**(values | given))
 
 
@@ -369,15 +382,14 @@ def validated_settings(args: Args) -> tuple[AgentSpec, dict[str, Any], EnvConfig
         ValueError: An unknown agent, an action mode it cannot act in, or a bad env or classifier setting.
     """
     spec = get_spec(args.agent)
-    env_kwargs = {
-        **args.env_kwargs,
-        "action_mode": spec.resolve_action_mode(args.env_kwargs.get("action_mode")),
-        "dataset": args.dataset,
-        "n_labeled_anomalous_per_type": args.n_labeled_anomalous_per_type,
-        "n_labeled_normal": args.n_labeled_normal,
-        "device": args.device,
-    }
-    return spec, env_kwargs, EnvConfig.from_kwargs(**env_kwargs), _classifier_config(args)
+    _, task_mode = parse_env_id(args.env_id)
+    # A Spatial or Discrete id fixes the mode; a plain id leaves it to the agent (dqn: discrete).
+    mode = args.env_kwargs.get("action_mode", None if task_mode == "strata" else task_mode)
+    env_kwargs = {**args.env_kwargs, "action_mode": spec.resolve_action_mode(mode), "device": args.device}
+    for name in ("dataset", "n_labeled_anomalous_per_type", "n_labeled_normal"):
+        if getattr(args, name) is not None:
+            env_kwargs[name] = getattr(args, name)
+    return spec, env_kwargs, task_config(args.env_id, **env_kwargs), _classifier_config(args)
 
 
 def _prepare(args: Args) -> _Run:
@@ -387,7 +399,7 @@ def _prepare(args: Args) -> _Run:
     # Loaded once and shared by all envs (training and evaluation), rather than once per env.
     dataset = load_dataset(data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels)
     run_dir = _run_dir(args)
-    env_id = spec.env_id(env_config.action_mode)
+    env_id = spec.env_id(env_config.action_mode, task=args.env_id)
     vec_env = _training_envs(args, env_id, {**env_kwargs, "dataset_object": dataset})
     try:
         agent = _load_agent(spec, args, run_dir, vec_env) if args.resume else _new_agent(spec, args, vec_env)
@@ -435,7 +447,9 @@ def _run_dir(args: Args) -> Path:
     if args.run_dir is not None:
         run_dir = Path(args.run_dir)
     else:
-        name = "__".join([args.agent, args.dataset, str(args.seed), time.strftime("%Y%m%d-%H%M%S")])
+        version, _ = parse_env_id(args.env_id)
+        dataset = args.dataset or task_config(args.env_id).data.dataset
+        name = "__".join([args.agent, version, dataset, str(args.seed), time.strftime("%Y%m%d-%H%M%S")])
         run_dir = Path("runs") / re.sub(r"[^\w.-]+", "-", name)
     if (run_dir / CONFIG_FILE).exists():
         raise ValueError(f"--run-dir {run_dir}: holds a run already; continue it with --resume {run_dir}")

@@ -82,7 +82,13 @@ def test_agents_pick_their_env_mode() -> None:
     assert get_spec("a2c").resolve_action_mode(None) == "strata"
     assert get_spec("dqn").resolve_action_mode(None) == "discrete"
     assert get_spec("ppo").resolve_action_mode("spatial") == "spatial"
-    assert ENV_ID_BY_MODE["discrete"] == "nbs_gym/NeuralBatchSamplingDiscrete-v0"
+    assert ENV_ID_BY_MODE["discrete"] == "nbs_gym/NeuralBatchSamplingDiscrete-v1"
+    assert (
+        get_spec("dqn").env_id(None, task="nbs_gym/NeuralBatchSampling-v0") == "nbs_gym/NeuralBatchSamplingDiscrete-v0"
+    )
+    assert get_spec("ppo").env_id("spatial", task="nbs_gym/NeuralBatchSampling-v1") == (
+        "nbs_gym/NeuralBatchSamplingSpatial-v1"
+    )
 
 
 @pytest.mark.parametrize(("name", "mode"), [("sac", "discrete"), ("td3", "discrete"), ("dqn", "strata")])
@@ -117,8 +123,10 @@ def test_verbose_is_a_hyperparameter_like_any_other(envs: dict[str, gym.Env]) ->
 def test_shipped_zoo_hyperparameters_are_the_ones_train_uses(algorithm: str) -> None:
     path = Path(nbs_gym.__file__).parent / "hyperparams" / f"{algorithm}.yml"
     spec = get_spec(algorithm)
-    for env_id, entry in yaml.safe_load(path.read_text()).items():
-        assert env_id in {ENV_ID_BY_MODE[mode] for mode in spec.action_modes}
+    entries = yaml.safe_load(path.read_text())
+    assert {spec.env_id(None, task=task) for task in nbs_gym.ENV_IDS} <= set(entries)  # every task version
+    for env_id, entry in entries.items():
+        assert env_id in {spec.env_id(mode, task=task) for mode in spec.action_modes for task in nbs_gym.ENV_IDS}
         settings = {key: value for key, value in entry.items() if key not in ("n_timesteps", "n_envs")}
         assert settings.pop("policy") == spec.policy
         assert settings == dict(spec.defaults), env_id

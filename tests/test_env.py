@@ -55,17 +55,20 @@ def test_gymnasium_and_sb3_checkers_pass(env_id: str) -> None:
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
-def test_random_episode_terminates_after_exactly_episode_length_steps(env_id: str) -> None:
+def test_random_episode_terminates_after_exactly_episode_length_updates(env_id: str) -> None:
     env = make(env_id)
+    k = env.unwrapped.config.decision_interval
+    n_steps = SMALL["episode_length"] // k
+    assert n_steps == env.unwrapped.config.n_steps
     env.reset(seed=3)
     env.action_space.seed(3)
-    for step in range(1, SMALL["episode_length"] + 1):
+    for step in range(1, n_steps + 1):
         observation, reward, terminated, truncated, info = env.step(env.action_space.sample())
         assert env.observation_space.contains(observation)
         assert isinstance(reward, float) and isinstance(terminated, bool) and isinstance(truncated, bool)
         assert not truncated
-        assert terminated == (step == SMALL["episode_length"])
-        assert info["step"] == step
+        assert terminated == (step == n_steps)
+        assert info["step"] == step * k
     assert info["n_snapshots"] == SMALL["profile_length"]
     with pytest.raises(RuntimeError, match="reset"):
         env.step(env.action_space.sample())
@@ -417,3 +420,17 @@ def test_a_decision_interval_of_k_equals_k_repeated_single_update_steps() -> Non
     assert held[2][-1]["separation"] == repeated[2][-1]["separation"]
     grouped = [sum(repeated[1][j * k : (j + 1) * k]) for j in range(len(actions))]
     np.testing.assert_allclose(held[1], grouped, atol=1e-12)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_each_id_is_its_task_versions_settings_and_v0_the_config_defaults(env_id: str) -> None:
+    from nbs_gym.tasks import env_id_for, parse_env_id, task_config
+
+    version, mode = parse_env_id(env_id)
+    assert env_id_for(env_id, mode) == env_id
+    config = gym.make(env_id, device="cpu").unwrapped.config
+    assert config == task_config(env_id, device="cpu")
+    if version == "v0":  # the first task stays what it always was
+        assert config == EnvConfig.from_kwargs(action_mode=mode, device="cpu")
+    with pytest.raises(ConfigError, match="unknown id"):
+        parse_env_id(env_id.replace(version, "v99"))

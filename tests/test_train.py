@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium import spaces
@@ -20,7 +22,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from agents.baselines import UniformSampler
 from nbs_gym.callbacks import EpisodeStatsCallback
-from nbs_gym.train import _prepare, main, parse_args
+from nbs_gym.tasks import TASK_SETTINGS
+from nbs_gym.train import _prepare, main, parse_args, validated_settings
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -296,6 +299,8 @@ def test_bad_flag_in_a_subprocess_is_one_line_without_traceback() -> None:
         (["--classifier-kwargs", "nope=1"], "--classifier-kwargs"),
         (["--config", "/does/not/exist.yaml"], "--config: no such file"),
         (["--resume", "/does/not/exist"], "--resume: no such file"),
+        (["--env-id", "nbs_gym/NeuralBatchSampling-v9"], "env_id: unknown id"),
+        (["--agent", "sac", "--env-id", "nbs_gym/NeuralBatchSamplingDiscrete-v1"], "'sac' cannot act"),
     ],
 )
 def test_bad_flags_exit_2_with_one_error_line(
@@ -324,3 +329,31 @@ def test_config_file_sets_defaults_and_flags_win(tmp_path: Path, capsys: pytest.
     config.write_text("agnet: a2c\n")
     assert main(["--config", str(config)]) == 2
     assert "unknown key 'agnet'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "env_id"),
+    [
+        ([], "nbs_gym/NeuralBatchSampling-v1"),
+        (["--agent", "dqn"], "nbs_gym/NeuralBatchSamplingDiscrete-v1"),
+        (["--agent", "dqn", "--env-id", "nbs_gym/NeuralBatchSampling-v0"], "nbs_gym/NeuralBatchSamplingDiscrete-v0"),
+        (["--env-id", "nbs_gym/NeuralBatchSamplingSpatial-v0"], "nbs_gym/NeuralBatchSamplingSpatial-v0"),
+    ],
+)
+def test_the_task_id_sets_the_runs_settings_and_the_agent_its_mode(argv: list[str], env_id: str) -> None:
+    args = parse_args(argv)
+    spec, env_kwargs, config, _ = validated_settings(args)
+    assert spec.env_id(config.action_mode, task=args.env_id) == env_id
+    version = env_id.rsplit("-", 1)[1]
+    for key, value in TASK_SETTINGS[version].items():
+        assert config.to_dict().get(key, config.to_dict()["data"].get(key)) == value
+    # What the run makes is what validated_settings says: gymnasium applies the id's settings.
+    made = gym.make(env_id, **{**env_kwargs, "device": "cpu"}).unwrapped.config
+    assert made == dataclasses.replace(config, autoencoder=dataclasses.replace(config.autoencoder, device="cpu"))
+
+
+def test_a_run_saved_before_task_versions_resumes_as_v0(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("agent: uniform\ndataset: synthetic\ntimesteps: 0\n")
+    args = parse_args(["--resume", str(tmp_path)])
+    assert args.env_id == "nbs_gym/NeuralBatchSampling-v0"
+    assert validated_settings(args)[2].episode_length == 200

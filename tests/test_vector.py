@@ -216,16 +216,20 @@ def assert_same_info(infos: dict, expected: dict) -> None:
 def test_vector_env_matches_gymnasiums_sync_vector_env_of_single_envs(env_id: str) -> None:
     """Same observations, rewards, flags and info layout as Gymnasium's own SAME_STEP vector env."""
     n, seed = 3, 20
-    venv = make_vec(n, env_id)
+    k = nbs_gym.ENV_IDS[env_id].get("decision_interval", 1)
+    length = k * -(-SMALL["episode_length"] // k)  # the small episode, rounded up to whole env steps
+    venv = make_vec(n, env_id, episode_length=length)
     sync = gym.vector.SyncVectorEnv(
-        [lambda: gym.make(env_id, **SMALL) for _ in range(n)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+        [lambda: gym.make(env_id, **{**SMALL, "episode_length": length}) for _ in range(n)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     observations, infos = venv.reset(seed=seed)
     expected_obs, expected_infos = sync.reset(seed=seed)
     np.testing.assert_allclose(observations, expected_obs, atol=1e-5)
     assert sorted(infos) == sorted(expected_infos)
     venv.action_space.seed(0)
-    for step in range(SMALL["episode_length"] + 4):  # crosses an autoreset
+    n_steps = venv.unwrapped.config.n_steps
+    for step in range(n_steps + min(4, n_steps - 1)):  # crosses one autoreset
         actions = venv.action_space.sample()
         observations, rewards, terminations, truncations, infos = venv.step(actions)
         expected_obs, expected_rewards, expected_terminations, expected_truncations, expected_infos = sync.step(actions)
@@ -235,12 +239,12 @@ def test_vector_env_matches_gymnasiums_sync_vector_env_of_single_envs(env_id: st
         np.testing.assert_array_equal(truncations, expected_truncations)
         assert sorted(infos) == sorted(expected_infos)
         assert_same_info(infos, expected_infos)
-        if step == SMALL["episode_length"] - 1:
+        if step == n_steps - 1:
             assert terminations.all() and infos["_final_obs"].all()
             np.testing.assert_allclose(np.stack(infos["final_obs"]), np.stack(expected_infos["final_obs"]), atol=1e-4)
             assert sorted(infos["final_info"]) == sorted(expected_infos["final_info"])
             assert_same_info(infos["final_info"], expected_infos["final_info"])
-            assert infos["final_info"]["step"].tolist() == [SMALL["episode_length"]] * n
+            assert infos["final_info"]["step"].tolist() == [length] * n
             assert infos["step"].tolist() == [0] * n  # the info of the next episode's start
         else:
             assert not terminations.any()
