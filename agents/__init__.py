@@ -6,7 +6,7 @@
     import nbs_gym  # noqa: F401
     from agents import make_agent
 
-    env = gym.make("nbs_gym/NeuralBatchSampling-v0")
+    env = gym.make("nbs_gym/NeuralBatchSampling-v1")
     agent = make_agent("hard_mining", env, seed=0, strength=0.5)
     action, _ = agent.predict(env.reset(seed=0)[0], deterministic=True)
 """
@@ -16,6 +16,7 @@ from agents.baselines import (
     BaselineSampler,
     CurriculumSampler,
     HardMiningSampler,
+    OracleSampler,
     RandomSampler,
     UniformSampler,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "BatchSampler",
     "CurriculumSampler",
     "HardMiningSampler",
+    "OracleSampler",
     "PluginError",
     "RandomSampler",
     "UniformSampler",

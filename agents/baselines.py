@@ -14,6 +14,11 @@ name               rule
                    group's loss rank (in the strata mode: with the stratum index)
 ``curriculum``     easy to hard: favour low-loss groups early, high-loss ones late, moving with
                    the observation's progress entry from 0 to 1
+``oracle``         a privileged reference, not a method: it reads every image's mask and draws
+                   a share ``defect_share`` (default 0) of each batch from patches that hold
+                   anomalous pixels, the rest from patches that hold none, through the env's
+                   :meth:`~nbs_gym.env.NeuralBatchSamplingEnv.set_patch_draw`; the normalised
+                   score's 1 (:mod:`nbs_gym.scores`)
 =================  ==========================================================================
 
 The rank-based rules read the per-group loss levels (observation entries ``0 .. S-1``) rather than
@@ -33,11 +38,13 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from gymnasium import spaces
 
+from nbs_gym.data import AnomalyDataset, load_dataset
 from nbs_gym.env import OBS_BOUND
 from nbs_gym.io import write_atomic
 
 __all__ = [
     "BASELINES",
+    "OracleSampler",
     "BaselineSampler",
     "CurriculumSampler",
     "HardMiningSampler",
@@ -288,6 +295,72 @@ class CurriculumSampler(_StrengthSampler):
         return np.argmax(group_rank == target[:, None], axis=1)
 
 
+class OracleSampler(UniformSampler):
+    """The mask-reading reference: what batch composition can buy when every defect is known.
+
+    Its actions are uniform's; what it changes is the env's draw. ``nbs_gym.train`` (and any caller)
+    hands it each env it is to act on through :meth:`prepare_env`, which reads the masks of every image
+    of the env's dataset (loaded again from its spec: the env itself holds only L's masks) and replaces
+    the env's batch draw. It never enters a labeled-only claim.
+
+    Args:
+        env: The env (or vectorised env) whose spaces the sampler acts in.
+        seed: Unused (the draws come from the env's own ``np_random``).
+        defect_share: Expected share of each batch drawn from patches holding anomalous pixels, in
+            [0, 1]; 0 trains the autoencoder on defect-free patches only.
+    """
+
+    name = "oracle"
+
+    def __init__(self, env: HasSpaces, seed: int | None = None, defect_share: float = 0.0) -> None:
+        super().__init__(env, seed)
+        if isinstance(defect_share, bool) or not isinstance(defect_share, (int, float)) or not 0 <= defect_share <= 1:
+            raise ValueError(f"oracle: defect_share must be a number in [0, 1], got {defect_share!r}")
+        self.defect_share = float(defect_share)
+
+    def params(self) -> dict[str, Any]:
+        return {"defect_share": self.defect_share}
+
+    def prepare_env(self, env: Any, dataset: AnomalyDataset | None = None) -> None:
+        """Make ``env`` (a :class:`~nbs_gym.env.NeuralBatchSamplingEnv`, possibly wrapped) draw by the masks.
+
+        Args:
+            env: The env.
+            dataset: Its dataset with every mask, when already loaded; by default loaded from the env's
+                dataset spec.
+
+        Raises:
+            ValueError: The dataset's patches are all defective or all defect-free where the share
+                needs both.
+        """
+        base = env.unwrapped
+        data = base.config.data
+        if dataset is None:
+            dataset = load_dataset(
+                data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels
+            )
+        image, top, left = base.patch_windows
+        size = base.config.patch_size
+        # Summed-area table of each mask: a window holds an anomalous pixel when its sum is positive.
+        table = np.pad(dataset.masks.astype(np.int64).cumsum(axis=1).cumsum(axis=2), ((0, 0), (1, 0), (1, 0)))
+        window = (
+            table[image, top + size, left + size]
+            - table[image, top, left + size]
+            - table[image, top + size, left]
+            + table[image, top, left]
+        )
+        defect, clean = np.flatnonzero(window > 0), np.flatnonzero(window == 0)
+        if (self.defect_share > 0 and not defect.size) or (self.defect_share < 1 and not clean.size):
+            raise ValueError(f"oracle: the pool has {defect.size} defective and {clean.size} defect-free patches")
+        share = self.defect_share
+
+        def draw(rng: np.random.Generator, batch: int) -> np.ndarray:
+            n_defect = int(rng.binomial(batch, share))
+            return np.concatenate([rng.choice(defect, n_defect), rng.choice(clean, batch - n_defect)])
+
+        base.set_patch_draw(draw)
+
+
 def _check_strength(strength: float, name: str) -> float:
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
         raise ValueError(f"{name}: strength must be a number in [0, 1], got {strength!r}")
@@ -295,6 +368,7 @@ def _check_strength(strength: float, name: str) -> float:
 
 
 BASELINES: dict[str, type[BaselineSampler]] = {
-    sampler.name: sampler for sampler in (UniformSampler, RandomSampler, HardMiningSampler, CurriculumSampler)
+    sampler.name: sampler
+    for sampler in (UniformSampler, RandomSampler, HardMiningSampler, CurriculumSampler, OracleSampler)
 }
 """Built-in samplers by name."""

@@ -29,6 +29,8 @@ Optional attributes that ``nbs_gym.train`` reads when present:
   the first of ``action_modes`` when it lacks ``"strata"``).
 * ``file_suffix``: suffix of the file ``save`` writes (default ``".zip"``).
 * ``num_timesteps``: environment steps trained so far, used by ``--resume`` (default 0).
+* ``prepare_env(env, dataset)``: called with each evaluation env (and its loaded dataset) before the
+  sampler acts in it, for reference samplers that change the env's draw (``oracle``).
 
 Training callbacks (TensorBoard episode statistics, periodic checkpoints) are Stable-Baselines3
 callbacks; a plug-in's ``learn`` receives them only if the class is a subclass of SB3's

@@ -5,8 +5,11 @@ environment settings and dataset-generator settings), this script runs evaluatio
 ``nbs_gym.train`` does (env seed 1,000,000 + seed, classifier seed = seed) with these samplers:
 
 ``uniform``        plain uniform sampling over the pool (the reference, normalised score 0)
-``clean``          a mask-reading oracle: only patches without an anomalous pixel
-``defects=F``      a mask-reading oracle: a share F of each batch from patches that hold anomalous pixels
+``random``         a uniformly random action each step (the ``random`` baseline, seeded by the seed)
+``clean``          the ``oracle`` reference (:class:`agents.baselines.OracleSampler`), reading every
+                   mask: only patches without an anomalous pixel (normalised score 1)
+``defects=F``      the oracle with ``defect_share=F``: a share F of each batch from patches that hold
+                   anomalous pixels
 ``fixed:NAME``     a fixed label-free strata composition (an action held for the whole episode):
                    ``no_top`` (all strata but the highest-loss one), ``bottom``, ``top``, ``middle``,
                    or ``fixed:a0,a1,...`` for any action
@@ -42,10 +45,11 @@ import numpy as np
 import torch
 import yaml
 
+from agents.baselines import OracleSampler, RandomSampler
 from nbs_gym.classifier import ClassifierConfig, fit_predictor, score_maps, score_metrics
 from nbs_gym.compare import mean_ci
 from nbs_gym.config import EnvConfig
-from nbs_gym.data import AnomalyDataset, load_dataset
+from nbs_gym.data import load_dataset
 from nbs_gym.env import NeuralBatchSamplingEnv
 from nbs_gym.io import write_text_atomic
 from nbs_gym.profiles import load_profiles
@@ -67,32 +71,6 @@ NAMED_COMPOSITIONS = {
 }
 
 
-class OracleEnv(NeuralBatchSamplingEnv):
-    """The env with batches drawn by the masks of all images: a share ``defect_share`` from patches that
-    hold anomalous pixels, the rest from patches that hold none (the action is ignored)."""
-
-    def __init__(self, dataset_object: AnomalyDataset, defect_share: float, **kwargs: Any) -> None:
-        super().__init__(dataset_object=dataset_object, **kwargs)
-        self.defect_share = defect_share
-        snapshot_index = np.union1d(self.split.pool, self.split.probe)
-        image = snapshot_index[self._patch_image]
-        size = self.config.patch_size
-        corners = zip(image, self._patch_y, self._patch_x, strict=True)
-        touched = np.array([dataset_object.masks[i, y : y + size, x : x + size].any() for i, y, x in corners])
-        self._defect_patches, self._clean_patches = np.flatnonzero(touched), np.flatnonzero(~touched)
-
-    def _draw(self, composition: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        batch = self.config.batch_size
-        n_defect = int(self.np_random.binomial(batch, self.defect_share))
-        ids = np.concatenate(
-            [
-                self.np_random.choice(self._defect_patches, n_defect),
-                self.np_random.choice(self._clean_patches, batch - n_defect),
-            ]
-        )
-        return ids, np.bincount(self._groups_of(ids), minlength=len(composition))
-
-
 def sampler_action(sampler: str, n_groups: int) -> np.ndarray:
     """The action a sampler holds for the whole episode (zero for uniform and the oracles)."""
     if not sampler.startswith("fixed:"):
@@ -110,19 +88,21 @@ def run_cell(task: str, settings: dict[str, Any], sampler: str, seed: int, ensem
     data = config.data
     dataset = load_dataset(data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels)
     with tempfile.TemporaryDirectory(prefix="nbs_gym_headroom_") as scratch:
+        env = NeuralBatchSamplingEnv(config=config, dataset_object=dataset, profile_dir=scratch)
         if sampler == "clean" or sampler.startswith("defects="):
             share = 0.0 if sampler == "clean" else float(sampler.removeprefix("defects="))
-            env: NeuralBatchSamplingEnv = OracleEnv(dataset, share, config=config, profile_dir=scratch)
-        elif sampler == "uniform" or sampler.startswith("fixed:"):
-            env = NeuralBatchSamplingEnv(config=config, dataset_object=dataset, profile_dir=scratch)
-        else:
+            OracleSampler(env, defect_share=share).prepare_env(env, dataset)
+        elif sampler not in ("uniform", "random") and not sampler.startswith("fixed:"):
             raise SystemExit(f"error: --samplers: unknown sampler {sampler!r}")
+        policy = RandomSampler(env, seed=seed) if sampler == "random" else None
         action = sampler_action(sampler, config.n_groups)
         start = time.perf_counter()
-        env.reset(seed=seed + EVAL_SEED_OFFSET)
+        observation, _ = env.reset(seed=seed + EVAL_SEED_OFFSET)
         terminated, episode_return = False, 0.0
         while not terminated:
-            _, reward, terminated, _, info = env.step(action)
+            if policy is not None:
+                action, _ = policy.predict(observation, deterministic=True)
+            observation, reward, terminated, _, info = env.step(action)
             episode_return += float(reward)
         episode_seconds = time.perf_counter() - start
         profiles = load_profiles(info["profile_path"])  # float16 on disk, as nbs_gym.train scores them
@@ -208,7 +188,7 @@ def report(args: argparse.Namespace) -> int:
 
 
 def _sampler_order(sampler: str) -> tuple[int, str]:
-    return ({"uniform": 0, "clean": 1}.get(sampler, 2 if sampler.startswith("defects") else 3), sampler)
+    return ({"uniform": 0, "random": 1, "clean": 2}.get(sampler, 3 if sampler.startswith("defects") else 4), sampler)
 
 
 def _interval(values: list[float], ratio: bool = False) -> str:

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import os
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, SupportsFloat
 
@@ -32,6 +33,9 @@ _REWARD_TERM = {
 # against overflow (a loss of exactly zero), real values stay within about [-10, 1].
 OBS_BOUND = 20.0
 _LOSS_FLOOR = 1e-12
+
+PatchDraw = Callable[[np.random.Generator, int], np.ndarray]
+"""A privileged batch draw (see ``NeuralBatchSamplingEnv.set_patch_draw``): (rng, batch size) -> patch ids."""
 
 Snapshot = tuple[np.ndarray, np.ndarray]
 """What the bookkeeping reads of one snapshot, on the host: pool patch losses (P,) and probe loss maps (n, H, W)."""
@@ -214,6 +218,7 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         self._labeled_images = self._snapshot_images[torch.as_tensor(self._probe_rows[: len(self.split.labeled)])]
         self._twin = AutoencoderTrainer(dataset.channels, cfg.autoencoder) if cfg.reward_baseline != "none" else None
         self._snapshot_in_step = False
+        self._patch_draw: PatchDraw | None = None
         # The probe images of every episode's profiles, shared read-only.
         self._probe_images = dataset.images[probe]
         self._probe_images.flags.writeable = False
@@ -423,6 +428,23 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         return sibling
 
     @property
+    def patch_windows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where each pool patch (by patch id) lies: its image's index in the dataset, its top row and its
+        left column. A patch is ``patch_size`` pixels square."""
+        image = np.union1d(self.split.pool, self.split.probe)[self._patch_image]
+        return image, self._patch_y.copy(), self._patch_x.copy()
+
+    def set_patch_draw(self, draw: PatchDraw | None) -> None:
+        """Privileged, for reference samplers only: draw every batch with ``draw(np_random, batch_size)``
+        (patch ids, see :attr:`patch_windows`) instead of the action's composition; ``None`` restores it.
+
+        The env's own ``np_random`` is passed, so an episode stays a function of its seed. A sampler that
+        chooses patches by what the agent cannot observe (the masks, as the ``oracle`` does) is a
+        reference for what batch composition can buy, never a result of a labeled-only method.
+        """
+        self._patch_draw = draw
+
+    @property
     def separation(self) -> float:
         """Current separation S_t of L's profiles (the reward's potential)."""
         return self._separation
@@ -492,6 +514,9 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
 
     def _draw(self, composition: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Patch ids of one batch: a group per draw by ``composition``, then a patch uniformly within it."""
+        if self._patch_draw is not None:
+            patch_ids = np.asarray(self._patch_draw(self.np_random, self.config.batch_size), dtype=np.int64)
+            return patch_ids, np.bincount(self._groups_of(patch_ids), minlength=len(composition))
         groups = self.np_random.choice(len(composition), size=self.config.batch_size, p=composition)
         within = self.np_random.integers(0, self._group_sizes[groups].astype(np.int64))
         patch_ids = self._order[self._group_starts[groups] + within]

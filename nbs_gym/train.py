@@ -528,6 +528,8 @@ def _evaluate(run: _Run) -> dict[str, Any]:
         try:
             if sampler is None:
                 sampler = UniformSampler(env)
+            if hasattr(sampler, "prepare_env"):  # a reference sampler that changes the env's draw (oracle)
+                sampler.prepare_env(env, run.dataset)
             episodes = [
                 _run_episode(env, sampler, args.seed + EVAL_SEED_OFFSET + episode)
                 for episode in range(args.eval_episodes)

@@ -21,6 +21,7 @@ from agents import (
     BaselineSampler,
     CurriculumSampler,
     HardMiningSampler,
+    OracleSampler,
     PluginError,
     RandomSampler,
     UniformSampler,
@@ -30,6 +31,7 @@ from agents import (
 )
 from agents.baselines import HasSpaces
 from nbs_gym.config import ConfigError
+from nbs_gym.data import load_dataset
 
 TINY = {"episode_length": 20, "profile_length": 4, "image_size": 32, "patch_size": 8, "batch_size": 8, "device": "cpu"}
 # Replay buffers default to 10^6 transitions; a test needs a handful.
@@ -341,3 +343,38 @@ def _spaces(n_groups: int, discrete: bool = False) -> HasSpaces:
 
 def _init_parameters(agent_class: type) -> set[str]:
     return set(inspect.signature(agent_class.__init__).parameters)
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_the_oracle_draws_by_every_mask(share: float) -> None:
+    """With defect_share 0 no batch patch holds an anomalous pixel; with 1 every one does."""
+    env = gym.make(ENV_ID_BY_MODE["strata"], **TINY)
+    oracle = OracleSampler(env, defect_share=share)
+    base = env.unwrapped
+    dataset = load_dataset(base.config.data.dataset, image_size=32)
+    image, top, left = base.patch_windows
+    size = base.config.patch_size
+    drawn: list[np.ndarray] = []
+    installed: list = []
+    base.set_patch_draw = lambda draw: installed.append(draw)  # type: ignore[method-assign]
+    oracle.prepare_env(env)  # hands the draw it installs to the recorder below
+    del base.set_patch_draw
+    original = installed[0]
+
+    def recording(rng: np.random.Generator, batch: int) -> np.ndarray:
+        ids = original(rng, batch)
+        drawn.append(ids)
+        return ids
+
+    base.set_patch_draw(recording)
+    observation, _ = env.reset(seed=0)
+    for _ in range(base.config.n_steps):
+        action, _ = oracle.predict(observation)
+        observation, *_ = env.step(action)
+    ids = np.concatenate(drawn)
+    assert len(ids) == base.config.episode_length * base.config.batch_size
+    touched = np.array([dataset.masks[image[i], top[i] : top[i] + size, left[i] : left[i] + size].any() for i in ids])
+    assert touched.all() if share == 1.0 else not touched.any()
+    np.testing.assert_array_equal(oracle.predict(observation)[0], np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="defect_share"):
+        OracleSampler(env, defect_share=1.5)

@@ -357,3 +357,11 @@ def test_a_run_saved_before_task_versions_resumes_as_v0(tmp_path: Path) -> None:
     args = parse_args(["--resume", str(tmp_path)])
     assert args.env_id == "nbs_gym/NeuralBatchSampling-v0"
     assert validated_settings(args)[2].episode_length == 200
+
+
+def test_the_oracle_reference_runs_end_to_end_with_its_own_draw(tmp_path: Path) -> None:
+    run_dir = tmp_path / "oracle"
+    assert main(["--agent", "oracle", "--timesteps", "0", "--run-dir", str(run_dir), *TINY]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    agent, uniform = (np.load(run_dir / metrics[key]["episodes"][0]["profiles"])["loss_maps"] for key in metrics)
+    assert agent.shape == uniform.shape and not np.array_equal(agent, uniform)
