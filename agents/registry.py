@@ -39,7 +39,8 @@ ENV_ID_BY_MODE: dict[str, str] = {mode: env_id_for(DEFAULT_ENV_ID, mode) for mod
 # optimises is that return (SB3's default 0.99 would weigh the last snapshot's gain of a 200-step
 # episode about 0.16 of the first's).
 _UNDISCOUNTED: dict[str, Any] = {"gamma": 1.0}
-# A replay buffer no larger than the default run (SB3 defaults to a million transitions).
+# A replay buffer of 40,000 transitions, no larger than a v0 run of 200 episodes (SB3 defaults to a
+# million transitions).
 _DQN_DEFAULTS: dict[str, Any] = {"buffer_size": 40_000, **_UNDISCOUNTED}
 # One PPO rollout of one default episode (200 steps), minibatches that divide it.
 _ON_POLICY_DEFAULTS: dict[str, Any] = {"n_steps": 200, "batch_size": 50, **_UNDISCOUNTED}

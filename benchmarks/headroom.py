@@ -27,7 +27,14 @@ uniform with 95 % CIs, its episode return ``S_T - S_0`` and the compute it took.
     python benchmarks/headroom.py report --out docs/headroom > docs/headroom/README.md
 
 Task settings are ``key=value`` pairs of :class:`nbs_gym.config.EnvConfig` (flat, as ``gymnasium.make``
-takes them); the synthetic generator's options travel in the dataset spec's query.
+takes them) over its defaults, or over a registered task's with ``env_id=ID``; the synthetic
+generator's options travel in the dataset spec's query. ``reference`` turns a registered task's
+``uniform``, ``random`` and ``clean`` cells into the package's reference scores
+(``nbs_gym/reference_scores.json``, read by :mod:`nbs_gym.scores`):
+
+    python benchmarks/headroom.py run --out docs/headroom --task v1 env_id=nbs_gym/NeuralBatchSampling-v1 \\
+        --samplers uniform random clean --ensemble 1
+    python benchmarks/headroom.py reference --out docs/headroom --task v1 --env-id nbs_gym/NeuralBatchSampling-v1
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ from nbs_gym.data import load_dataset
 from nbs_gym.env import NeuralBatchSamplingEnv
 from nbs_gym.io import write_text_atomic
 from nbs_gym.profiles import load_profiles
+from nbs_gym.scores import REFERENCE_METRICS
+from nbs_gym.tasks import parse_env_id, task_config
 from nbs_gym.train import EVAL_SEED_OFFSET
 
 METRICS = (
@@ -84,7 +93,7 @@ def sampler_action(sampler: str, n_groups: int) -> np.ndarray:
 
 def run_cell(task: str, settings: dict[str, Any], sampler: str, seed: int, ensemble: int) -> dict[str, Any]:
     """One evaluation episode of ``sampler`` on a task and the classifier's metrics on E."""
-    config = EnvConfig.from_kwargs(device="cpu", **settings)
+    config = _config(settings)
     data = config.data
     dataset = load_dataset(data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels)
     with tempfile.TemporaryDirectory(prefix="nbs_gym_headroom_") as scratch:
@@ -126,6 +135,14 @@ def run_cell(task: str, settings: dict[str, Any], sampler: str, seed: int, ensem
         "episode_seconds": episode_seconds,
         "classifier_seconds": classifier_seconds,
     }
+
+
+def _config(settings: dict[str, Any]) -> EnvConfig:
+    """A task's env config: its settings over EnvConfig's defaults, or over a registered id's (``env_id``)."""
+    rest = {key: value for key, value in settings.items() if key != "env_id"}
+    if "env_id" in settings:
+        return task_config(settings["env_id"], device="cpu", **rest)
+    return EnvConfig.from_kwargs(device="cpu", **rest)
 
 
 def cell_path(out: Path, task: str, sampler: str, seed: int, ensemble: int) -> Path:
@@ -187,6 +204,46 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def reference(args: argparse.Namespace) -> int:
+    """Write the reference scores of a registered task's cells into the package's table."""
+    cells = [json.loads(path.read_text()) for path in sorted((args.out / "cells").glob(f"{args.task}__*.json"))]
+    cells = [cell for cell in cells if cell["task"] == args.task and cell["ensemble"] == args.ensemble]
+    env_id = args.env_id
+    version, _ = parse_env_id(env_id)
+    if not cells or _config(cells[0]["settings"]) != task_config(env_id, device="cpu"):
+        raise SystemExit(f"error: --task {args.task}: no cells, or its settings are not those of {env_id}")
+    names = {"uniform": "uniform", "random": "random", "clean": "oracle"}
+    by_sampler: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for cell in cells:
+        if cell["sampler"] in names:
+            by_sampler[names[cell["sampler"]]].append(cell)
+    seeds = {name: sorted(c["seed"] for c in rows) for name, rows in by_sampler.items()}
+    if set(by_sampler) != set(names.values()) or len({tuple(v) for v in seeds.values()}) != 1:
+        raise SystemExit(f"error: --task {args.task}: needs uniform, random and clean cells on one seed list: {seeds}")
+    scores = {
+        name: {metric: float(np.mean([c["metrics"][metric] for c in rows])) for metric in REFERENCE_METRICS}
+        for name, rows in by_sampler.items()
+    }
+    table = json.loads(args.table.read_text()) if args.table.exists() else {"versions": {}}
+    table["versions"][version] = {
+        "env_id": env_id,
+        "seeds": seeds["uniform"],
+        "classifier": f"ClassifierConfig(ensemble={args.ensemble}), seed = run seed",
+        "evaluation": "one episode per seed, env seed 1,000,000 + seed, as nbs_gym.train evaluates",
+        "command": (
+            f"python benchmarks/headroom.py run --out {args.out} --task {args.task} "
+            + " ".join(f"{k}={v}" for k, v in cells[0]["settings"].items())
+            + f" --samplers uniform random clean --seeds {' '.join(map(str, seeds['uniform']))} "
+            f"--ensemble {args.ensemble} && python benchmarks/headroom.py reference --out {args.out} "
+            f"--task {args.task} --env-id {env_id} --ensemble {args.ensemble}"
+        ),
+        "scores": scores,
+    }
+    write_text_atomic(args.table, json.dumps(table, indent=2) + "\n")
+    print(f"wrote the {version} reference scores to {args.table}")
+    return 0
+
+
 def _sampler_order(sampler: str) -> tuple[int, str]:
     return ({"uniform": 0, "random": 1, "clean": 2}.get(sampler, 3 if sampler.startswith("defects") else 4), sampler)
 
@@ -212,8 +269,16 @@ def main(argv: list[str] | None = None) -> int:
     runner.add_argument("--threads", type=int, default=1, help="torch threads (1 lets two maps run at once)")
     reporter = commands.add_parser("report", help="print the map as a Markdown table")
     reporter.add_argument("--out", type=Path, required=True)
+    referencer = commands.add_parser("reference", help="write a registered task's reference scores")
+    referencer.add_argument("--out", type=Path, required=True)
+    referencer.add_argument("--task", required=True, help="a task of the map whose settings are the id's")
+    referencer.add_argument("--env-id", required=True, help="the registered id (its task version gets the scores)")
+    referencer.add_argument("--ensemble", type=int, default=1, help="the cells' classifier ensemble")
+    referencer.add_argument(
+        "--table", type=Path, default=Path(__file__).resolve().parents[1] / "nbs_gym" / "reference_scores.json"
+    )
     args = parser.parse_args(argv)
-    return run(args) if args.command == "run" else report(args)
+    return {"run": run, "report": report, "reference": reference}[args.command](args)
 
 
 if __name__ == "__main__":

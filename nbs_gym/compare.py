@@ -51,7 +51,7 @@ import re
 import shutil
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ from nbs_gym.callbacks import latest_checkpoint
 from nbs_gym.cli import Parser, UsageError, run_resumable
 from nbs_gym.figures import save_figure
 from nbs_gym.io import write_text_atomic
+from nbs_gym.scores import REFERENCE_METRICS
 
 __all__ = [
     "COLUMNS",
@@ -174,6 +175,8 @@ class RunResult:
         run_dir: The run directory.
         config: Its resolved arguments (``config.yaml``).
         values: Column of :data:`COLUMNS` -> the agent's value on E.
+        normalized: Metric of :data:`nbs_gym.scores.REFERENCE_METRICS` -> the agent's normalised score
+            (0 = uniform, 1 = oracle), when ``metrics.json`` holds it (a run on its task's own settings).
         curve: ``(timesteps, separation)`` of the :data:`CURVE_TAG` events, or ``None`` when the run logged
             none (fixed-rule samplers do not train).
     """
@@ -184,6 +187,7 @@ class RunResult:
     config: dict[str, Any]
     values: dict[str, float]
     curve: tuple[np.ndarray, np.ndarray] | None
+    normalized: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -196,12 +200,15 @@ class AgentSummary:
         columns: Column of :data:`COLUMNS` -> mean and CI over the seeds.
         ratios: Column of :data:`RATIO_COLUMNS` -> mean and CI of the per-seed ratio to
             :data:`REFERENCE_AGENT` over the seeds both have; empty for the reference itself or without it.
+        normalized: Metric of :data:`nbs_gym.scores.REFERENCE_METRICS` -> mean and CI of the per-seed
+            normalised score; empty unless every run of the agent has one.
     """
 
     agent: str
     seeds: tuple[int, ...]
     columns: dict[str, Interval]
     ratios: dict[str, Interval]
+    normalized: dict[str, Interval] = field(default_factory=dict)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -288,7 +295,13 @@ def summarize(runs: Sequence[RunResult], confidence: float = CONFIDENCE) -> list
                     if reference[seed].values[column] != 0
                 ]
                 ratios[column] = mean_ci(values, confidence) if values else Interval(math.nan, math.nan, math.nan, 0)
-        summaries.append(AgentSummary(agent, tuple(seeds), columns, ratios))
+        normalized = {}
+        if all(run.normalized for run in seeds.values()):
+            normalized = {
+                metric: mean_ci((run.normalized[metric] for run in seeds.values()), confidence)
+                for metric in REFERENCE_METRICS
+            }
+        summaries.append(AgentSummary(agent, tuple(seeds), columns, ratios, normalized))
     return summaries
 
 
@@ -305,6 +318,7 @@ def write_results(summaries: Sequence[AgentSummary], runs: Sequence[RunResult], 
                 "seeds": list(row.seeds),
                 "columns": {column: interval.to_dict() for column, interval in row.columns.items()},
                 f"ratio_to_{REFERENCE_AGENT}": {column: interval.to_dict() for column, interval in row.ratios.items()},
+                "normalized": {metric: interval.to_dict() for metric, interval in row.normalized.items()},
             }
             for row in summaries
         },
@@ -549,10 +563,11 @@ def _read_run(run_dir: Path) -> RunResult:
         config = yaml.safe_load((run_dir / train.CONFIG_FILE).read_text(encoding="utf-8"))
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["agent"]
         values = {column: float(_lookup(metrics, column)) for column in COLUMNS}
+        normalized = {metric: float(value) for metric, value in metrics.get("normalized", {}).items()}
         agent, seed = str(config["agent"]), int(config["seed"])
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as error:
         raise ValueError(f"{run_dir}: not a finished nbs_gym.train run ({type(error).__name__}: {error})") from error
-    return RunResult(agent, seed, run_dir, config, values, _read_curve(run_dir))
+    return RunResult(agent, seed, run_dir, config, values, _read_curve(run_dir), normalized)
 
 
 def _lookup(tree: dict[str, Any], column: str) -> Any:
@@ -637,6 +652,16 @@ def _markdown_tables(summaries: Sequence[AgentSummary]) -> str:
         lines += markdown_rows(["agent", "paired seeds", *RATIO_COLUMNS], ratio_rows, numeric_from=1)
     elif not any(row.agent == REFERENCE_AGENT for row in summaries):
         lines += ["", f"No ratios: `{REFERENCE_AGENT}` is not among the agents."]
+    with_scores = [row for row in summaries if row.normalized]
+    if with_scores:
+        lines += [
+            "",
+            f"Normalised score (0 = `uniform`, 1 = `oracle`, by the task's reference scores, `nbs_gym.scores`; "
+            f"per seed, then mean [{CONFIDENCE:.0%} CI]):",
+            "",
+        ]
+        score_rows = [[row.agent, *(bracketed(row.normalized[m]) for m in REFERENCE_METRICS)] for row in with_scores]
+        lines += markdown_rows(["agent", *REFERENCE_METRICS], score_rows, numeric_from=1)
     return "\n".join(lines)
 
 
@@ -662,8 +687,9 @@ def bracketed(interval: Interval) -> str:
 def _csv_table(summaries: Sequence[AgentSummary]) -> str:
     """One row per agent; an interval is three columns, empty where undefined."""
     ratio_names = [f"{column}_ratio_to_{REFERENCE_AGENT}" for column in RATIO_COLUMNS]
+    score_names = [f"{metric}_normalized" for metric in REFERENCE_METRICS]
     header = ["agent", "n_seeds", "seeds"]
-    for name in (*COLUMNS, *ratio_names):
+    for name in (*COLUMNS, *ratio_names, *score_names):
         header += [f"{name}_mean", f"{name}_ci_low", f"{name}_ci_high"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -671,6 +697,7 @@ def _csv_table(summaries: Sequence[AgentSummary]) -> str:
     for row in summaries:
         cells: list[Any] = [row.agent, len(row.seeds), " ".join(map(str, row.seeds))]
         intervals = [row.columns[column] for column in COLUMNS] + [row.ratios.get(column) for column in RATIO_COLUMNS]
+        intervals += [row.normalized.get(metric) for metric in REFERENCE_METRICS]
         for interval in intervals:
             bounds = (interval.mean, interval.low, interval.high) if interval is not None else (math.nan,) * 3
             cells += ["" if math.isnan(value) else repr(value) for value in bounds]

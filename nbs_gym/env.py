@@ -120,11 +120,14 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
 
     ## Arguments
 
-    Keyword arguments of ``gymnasium.make`` (flat; see :class:`nbs_gym.config.EnvConfig` for all):
+    Keyword arguments of ``gymnasium.make`` (flat; see :class:`nbs_gym.config.EnvConfig` for all). The
+    defaults below are the config's (the v0 task); a registered id sets its task version's on top
+    (:data:`nbs_gym.tasks.TASK_SETTINGS`), and keywords given to ``make`` override both:
 
     | parameter        | type       | default       | meaning                                              |
     |------------------|------------|---------------|------------------------------------------------------|
-    | dataset          | str        | "synthetic"   | ``synthetic[:category]`` or ``mvtec:PATH``          |
+    | dataset          | str        | "synthetic"   | ``synthetic[:category][?options]``, ``photo:NAME``   |
+    |                  |            |               | or ``mvtec:PATH``                                    |
     | image_size       | int        | 64            | side of the images after resizing                    |
     | episode_length   | int        | 200           | autoencoder updates per episode                      |
     | batch_size       | int        | 32            | patches per update                                   |
@@ -164,8 +167,14 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
 
     ## Version History
 
-    * v0: Initial version. Later options (``decision_interval``, ``reward_baseline``) default to the v0
-      behaviour, so v0 trajectories are unchanged.
+    * v0: Initial version: synthetic fabric, 200 updates per episode, one update per env step, the
+      plain reward. Later options (``decision_interval``, ``reward_baseline``, the dataset options)
+      default to the v0 behaviour, so v0 trajectories are unchanged.
+    * v1: The task chosen from the headroom map (``docs/RESULTS.md``), where batch composition measurably
+      changes the classifier's result: a fabric training set a fifth of whose images hold an unlabeled
+      stain (``synthetic:fabric?contamination=0.2&contaminating_defect=stain``), 1,000 updates per
+      episode, 5 updates per env step (200 env steps). The reward stays the plain one: the uniform twin
+      lowered the reward's signal-to-noise ratio there. Settings: :data:`nbs_gym.tasks.TASK_SETTINGS`.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}

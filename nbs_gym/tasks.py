@@ -32,7 +32,12 @@ __all__ = [
 TASK_SETTINGS: dict[str, dict[str, Any]] = {
     "v0": {},
     "v1": {
+        # A training set in which a fifth of the images hold an unlabeled stain: an autoencoder trained
+        # on uniform batches learns to reconstruct stains, one that avoids them does not.
+        "dataset": "synthetic:fabric?contamination=0.2&contaminating_defect=stain",
+        # Long enough that uniform sampling's separation falls as the autoencoder learns the defects.
         "episode_length": 1000,
+        # 200 env steps per episode, as in v0.
         "decision_interval": 5,
     },
 }

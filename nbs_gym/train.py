@@ -22,7 +22,9 @@ with the same seed and scored on the evaluation set E. A run directory holds:
                                        and the trained agent, so that ``--resume`` continues with it
 ``profiles/{agent,uniform}/*.npz``     loss profiles of the evaluation episodes
 ``figures/*.png``                      loss profiles of L and segmentations of E, per sampler
-``metrics.json``                       ``{"agent": ..., "uniform": ...}``: classifier metrics on E
+``metrics.json``                       ``{"agent": ..., "uniform": ...}``: classifier metrics on E, and
+                                       (on a task's own settings) the normalised scores
+                                       (``nbs_gym.scores``: 0 = uniform, 1 = oracle)
 =====================================  ==========================================================
 
 Exit status: 0 done, 2 bad arguments (one ``error:`` line on stderr), 130 interrupted (Ctrl-C saves
@@ -76,13 +78,14 @@ from nbs_gym.data import AnomalyDataset, load_dataset
 from nbs_gym.figures import profile_figure, segmentation_figure
 from nbs_gym.io import write_text_atomic
 from nbs_gym.profiles import LossProfiles, load_profiles
+from nbs_gym.scores import normalized_scores
 from nbs_gym.tasks import DEFAULT_ENV_ID, parse_env_id, task_config
 from nbs_gym.vector import SB3VecEnv
 
 __all__ = ["Args", "main", "parse_args"]
 
-DEFAULT_TIMESTEPS = 40_000
-"""200 episodes of the default length: with the evaluation, about 5.5 minutes on two idle CPU cores."""
+DEFAULT_TIMESTEPS = 10_000
+"""Env steps of a run by default: 50 episodes of the v1 task (200 env steps of 5 updates each)."""
 CONFIG_FILE = "config.yaml"
 # Evaluation episodes use env seeds disjoint from the training envs' (seed .. seed + n_envs - 1).
 EVAL_SEED_OFFSET = 1_000_000
@@ -116,7 +119,8 @@ class Args:
     qrdqn, tqc, ars), the baselines uniform, random, hard_mining, curriculum, or package.module:ClassName.
     The env action mode follows the agent (dqn, qrdqn: discrete; others: strata) unless env_kwargs sets it."""
     timesteps: int = DEFAULT_TIMESTEPS
-    """Environment steps (autoencoder updates) to train for, summed over the envs."""
+    """Env steps (agent decisions; each is decision_interval autoencoder updates) to train for, summed over
+    the envs."""
     seed: int = 0
     """Seed of the agent, the training envs (seed, seed + 1, ...), the evaluation episodes and the classifier."""
     dataset: str | None = None
@@ -537,9 +541,21 @@ def _evaluate(run: _Run) -> dict[str, Any]:
         finally:
             env.close()
         metrics[key] = _score(run, key, episodes)
+        if _on_reference_settings(run):
+            metrics[key]["normalized"] = normalized_scores(run.env_id, metrics[key])
     write_text_atomic(run.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     _log_evaluation(run, metrics)
     return metrics
+
+
+def _on_reference_settings(run: _Run) -> bool:
+    """Whether the run is scored as the task's reference scores were: the task's own settings, the
+    default classifier, and one evaluation episode."""
+    args = run.args
+    own_task = not set(args.env_kwargs) - {"action_mode"} and args.dataset is None
+    own_task = own_task and args.n_labeled_anomalous_per_type is None and args.n_labeled_normal is None
+    default_classifier = ClassifierConfig(seed=args.seed, device=args.device) == run.classifier_config
+    return own_task and default_classifier and args.eval_episodes == 1
 
 
 @dataclass
