@@ -231,8 +231,10 @@ def reference(args: argparse.Namespace) -> int:
         "classifier": f"ClassifierConfig(ensemble={args.ensemble}), seed = run seed",
         "evaluation": "one episode per seed, env seed 1,000,000 + seed, as nbs_gym.train evaluates",
         "command": (
-            f"python benchmarks/headroom.py run --out {args.out} --task {args.task} "
-            + " ".join(f"{k}={v}" for k, v in cells[0]["settings"].items())
+            " ".join(
+                [f"python benchmarks/headroom.py run --out {args.out} --task {args.task}"]
+                + [f"{k}={v}" for k, v in cells[0]["settings"].items()]
+            )
             + f" --samplers uniform random clean --seeds {' '.join(map(str, seeds['uniform']))} "
             f"--ensemble {args.ensemble} && python benchmarks/headroom.py reference --out {args.out} "
             f"--task {args.task} --env-id {env_id} --ensemble {args.ensemble}"
