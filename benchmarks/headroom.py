@@ -179,7 +179,8 @@ def report(args: argparse.Namespace) -> int:
     cells: dict[tuple[str, int], dict[str, dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
     for path in sorted((args.out / "cells").glob("*.json")):
         cell = json.loads(path.read_text())
-        cells[(cell["task"], cell["ensemble"])][cell["sampler"]][cell["seed"]] = cell
+        if cell["seed"] in args.seeds:
+            cells[(cell["task"], cell["ensemble"])][cell["sampler"]][cell["seed"]] = cell
     print(
         "| task | settings | classifier | sampler | seeds | predictor pixel AUROC | predictor AUPRO "
         "| predictor F1-max | final_loss pixel AUROC | F1-max ratio [95 % CI] | AUPRO ratio [95 % CI] "
@@ -207,7 +208,7 @@ def report(args: argparse.Namespace) -> int:
 def reference(args: argparse.Namespace) -> int:
     """Write the reference scores of a registered task's cells into the package's table."""
     cells = [json.loads(path.read_text()) for path in sorted((args.out / "cells").glob(f"{args.task}__*.json"))]
-    cells = [cell for cell in cells if cell["task"] == args.task and cell["ensemble"] == args.ensemble]
+    cells = [c for c in cells if c["task"] == args.task and c["ensemble"] == args.ensemble and c["seed"] in args.seeds]
     env_id = args.env_id
     version, _ = parse_env_id(env_id)
     if not cells or _config(cells[0]["settings"]) != task_config(env_id, device="cpu"):
@@ -271,11 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     runner.add_argument("--threads", type=int, default=1, help="torch threads (1 lets two maps run at once)")
     reporter = commands.add_parser("report", help="print the map as a Markdown table")
     reporter.add_argument("--out", type=Path, required=True)
+    reporter.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="the cells' seeds to report")
     referencer = commands.add_parser("reference", help="write a registered task's reference scores")
     referencer.add_argument("--out", type=Path, required=True)
     referencer.add_argument("--task", required=True, help="a task of the map whose settings are the id's")
     referencer.add_argument("--env-id", required=True, help="the registered id (its task version gets the scores)")
     referencer.add_argument("--ensemble", type=int, default=1, help="the cells' classifier ensemble")
+    referencer.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="the cells' seeds")
     referencer.add_argument(
         "--table", type=Path, default=Path(__file__).resolve().parents[1] / "nbs_gym" / "reference_scores.json"
     )

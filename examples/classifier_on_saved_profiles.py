@@ -1,6 +1,6 @@
 """Train the anomaly classifier on a saved profile file, without the environment.
 
-    python examples/classifier_on_saved_profiles.py            # 200-step episode, dilated CNN: ~2 min on 2 CPU cores
+    python examples/classifier_on_saved_profiles.py            # a v1 episode, dilated CNN: ~1 min on 2 CPU cores
     python examples/classifier_on_saved_profiles.py --quick    # 20 steps, per-pixel classifier: ~5 s
 
 One uniform-sampling episode writes its loss profiles to ``--out`` (``profile_dir``); the file is then
@@ -27,7 +27,7 @@ QUICK = {"episode_length": 20, "profile_length": 4, "image_size": 32, "patch_siz
 
 def write_profiles(profile_dir: Path, quick: bool) -> Path:
     """Run one episode of plain uniform SGD; returns the profile file the env wrote."""
-    env = gym.make("nbs_gym/NeuralBatchSampling-v0", profile_dir=profile_dir, device="cpu", **(QUICK if quick else {}))
+    env = gym.make("nbs_gym/NeuralBatchSampling-v1", profile_dir=profile_dir, device="cpu", **(QUICK if quick else {}))
     env.reset(seed=0)
     zero = np.zeros(env.action_space.shape, dtype=np.float32)
     terminated = False

@@ -1,6 +1,6 @@
 """Drive the environment by hand: ``gymnasium.make``, a hand-written policy, ``info`` and a rendered frame.
 
-    python examples/drive_env_by_hand.py            # two 200-step episodes: ~10 s on a laptop CPU
+    python examples/drive_env_by_hand.py            # two v1 episodes (1,000 updates each): ~30 s on 2 CPU cores
     python examples/drive_env_by_hand.py --quick    # 20-step episodes on 32x32 images: ~5 s
 
 The policy is hard-example mining written out by hand: weight each loss stratum by its rank, so that
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("drive_env_by_hand.png"), help="where the frame goes")
     args = parser.parse_args(argv)
     env = gym.make(
-        "nbs_gym/NeuralBatchSampling-v0", render_mode="rgb_array", device="cpu", **(QUICK if args.quick else {})
+        "nbs_gym/NeuralBatchSampling-v1", render_mode="rgb_array", device="cpu", **(QUICK if args.quick else {})
     )
     returns = {}
     for name, policy in (("uniform", uniform), ("hard mining", hard_mining)):

@@ -37,7 +37,7 @@ def classify_folder(path: Path, profile_dir: Path, quick: bool) -> dict[str, dic
     counts = {defect: dataset.defect_types.count(defect) for defect in sorted(set(dataset.defect_types))}
     print(f"{dataset.spec}: {dataset.n_images} images of size {dataset.image_size}; per type {counts}")
     env = gym.make(
-        "nbs_gym/NeuralBatchSampling-v0", dataset=f"mvtec:{path}", profile_dir=profile_dir, device="cpu", **env_kwargs
+        "nbs_gym/NeuralBatchSampling-v1", dataset=f"mvtec:{path}", profile_dir=profile_dir, device="cpu", **env_kwargs
     )
     env.reset(seed=0)
     zero = np.zeros(env.action_space.shape, dtype=np.float32)

@@ -1,6 +1,6 @@
 """PPO against A2C as batch samplers, with uniform sampling as the reference, through ``nbs_gym.compare``.
 
-    python examples/ppo_vs_a2c.py            # 3 agents x 3 seeds, 4,000 steps each: ~20 min on 2 CPU cores
+    python examples/ppo_vs_a2c.py            # 3 agents x 3 seeds, 40 short v1 episodes each: ~20 min on 2 CPU cores
     python examples/ppo_vs_a2c.py --quick    # tiny settings, 2 seeds: ~30 s
 
 Runs the comparison (resumable: run it again after Ctrl-C), then reads the results back through the
@@ -17,10 +17,11 @@ from nbs_gym import compare
 
 METRIC = "predictor/pixel_f1_max"
 FULL = [
-    "--seeds", "0", "1", "2", "--timesteps", "4000",
+    "--seeds", "0", "1", "2", "--timesteps", "800",
+    # Episodes of 100 updates, 20 env steps of 5 updates (v1's decision interval).
     "--env-kwargs", "episode_length=100",
     # One PPO rollout per episode; A2C keeps SB3's 5-step rollouts.
-    "--hyperparams", "ppo.n_steps=100", "ppo.batch_size=50",
+    "--hyperparams", "ppo.n_steps=20", "ppo.batch_size=10",
 ]  # fmt: skip
 QUICK = [
     "--seeds", "0", "1", "--timesteps", "40",

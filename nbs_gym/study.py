@@ -12,7 +12,7 @@ bar charts are written there), so an interrupted study resumes where it stopped 
 never redone. Datasets, by name:
 
 ==============  ================================================================================
-``fabric``      ``synthetic``: the default dataset (the synthetic ``fabric`` category)
+``fabric``      the task's own dataset: v1's stain-contaminated ``fabric``, v0's clean ``synthetic``
 ``grid``        ``synthetic:grid``
 ``stochastic``  ``synthetic:stochastic``
 ``mvtec``       ``mvtec:PATH`` with ``--mvtec PATH``; without it, a folder in the MVTec AD layout
@@ -45,12 +45,13 @@ from nbs_gym.io import write_text_atomic
 __all__ = ["AGENTS", "DATASETS", "MVTEC_FOLDER_SEED", "SEEDS", "dataset_spec", "main", "write_report"]
 
 DATASETS: dict[str, str | None] = {
-    "fabric": "synthetic",
+    "fabric": "",  # the task's own dataset (no --dataset)
     "grid": "synthetic:grid",
     "stochastic": "synthetic:stochastic",
     "mvtec": None,
 }
-"""Dataset names of the study and their ``--dataset`` specs (``mvtec``: given by ``--mvtec`` or generated)."""
+"""Dataset names of the study and their ``--dataset`` specs (``""``: the task's own; ``mvtec``: given by
+``--mvtec`` or generated)."""
 AGENTS: tuple[str, ...] = ("ppo", "a2c", "uniform", "random", "hard_mining", "curriculum")
 """The samplers of the study: the two learned ones and the fixed rules."""
 SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -60,7 +61,8 @@ MVTEC_FOLDER_SEED = 1
 
 
 def dataset_spec(name: str, out: Path, mvtec: Path | None) -> str:
-    """The ``--dataset`` spec of a study dataset; writes the generated MVTec-layout folder if it is needed."""
+    """The ``--dataset`` spec of a study dataset (``""``: the task's own); writes the generated MVTec-layout
+    folder if it is needed."""
     spec = DATASETS[name]
     if spec is not None:
         return spec
@@ -169,7 +171,8 @@ def _compare_argv(options: argparse.Namespace, name: str) -> list[str]:
     argv = ["--out", str(options.out / name), "--agents", *options.agents, "--seeds", *map(str, options.seeds)]
     if options.collect:
         return [*argv, "--collect"]
-    argv += ["--dataset", dataset_spec(name, options.out, options.mvtec), "--device", options.device]
+    spec = dataset_spec(name, options.out, options.mvtec)
+    argv += (["--dataset", spec] if spec else []) + ["--device", options.device]
     if options.timesteps is not None:
         argv += ["--timesteps", str(options.timesteps)]
     if options.env_id is not None:
