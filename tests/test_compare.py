@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import shutil
@@ -276,3 +277,23 @@ def test_one_seed_shows_a_dash_and_a_note(tmp_path: Path) -> None:
 def test_two_runs_of_one_agent_and_seed_are_an_error() -> None:
     with pytest.raises(ValueError, match="two runs of ppo with seed 0"):
         summarize([fake_run("ppo", 0, 0.1), fake_run("ppo", 0, 0.2)])
+
+
+def test_normalised_scores_are_averaged_per_agent_and_reported_in_every_table() -> None:
+    from nbs_gym.compare import _csv_table, _markdown_tables
+    from nbs_gym.scores import REFERENCE_METRICS
+
+    def scored(agent: str, seed: int, score: float) -> RunResult:
+        run = fake_run(agent, seed, 0.5)
+        return RunResult(*dataclasses.astuple(run)[:-1], normalized=dict.fromkeys(REFERENCE_METRICS, score))
+
+    runs = [scored("uniform", 0, -0.1), scored("uniform", 1, 0.1), scored("ppo", 0, 0.4), scored("ppo", 1, 0.8)]
+    runs.append(fake_run("random", 0, 0.5))  # a run without normalised scores: its agent gets none
+    rows = {row.agent: row for row in summarize(runs)}
+    assert rows["ppo"].normalized[REFERENCE_METRICS[0]].mean == pytest.approx(0.6)
+    assert rows["uniform"].normalized[REFERENCE_METRICS[0]].mean == pytest.approx(0.0)
+    assert rows["random"].normalized == {}
+    tables = _markdown_tables(list(rows.values()))
+    assert "Normalised score" in tables and "0.600 [" in tables
+    header = _csv_table(list(rows.values())).splitlines()[0]
+    assert f"{REFERENCE_METRICS[0]}_normalized_mean" in header
