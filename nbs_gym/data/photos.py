@@ -26,8 +26,15 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from nbs_gym.data.base import GOOD, AnomalyDataset, DatasetError, check_int
-from nbs_gym.data.synthetic import DEFECT_TYPES, MIN_IMAGE_SIZE, Texture, add_defect
+from nbs_gym.data.base import GOOD, AnomalyDataset, DatasetError
+from nbs_gym.data.synthetic import (
+    DEFECT_TYPES,
+    Texture,
+    add_defect,
+    assemble_dataset,
+    check_generator_arguments,
+    spec_with_options,
+)
 
 __all__ = ["PHOTOS", "PHOTO_SPEC_OPTIONS", "REPORTING_PHOTOS", "TUNING_PHOTOS", "load_photos"]
 
@@ -84,13 +91,7 @@ def load_photos(
     """
     if name not in PHOTOS:
         raise DatasetError(f"unknown photograph {name!r}; choose one of {', '.join(PHOTOS)}")
-    check_int(image_size, "image_size", MIN_IMAGE_SIZE)
-    check_int(seed, "seed", 0)
-    check_int(n_train, "n_train", 1)
-    check_int(n_test_good, "n_test_good", 0)
-    check_int(n_test_per_defect, "n_test_per_defect", 0)
-    if not (isinstance(defect_contrast, (int, float)) and 0.0 < defect_contrast <= 1.0):
-        raise DatasetError(f"defect_contrast: must be in (0, 1], got {defect_contrast!r}")
+    check_generator_arguments(image_size, seed, n_train, n_test_good, n_test_per_defect, defect_contrast)
     if not (isinstance(zoom, (int, float)) and 0.0 < zoom <= 1.0):
         raise DatasetError(f"zoom: must be in (0, 1], got {zoom!r}")
     photo = _read_photo(name, zoom)
@@ -101,37 +102,19 @@ def load_photos(
             f"({photo.shape[1]}x{photo.shape[0]} pixels)"
         )
     regions = {"train": photo[:half], "test": photo[half:]}
-    groups: list[tuple[str, str, int]] = [("train", GOOD, n_train), ("test", GOOD, n_test_good)]
-    groups += [("test", defect, n_test_per_defect) for defect in DEFECT_TYPES]
     photo_key = list(PHOTOS).index(name)
+    scale = image_size / 64.0
 
-    images, masks, names, defect_types, is_train = [], [], [], [], []
-    for group_key, (split, defect, count) in enumerate(groups):
-        digits = max(3, len(str(count - 1)))
-        for index in range(count):
-            rng = np.random.default_rng([seed, 100 + photo_key, group_key, index])
-            tile = _crop(rng, regions[split], image_size)
-            if defect == GOOD:
-                image, mask = tile, np.zeros(tile.shape, dtype=bool)
-            else:
-                scale = image_size / 64.0
-                surface = gaussian_filter(tile, _SURFACE_SIGMA * scale, mode="reflect")
-                image, mask = add_defect(rng, defect, Texture(tile, surface, _PERIOD * scale), defect_contrast)
-            images.append(image)
-            masks.append(mask)
-            names.append(f"{split}/{defect}/{index:0{digits}d}")
-            defect_types.append(defect)
-            is_train.append(split == "train")
-    options = {"defect_contrast": defect_contrast, "zoom": zoom}
-    query = "&".join(f"{key}={value:g}" for key, value in options.items() if value != PHOTO_SPEC_OPTIONS[key][1])
-    return AnomalyDataset(
-        spec=f"photo:{name}" + (f"?{query}" if query else ""),
-        images=np.stack(images)[:, None].astype(np.float32),
-        masks=np.stack(masks),
-        is_train=np.array(is_train, dtype=bool),
-        defect_types=tuple(defect_types),
-        names=tuple(names),
-    )
+    def draw(group_key: int, split: str, defect: str, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        rng = np.random.default_rng([seed, 100 + photo_key, group_key, index])
+        tile = _crop(rng, regions[split], image_size)
+        if defect == GOOD:
+            return tile, np.zeros(tile.shape, dtype=bool), defect
+        surface = gaussian_filter(tile, _SURFACE_SIGMA * scale, mode="reflect")
+        return (*add_defect(rng, defect, Texture(tile, surface, _PERIOD * scale), defect_contrast), defect)
+
+    spec = spec_with_options(f"photo:{name}", {"defect_contrast": defect_contrast, "zoom": zoom}, PHOTO_SPEC_OPTIONS)
+    return assemble_dataset(spec, (n_train, n_test_good, n_test_per_defect), DEFECT_TYPES, draw)
 
 
 def _read_photo(name: str, zoom: float) -> np.ndarray:

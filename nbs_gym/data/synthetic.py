@@ -32,7 +32,11 @@ __all__ = [
     "TEXTURES",
     "Texture",
     "add_defect",
+    "assemble_dataset",
+    "category_defect_types",
+    "check_generator_arguments",
     "generate_synthetic",
+    "spec_with_options",
 ]
 
 SYNTHETIC_CATEGORIES: tuple[str, ...] = ("fabric", "grid", "stochastic", "ic")
@@ -111,11 +115,7 @@ def generate_synthetic(
     """
     if category not in SYNTHETIC_CATEGORIES:
         raise DatasetError(f"unknown synthetic category {category!r}; choose one of {', '.join(SYNTHETIC_CATEGORIES)}")
-    check_int(image_size, "image_size", MIN_IMAGE_SIZE)
-    check_int(seed, "seed", 0)
-    check_int(n_train, "n_train", 1)
-    check_int(n_test_good, "n_test_good", 0)
-    check_int(n_test_per_defect, "n_test_per_defect", 0)
+    check_generator_arguments(image_size, seed, n_train, n_test_good, n_test_per_defect, defect_contrast)
     if not (isinstance(contamination, (int, float)) and 0.0 <= contamination <= 1.0):
         raise DatasetError(f"contamination: must be a share in [0, 1], got {contamination!r}")
     defect_types_of_category = category_defect_types(category)
@@ -124,53 +124,99 @@ def generate_synthetic(
             f"contaminating_defect: unknown defect type {contaminating_defect!r} for {category!r}; "
             f"choose one of {', '.join(defect_types_of_category)}"
         )
-    if not (isinstance(defect_contrast, (int, float)) and 0.0 < defect_contrast <= 1.0):
-        raise DatasetError(f"defect_contrast: must be in (0, 1], got {defect_contrast!r}")
     n_contaminated = round(contamination * n_train)
-
     draw_texture = TEXTURES[category]
     category_key = SYNTHETIC_CATEGORIES.index(category)
-    groups: list[tuple[str, str, int]] = [("train", GOOD, n_train), ("test", GOOD, n_test_good)]
-    groups += [("test", defect, n_test_per_defect) for defect in defect_types_of_category]
 
-    images: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
-    names: list[str] = []
-    defect_types: list[str] = []
-    is_train: list[bool] = []
-    for group_key, (split, defect, count) in enumerate(groups):
-        digits = max(3, len(str(count - 1)))
-        for index in range(count):
-            rng = np.random.default_rng([seed, category_key, group_key, index])
-            texture = draw_texture(rng, image_size)
-            hidden = split == "train" and index < n_contaminated
-            defect_drawn = defect
-            if defect == GOOD and not hidden:
-                image, mask = texture.image, np.zeros((image_size, image_size), dtype=bool)
-            else:
-                if hidden:  # a stream of its own, so the texture is the clean training image's
-                    rng = np.random.default_rng([seed, category_key, group_key, index, 1])
-                    cycled = defect_types_of_category[index % len(defect_types_of_category)]
-                    defect_drawn = contaminating_defect if contaminating_defect is not None else cycled
-                image, mask = add_defect(rng, defect_drawn, texture, defect_contrast)
-            images.append(image)
-            masks.append(mask)
-            names.append(f"{split}/{defect}/{index:0{digits}d}")
-            defect_types.append(defect_drawn)
-            is_train.append(split == "train")
-    options = {"contamination": contamination, "contaminating_defect": contaminating_defect}
-    options["defect_contrast"] = defect_contrast
+    def draw(group_key: int, split: str, defect: str, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        rng = np.random.default_rng([seed, category_key, group_key, index])
+        texture = draw_texture(rng, image_size)
+        hidden = split == "train" and index < n_contaminated
+        if defect == GOOD and not hidden:
+            return texture.image, np.zeros((image_size, image_size), dtype=bool), defect
+        if hidden:  # a stream of its own, so the texture is the clean training image's
+            rng = np.random.default_rng([seed, category_key, group_key, index, 1])
+            cycled = defect_types_of_category[index % len(defect_types_of_category)]
+            defect = contaminating_defect if contaminating_defect is not None else cycled
+        return (*add_defect(rng, defect, texture, defect_contrast), defect)
+
+    options = {
+        "contamination": contamination,
+        "contaminating_defect": contaminating_defect,
+        "defect_contrast": defect_contrast,
+    }
+    return assemble_dataset(
+        spec_with_options(f"synthetic:{category}", options, SPEC_OPTIONS),
+        (n_train, n_test_good, n_test_per_defect),
+        defect_types_of_category,
+        draw,
+    )
+
+
+def check_generator_arguments(
+    image_size: int, seed: int, n_train: int, n_test_good: int, n_test_per_defect: int, defect_contrast: float
+) -> None:
+    """Check what every generated dataset takes (the synthetic and the photograph source).
+
+    Raises:
+        DatasetError: A size, count or seed out of range, or a contrast outside (0, 1]; names it.
+    """
+    check_int(image_size, "image_size", MIN_IMAGE_SIZE)
+    check_int(seed, "seed", 0)
+    check_int(n_train, "n_train", 1)
+    check_int(n_test_good, "n_test_good", 0)
+    check_int(n_test_per_defect, "n_test_per_defect", 0)
+    if not (isinstance(defect_contrast, (int, float)) and 0.0 < defect_contrast <= 1.0):
+        raise DatasetError(f"defect_contrast: must be in (0, 1], got {defect_contrast!r}")
+
+
+def spec_with_options(base: str, options: dict[str, object], table: dict[str, tuple[type, object]]) -> str:
+    """``base`` followed by the options that differ from their defaults in ``table``, as a query."""
     query = "&".join(
         f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
         for key, value in options.items()
-        if value != SPEC_OPTIONS[key][1]
+        if value != table[key][1]
     )
+    return base + (f"?{query}" if query else "")
+
+
+def assemble_dataset(
+    spec: str,
+    counts: tuple[int, int, int],
+    defect_types: tuple[str, ...],
+    draw: Callable[[int, str, str, int], tuple[np.ndarray, np.ndarray, str]],
+) -> AnomalyDataset:
+    """A generated dataset in the layout every generated source shares.
+
+    Args:
+        spec: The dataset's spec.
+        counts: Training images, good test images, and test images per defect type.
+        defect_types: The test folders' defect types, in order.
+        draw: ``(group_key, split, folder's defect type, index) -> (image, mask, its defect type)``;
+            ``group_key`` numbers the groups (train, good test, then each defect type) for seeding.
+
+    Returns:
+        The training images, then the good test images, then each defect type's images.
+    """
+    n_train, n_test_good, n_test_per_defect = counts
+    groups: list[tuple[str, str, int]] = [("train", GOOD, n_train), ("test", GOOD, n_test_good)]
+    groups += [("test", defect, n_test_per_defect) for defect in defect_types]
+    images, masks, names, types, is_train = [], [], [], [], []
+    for group_key, (split, defect, count) in enumerate(groups):
+        digits = max(3, len(str(count - 1)))
+        for index in range(count):
+            image, mask, drawn = draw(group_key, split, defect, index)
+            images.append(image)
+            masks.append(mask)
+            names.append(f"{split}/{defect}/{index:0{digits}d}")
+            types.append(drawn)
+            is_train.append(split == "train")
     return AnomalyDataset(
-        spec=f"synthetic:{category}" + (f"?{query}" if query else ""),
+        spec=spec,
         images=np.stack(images)[:, None].astype(np.float32),
         masks=np.stack(masks),
         is_train=np.array(is_train, dtype=bool),
-        defect_types=tuple(defect_types),
+        defect_types=tuple(types),
         names=tuple(names),
     )
 
