@@ -224,8 +224,10 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         self._pool_rows = np.searchsorted(snapshot_index, pool)
         self._probe_rows = np.searchsorted(snapshot_index, probe)
         self._snapshot_images = torch.as_tensor(dataset.images[snapshot_index], device=self.device)
-        self._labeled_images = self._snapshot_images[torch.as_tensor(self._probe_rows[: len(self.split.labeled)])]
-        self._twin = AutoencoderTrainer(dataset.channels, cfg.autoencoder) if cfg.reward_baseline != "none" else None
+        self._twin: AutoencoderTrainer | None = None
+        if cfg.reward_baseline == "uniform_twin":  # the twin maps L's images only: its separation is all it gives
+            self._twin = AutoencoderTrainer(dataset.channels, cfg.autoencoder)
+            self._labeled_images = self._snapshot_images[torch.as_tensor(self._probe_rows[: len(self.split.labeled)])]
         self._snapshot_in_step = False
         self._patch_draw: PatchDraw | None = None
         # The probe images of every episode's profiles, shared read-only.
