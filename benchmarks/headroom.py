@@ -54,7 +54,7 @@ import yaml
 
 from agents.baselines import OracleSampler, RandomSampler
 from nbs_gym.classifier import ClassifierConfig, fit_predictor, score_maps, score_metrics
-from nbs_gym.compare import mean_ci
+from nbs_gym.compare import bracketed, mean_ci, plus_minus
 from nbs_gym.config import EnvConfig
 from nbs_gym.data import load_dataset
 from nbs_gym.env import NeuralBatchSamplingEnv
@@ -192,13 +192,13 @@ def report(args: argparse.Namespace) -> int:
         for sampler, by_seed in sorted(samplers.items(), key=lambda item: _sampler_order(item[0])):
             rows = [by_seed[seed] for seed in sorted(by_seed)]
             settings = " ".join(f"{k}={v}" for k, v in rows[0]["settings"].items()) or "defaults"
-            cells_text = [_interval([row["metrics"][key] for row in rows]) for key in METRICS if key != METRICS[-1]]
+            cells_text = [plus_minus(mean_ci(row["metrics"][key] for row in rows)) for key in METRICS[:-1]]
             for key in RATIO_METRICS:
                 paired = [
                     by_seed[seed]["metrics"][key] / uniform[seed]["metrics"][key] for seed in by_seed if seed in uniform
                 ]
-                cells_text.append(_interval(paired, ratio=True) if sampler != "uniform" and paired else "1")
-            cells_text.append(_interval([row["return"] for row in rows]))
+                cells_text.append(bracketed(mean_ci(paired)) if sampler != "uniform" and paired else "1")
+            cells_text.append(plus_minus(mean_ci(row["return"] for row in rows)))
             minutes = np.mean([row["episode_seconds"] + row["classifier_seconds"] for row in rows]) / 60
             line = [task, settings, f"ensemble {ensemble}", sampler, str(len(rows)), *cells_text, f"{minutes:.1f}"]
             print("| " + " | ".join(line) + " |")
@@ -249,15 +249,6 @@ def reference(args: argparse.Namespace) -> int:
 
 def _sampler_order(sampler: str) -> tuple[int, str]:
     return ({"uniform": 0, "random": 1, "clean": 2}.get(sampler, 3 if sampler.startswith("defects") else 4), sampler)
-
-
-def _interval(values: list[float], ratio: bool = False) -> str:
-    interval = mean_ci(values)
-    if ratio:
-        return f"{interval.mean:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
-    if interval.n < 2:
-        return f"{interval.mean:.4f}"
-    return f"{interval.mean:.4f} ± {interval.half_width:.4f}"
 
 
 def main(argv: list[str] | None = None) -> int:
