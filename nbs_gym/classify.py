@@ -30,7 +30,7 @@ from nbs_gym.classifier import (
     score_maps,
     score_metrics,
 )
-from nbs_gym.cli import Parser, bad_input
+from nbs_gym.cli import Parser, bad_input, check_device, one_line_warnings
 from nbs_gym.figures import profile_figure, segmentation_figure
 from nbs_gym.profiles import LossProfiles, load_profiles, write_atomic
 
@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         config = ClassifierConfig(
             kind=args.kind, seed=args.seed, device=args.device, max_epochs=args.max_epochs, ensemble=args.ensemble
         )
+        check_device("--device", args.device)
+        if args.out is not None and args.out.exists() and not args.out.is_dir():
+            raise ValueError(f"--out {args.out}: is a file; expected a folder for the outputs")
         path = newest_profile_file(args.profiles) if args.profiles.is_dir() else args.profiles
         profiles = load_profiles(path)
     except (ValueError, OSError) as error:
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"profile file: {path}")
     out = args.out if args.out is not None else path.parent
     try:
-        results = _classify(profiles, path, config, out, figures=not args.figures_off)
+        with one_line_warnings():
+            results = _classify(profiles, path, config, out, figures=not args.figures_off)
     except (ValueError, OSError) as error:
         # Errors about the profiles already name the file; others (a config, the output folder) do not.
         message = str(error)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import typing
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 
 EXIT_BAD_INPUT = 2
 """Exit status of a command given bad input (flags, files, settings)."""
@@ -28,6 +30,34 @@ def bad_input(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
+def check_device(flag: str, device: str) -> None:
+    """Raise a :class:`ValueError` naming ``flag`` if ``device`` asks for a CUDA device this machine lacks."""
+    import torch  # here, so that the parsers stay fast to import
+
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(f"{flag} {device}: no CUDA device is available here (use cpu or auto)")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Show each warning as one ``warning: MESSAGE`` line on stderr, without the source line under it."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+    original = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
+
+
 def run_resumable(body: Callable[[], int]) -> int:
     """Run a resumable command's ``body`` and map its ways out to exit statuses.
 
@@ -35,7 +65,8 @@ def run_resumable(body: Callable[[], int]) -> int:
     ``error:`` line and :data:`EXIT_BAD_INPUT`, Ctrl-C prints how to resume and returns 130.
     """
     try:
-        return body()
+        with one_line_warnings():
+            return body()
     except SystemExit as exit_request:
         return int(exit_request.code or 0)
     except (ValueError, OSError) as error:

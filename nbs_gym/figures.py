@@ -30,47 +30,59 @@ def segmentation_figure(
     score_maps: Mapping[str, np.ndarray],
     names: Sequence[str] | None = None,
     defect_types: Sequence[str] | None = None,
-    max_rows: int = 4,
+    max_rows: int | None = None,
     path: str | Path | None = None,
 ) -> Figure:
-    """A grid of example images: image | ground truth | one column per anomaly map.
+    """A grid of example images: image | ground truth | one column per anomaly map, with its colour bar.
 
-    Anomalous images are shown first, then normal ones, up to ``max_rows``; given ``defect_types``,
-    the anomalous rows take one image of each type in turn, so that a few rows show many types.
+    Given ``defect_types``, the rows are one image of each defect type, then one normal image (or
+    ``max_rows`` rows: the types in turn, then normal images); without them, anomalous images first,
+    then normal ones, 4 rows unless ``max_rows`` says otherwise. Each map column has one colour scale
+    over its rows, shown by a colour bar, so that rows of one column compare directly.
 
     Args:
         images: ``(N, C, H, W)`` images in [0, 1], C = 1 or 3.
         masks: ``(N, H, W)`` ground-truth masks.
         score_maps: Column title -> ``(N, H, W)`` anomaly map, e.g. ``{"predictor": ..., "final loss":
             ...}``.
-        names: Optional row labels, one per image.
+        names: Optional row labels, one per image (default: the defect types, when given).
         defect_types: Optional defect type per image (``"good"`` for normal ones).
-        max_rows: Most images shown.
+        max_rows: Most images shown; default as above.
         path: Where to write the PNG; ``None`` writes nothing.
 
     Returns:
         The figure.
     """
-    rows = _example_rows(np.asarray(masks), defect_types)[:max_rows]
+    masks = np.asarray(masks)
+    rows = _example_rows(masks, defect_types)
+    if max_rows is None and defect_types is not None:
+        anomalous = masks.reshape(len(masks), -1).any(axis=1)
+        n_types = len({defect_types[i] for i in np.flatnonzero(anomalous)})
+        rows = np.concatenate([rows[:n_types], rows[anomalous.sum() :][:1]])
+    else:
+        rows = rows[: max_rows or 4]
+    if names is None and defect_types is not None:
+        names = list(defect_types)
     columns = ["image", "ground truth", *score_maps]
-    figure = _figure(len(rows), len(columns))
+    figure = _figure(len(rows), len(columns), width=_PANEL_INCHES * len(columns) + 0.8)
+    figure.set_layout_engine("constrained")
     axes = figure.subplots(len(rows), len(columns), squeeze=False)
     for column, title in enumerate(columns):
         axes[0, column].set_title(title)
-    # One colour scale per map over the rows shown, so that rows of one column compare directly.
     shown = {title: np.asarray(scores)[rows] for title, scores in score_maps.items()}
     for row, index in enumerate(rows):
         image = images[index]
         axes[row, 0].imshow(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1)
         axes[row, 1].imshow(masks[index], cmap="gray", vmin=0, vmax=1)
         for column, maps in enumerate(shown.values(), start=2):
-            axes[row, column].imshow(maps[row], cmap="inferno", vmin=maps.min(), vmax=maps.max())
+            drawn = axes[row, column].imshow(maps[row], cmap="inferno", vmin=maps.min(), vmax=maps.max())
+            if row == len(rows) - 1:
+                figure.colorbar(drawn, ax=axes[:, column], location="bottom", shrink=0.9, label="anomaly score")
         if names is not None:
             axes[row, 0].set_ylabel(names[index], fontsize="small")
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.tight_layout()
     if path is not None:
         save_figure(figure, path)
     return figure

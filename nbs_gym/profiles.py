@@ -155,6 +155,8 @@ def load_profiles(path: str | os.PathLike[str]) -> LossProfiles:
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
         if isinstance(error, ProfileFileError):
             raise
+        if "allow_pickle" in str(error):  # neither an .npz nor an .npy file: numpy falls back to pickle
+            raise ProfileFileError(f"{path}: not a profile file (not an .npz archive)") from None
         raise ProfileFileError(f"{path}: unreadable or truncated profile file ({error})") from error
     try:
         metadata = json.loads(str(arrays["metadata"]))

@@ -308,6 +308,8 @@ def _bad_file(kind: str, profiles: LossProfiles, profile_path: Path, folder: Pat
     elif kind == "single array":
         with path.open("wb") as handle:
             np.save(handle, np.zeros(3))
+    elif kind == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(4000))
     elif kind in TAMPERED:
         with np.load(profile_path) as archive:
             arrays = dict(archive)
@@ -341,6 +343,7 @@ TAMPERED = {
         ("unlabeled", "no anomalous pixels"),
         ("mismatch", "another dataset"),
         ("single array", "not a profile file"),
+        ("random bytes", "not a profile file (not an .npz archive)"),
         ("no split", "metadata: no split"),
         ("list metadata", "metadata: expected a JSON object"),
         ("broken metadata", "metadata: "),
@@ -382,6 +385,23 @@ def test_cli_run_dir_without_profiles_exits_2(tmp_path: Path, capsys: pytest.Cap
     assert "no *.npz profile file" in capsys.readouterr().err
 
 
+def test_cli_names_the_flag_of_a_file_given_as_out_folder(
+    profile_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "taken"
+    file.write_text("a user's file")
+    assert main([str(profile_path), "--out", str(file), "--device", "cpu", "--max-epochs", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: --out {file}: is a file") and error.count("\n") == 1
+    assert file.read_text() == "a user's file"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_names_the_device_flag_when_cuda_is_missing(profile_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(profile_path), "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.startswith("error: --device cuda: no CUDA device is available")
+
+
 def test_cli_rejects_a_bad_setting_with_exit_2(profile_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(profile_path), "--device", "tpu"]) == 2
     assert "ClassifierConfig.device" in capsys.readouterr().err
@@ -398,8 +418,14 @@ def test_figures_show_anomalous_types_first_and_survive_a_missing_class(profiles
         defect_types=defect_types,
         path=tmp_path / "segmentation.png",
     )
-    rows = [axis.get_ylabel() for axis in figure.axes[::3]]
-    assert len(figure.axes) == 4 * 3 and len(set(rows)) == 4 and "good" not in rows
+    panels = [axis for axis in figure.axes if axis.get_label() != "<colorbar>"]
+    rows = [axis.get_ylabel() for axis in panels[::3]]
+    anomalous_types = {t for t, mask in zip(defect_types, masks, strict=True) if mask.any()}
+    # One row per defect type, labeled, then one normal image; one colour bar per map column.
+    assert len(panels) == 3 * (len(anomalous_types) + 1) and set(rows) == anomalous_types | {"good"}
+    assert len(figure.axes) - len(panels) == 1
+    figure = segmentation_figure(profiles.images[profiles.n_labeled :], masks, {"final loss": maps[-1]}, max_rows=2)
+    assert len([axis for axis in figure.axes if axis.get_label() != "<colorbar>"]) == 2 * 3
     normal = ~masks.any(axis=(1, 2))
     figure = profile_figure(maps[:, normal], masks[normal], profiles.snapshot_steps, path=tmp_path / "profiles.png")
     assert figure.axes[0].get_yscale() == "log" and len(figure.axes[0].lines) == 1

@@ -25,6 +25,7 @@ from nbs_gym.data import (
     write_mvtec_folder,
 )
 from nbs_gym.data.photos import PHOTOS
+from nbs_gym.data.split import labeled_shortfall
 from nbs_gym.data.synthetic import (
     DEFECT_TYPES,
     IC_DEFECT_TYPES,
@@ -566,11 +567,20 @@ def test_split_larger_counts_label_a_superset(fabric: AnomalyDataset) -> None:
     assert set(small.labeled) < set(large.labeled)
 
 
-def test_split_warns_when_no_anomalous_image_can_be_labeled() -> None:
+def test_a_split_that_could_label_no_anomalous_image_is_an_error_naming_the_dataset() -> None:
     dataset = load_dataset("synthetic", n_train=2, n_test_good=2, n_test_per_defect=1)
-    with pytest.warns(UserWarning, match="no anomalous image is labeled"):
-        split = make_split(dataset)
+    with pytest.raises(DatasetError, match=r"dataset synthetic.*no defect type has two.*tear: 1"):
+        make_split(dataset)
+    split = make_split(dataset, n_labeled_anomalous_per_type=0)  # none requested: no error
     assert all(not dataset.is_anomalous[i] for i in split.labeled)
+
+
+def test_the_shortfall_names_each_type_labeled_below_the_request(fabric: AnomalyDataset) -> None:
+    split = make_split(fabric, n_labeled_anomalous_per_type=1000)
+    shortfall = labeled_shortfall(split, fabric)
+    assert set(shortfall) == set(fabric.defect_type_names) - {"good"}
+    assert all(0 < count < 1000 for count in shortfall.values())
+    assert labeled_shortfall(make_split(fabric, n_labeled_anomalous_per_type=1), fabric) == {}
 
 
 def test_transductive_and_inductive_pools(fabric: AnomalyDataset) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import warnings
+from collections import Counter
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -24,7 +24,7 @@ import numpy as np
 from nbs_gym.data.base import AnomalyDataset, DatasetError, check_int
 from nbs_gym.io import write_text_atomic
 
-__all__ = ["SemiSupervisedSplit", "make_split"]
+__all__ = ["SemiSupervisedSplit", "labeled_shortfall", "make_split"]
 
 _FORMAT_VERSION = 1
 
@@ -174,12 +174,10 @@ def make_split(
         The split; a pure function of the arguments.
 
     Raises:
-        DatasetError: If a count or the seed is negative or not an integer, or if the dataset has no
-            anomalous test images.
+        DatasetError: If a count or the seed is negative or not an integer, if the dataset has no
+            anomalous test images, or if anomalous images are requested but no defect type has two (L
+            would hold none and the reward would have nothing to separate).
 
-    Warns:
-        UserWarning: If anomalous images were requested but no defect type has two images, so L holds
-            none and the reward has nothing to separate.
     """
     check_int(n_labeled_anomalous_per_type, "n_labeled_anomalous_per_type", 0)
     check_int(n_labeled_normal, "n_labeled_normal", 0)
@@ -199,9 +197,11 @@ def make_split(
         members = rng.permutation(np.flatnonzero((defect_types == defect) & test))
         labeled += members[: min(n_labeled_anomalous_per_type, len(members) // 2)].tolist()
     if n_labeled_anomalous_per_type > 0 and not labeled:
-        warnings.warn(
-            f"dataset {dataset.spec}: no defect type has two images, so no anomalous image is labeled",
-            stacklevel=2,
+        counts = Counter(dataset.defect_types[i] for i in np.flatnonzero(anomalous & test))
+        listed = ", ".join(f"{defect}: {count}" for defect, count in sorted(counts.items()))
+        raise DatasetError(
+            f"dataset {dataset.spec}: no defect type has two anomalous test images (one to label, one to "
+            f"evaluate on), so nothing can be labeled; anomalous test images per type: {listed}"
         )
     good_test = rng.permutation(np.flatnonzero(test & ~anomalous))
     n_normal = min(n_labeled_normal, len(good_test) - 1 if len(good_test) >= 2 else len(good_test))
@@ -218,3 +218,17 @@ def make_split(
         n_labeled_anomalous_per_type=int(n_labeled_anomalous_per_type),
         n_labeled_normal=int(n_labeled_normal),
     )
+
+
+def labeled_shortfall(split: SemiSupervisedSplit, dataset: AnomalyDataset) -> dict[str, int]:
+    """Defect type -> anomalous images labeled, for the types where fewer than requested could be.
+
+    :func:`make_split` labels at most half of each type's test images, so that E keeps the rest.
+    """
+    labeled = Counter(dataset.defect_types[i] for i in split.labeled if dataset.is_anomalous[i])
+    test_types = {dataset.defect_types[i] for i in np.flatnonzero(dataset.is_anomalous & ~dataset.is_train)}
+    return {
+        defect: labeled.get(defect, 0)
+        for defect in sorted(test_types)
+        if labeled.get(defect, 0) < split.n_labeled_anomalous_per_type
+    }
