@@ -26,16 +26,24 @@ METRICS = ("pixel_auroc", "pixel_f1_max")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders with profiles/agent/*.npz")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        type=Path,
+        help="run folders with profiles/agent/*.npz (or profiles/uniform/ for a uniform run)",
+    )
     parser.add_argument("--classifier-seeds", type=int, default=5, metavar="K")
     parser.add_argument("--ensemble", type=int, default=1, metavar="M", help="networks per predictor")
     args = parser.parse_args(argv)
     print(f"{'run':28s}" + "".join(f"{m + ' mean':>18s}{m + ' sd':>16s}" for m in METRICS) + "   per seed F1-max")
     spreads = []
     for run in args.runs:
-        files = sorted((run / "profiles" / "agent").glob("*.npz"))
+        # The agent's first evaluation episode (a uniform run's is under profiles/uniform).
+        files = sorted((run / "profiles" / "agent").glob("*.npz")) or sorted(
+            (run / "profiles" / "uniform").glob("*.npz")
+        )
         if not files:
-            print(f"error: {run}: no profiles/agent/*.npz", file=sys.stderr)
+            print(f"error: {run}: no profiles/agent/*.npz or profiles/uniform/*.npz", file=sys.stderr)
             return 2
         profiles = load_profiles(files[0])
         scores = []

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
+from tqdm.auto import tqdm
 
 __all__ = [
     "AtomicCheckpointCallback",
     "EpisodeStatsCallback",
+    "StepProgressBar",
     "checkpoint_path",
+    "checkpoints_newest_first",
     "latest_checkpoint",
     "replay_buffer_path",
     "save_atomic",
@@ -58,38 +63,80 @@ class EpisodeStatsCallback(BaseCallback):
 
 
 class AtomicCheckpointCallback(BaseCallback):
-    """Save the model every ``save_freq`` environment steps (over all envs), atomically.
+    """Save the model every ``save_freq`` environment steps and every ``save_minutes``, atomically.
 
     Files are ``save_dir/agent_<num_timesteps>_steps<suffix>``; a crash mid-save leaves the previous
-    checkpoints intact and no partial file. SB3's ``CheckpointCallback`` writes in place instead.
+    checkpoints intact and no partial file. SB3's ``CheckpointCallback`` writes in place instead. The
+    time interval covers runs too short (or too slow) to reach ``save_freq`` before they are killed.
 
     Args:
-        save_freq: Environment steps between checkpoints, counted over all envs; must be >= 1.
+        save_freq: Environment steps between checkpoints, counted over all envs; 0 for none by steps.
         save_dir: Folder of the checkpoints, created when needed.
         suffix: File suffix (``.zip`` for SB3 models).
+        save_minutes: Wall-clock minutes between checkpoints; 0 for none by time.
         verbose: 1 prints the path of each checkpoint.
     """
 
-    def __init__(self, save_freq: int, save_dir: str | os.PathLike[str], suffix: str = ".zip", verbose: int = 0):
+    def __init__(
+        self,
+        save_freq: int,
+        save_dir: str | os.PathLike[str],
+        suffix: str = ".zip",
+        save_minutes: float = 0.0,
+        verbose: int = 0,
+    ):
         super().__init__(verbose)
-        if save_freq < 1:
-            raise ValueError(f"save_freq: must be >= 1, got {save_freq}")
+        if save_freq < 0:
+            raise ValueError(f"save_freq: must be >= 0, got {save_freq}")
+        if not save_minutes >= 0:
+            raise ValueError(f"save_minutes: must be >= 0, got {save_minutes}")
         self.save_freq = save_freq
+        self.save_minutes = save_minutes
         self.save_dir = Path(save_dir)
         self.suffix = suffix
         self._next_save = save_freq
+        self._next_time = math.inf
 
     def _on_training_start(self) -> None:
         # A resumed model starts past zero: the next checkpoint is the next multiple of save_freq.
-        self._next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq
+        self._schedule()
+
+    def _schedule(self) -> None:
+        self._next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq if self.save_freq else math.inf
+        self._next_time = time.monotonic() + 60.0 * self.save_minutes if self.save_minutes else math.inf
 
     def _on_step(self) -> bool:
-        if self.num_timesteps >= self._next_save:
+        if self.num_timesteps >= self._next_save or time.monotonic() >= self._next_time:
             path = save_checkpoint(self.model, checkpoint_path(self.save_dir, self.num_timesteps, self.suffix))
-            self._next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq
+            self._schedule()
             if self.verbose >= 1:
                 print(f"checkpoint: {path}")
         return True
+
+
+class StepProgressBar(BaseCallback):
+    """A progress bar of the model's environment steps from ``start`` to ``end``, right after a resume.
+
+    SB3's own bar counts the steps of one ``learn`` call against the steps asked for, so a resumed or
+    rounded-up run shows more steps done than its total.
+    """
+
+    def __init__(self, start: int, end: int) -> None:
+        super().__init__()
+        self.start, self.end = start, end
+        self._bar: Any = None
+
+    def _on_training_start(self) -> None:
+        self._bar = tqdm(total=self.end, initial=self.start, unit="step", dynamic_ncols=True)
+
+    def _on_step(self) -> bool:
+        self._bar.update(self.num_timesteps - self._bar.n)
+        return True
+
+    def _on_training_end(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self.num_timesteps - self._bar.n)
+            self._bar.close()
 
 
 def save_atomic(agent: Any, path: str | os.PathLike[str]) -> Path:
@@ -142,11 +189,17 @@ def checkpoint_path(save_dir: str | os.PathLike[str], num_timesteps: int, suffix
 
 def latest_checkpoint(save_dir: str | os.PathLike[str]) -> Path | None:
     """The checkpoint with the most steps in ``save_dir``, or ``None`` if there is none."""
+    found = checkpoints_newest_first(save_dir)
+    return found[0] if found else None
+
+
+def checkpoints_newest_first(save_dir: str | os.PathLike[str]) -> list[Path]:
+    """The checkpoints in ``save_dir``, most steps first (an empty list without the folder)."""
     folder = Path(save_dir)
     if not folder.is_dir():
-        return None
+        return []
     found = [(int(match[1]), path) for path in folder.iterdir() if (match := _CHECKPOINT.match(path.name))]
-    return max(found)[1] if found else None
+    return [path for _, path in sorted(found, reverse=True)]
 
 
 class _EpisodeSums:

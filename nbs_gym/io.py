@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+# The names of the temporary files of write_atomic (.NAME.RANDOM.tmp) and of checkpoint saves, which keep
+# the saved file's suffix (.STEM.tmp.SUFFIX): a process killed mid-write leaves one of them behind.
+_TEMPORARY = re.compile(r"^\..+\.tmp(\.[^.]+)?$")
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
@@ -45,3 +50,17 @@ def current_umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def remove_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that killed atomic writes left anywhere under ``folder``.
+
+    Only names these writers use are touched (``.NAME.RANDOM.tmp``, ``.STEM.tmp.SUFFIX``); call it only
+    when no process writes under ``folder``. Returns the paths deleted.
+    """
+    removed = []
+    for path in sorted(Path(folder).rglob(".*")):
+        if path.is_file() and _TEMPORARY.match(path.name):
+            path.unlink()
+            removed.append(path)
+    return removed

@@ -16,7 +16,8 @@ with the same seed and scored on the evaluation set E. A run directory holds:
 ``config.yaml``                        the resolved arguments; ``--config`` on it repeats the run
 ``split.json``                         the semi-supervised split
 ``events.out.tfevents.*``              TensorBoard: SB3's scalars, ``nbs/*``, ``eval/*``, figures
-``checkpoints/agent_<N>_steps.zip``    periodic and Ctrl-C checkpoints (SB3 agents)
+``checkpoints/agent_<N>_steps.zip``    checkpoints every --checkpoint-freq steps, every
+                                       --checkpoint-minutes and at Ctrl-C (SB3 agents)
 ``agent.zip`` / ``agent.json``         the trained agent (SB3 / built-in baseline)
 ``*_replay_buffer.pkl``                off-policy agents' replay buffer, beside the newest checkpoint
                                        and the trained agent, so that ``--resume`` continues with it
@@ -28,8 +29,10 @@ with the same seed and scored on the evaluation set E. A run directory holds:
 =====================================  ==========================================================
 
 Exit status: 0 done, 2 bad arguments (one ``error:`` line on stderr), 130 interrupted (Ctrl-C saves
-a checkpoint first; ``--resume RUN_DIR`` continues from it, and its evaluation replaces the run's
-previous ``metrics.json`` and profiles).
+a checkpoint first). ``--resume RUN_DIR`` continues a run however it stopped, even killed: from the
+newest checkpoint (or trained agent) that loads, skipping damaged ones with a warning naming them, or
+from step 0 when it has none; its evaluation replaces the run's ``metrics.json`` and profile files and
+leaves other files (``nbs_gym.classify``'s outputs beside the profiles) alone.
 """
 
 from __future__ import annotations
@@ -39,12 +42,14 @@ import ast
 import dataclasses
 import inspect
 import json
+import math
 import re
-import shutil
 import sys
 import textwrap
 import time
+import types
 import typing
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +63,9 @@ from rich.table import Table
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Figure, HParam, Image, Logger, configure
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.type_aliases import TrainFrequencyUnit
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
 from agents.baselines import UniformSampler
@@ -66,17 +74,19 @@ from agents.registry import AgentSpec, get_spec
 from nbs_gym.callbacks import (
     AtomicCheckpointCallback,
     EpisodeStatsCallback,
+    StepProgressBar,
     checkpoint_path,
-    latest_checkpoint,
+    checkpoints_newest_first,
     replay_buffer_path,
     save_checkpoint,
 )
 from nbs_gym.classifier import ClassifierConfig, evaluate, evaluation_masks, fit_predictor, score_maps
-from nbs_gym.cli import Parser, bad_input
+from nbs_gym.cli import Parser, bad_input, check_device, one_line_warnings
 from nbs_gym.config import EnvConfig
-from nbs_gym.data import AnomalyDataset, load_dataset
+from nbs_gym.data import AnomalyDataset, load_dataset, make_split
+from nbs_gym.data.split import labeled_shortfall
 from nbs_gym.figures import profile_figure, segmentation_figure
-from nbs_gym.io import write_text_atomic
+from nbs_gym.io import remove_temporaries, write_text_atomic
 from nbs_gym.profiles import LossProfiles, load_profiles
 from nbs_gym.scores import normalized_scores
 from nbs_gym.tasks import DEFAULT_ENV_ID, parse_env_id, task_config
@@ -97,12 +107,20 @@ _DEDICATED_ENV_KWARGS = {
     "device": "--device",
 }
 # What --resume lets the command line change; the rest comes from the run's config.yaml.
-_RESUME_OVERRIDES = ("timesteps", "eval_episodes", "checkpoint_freq", "progress", "device")
+_RESUME_OVERRIDES = ("timesteps", "eval_episodes", "checkpoint_freq", "checkpoint_minutes", "progress", "device")
 _SUMMARY_METRICS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
 _TB_EXCLUDE = ("stdout", "log", "json", "csv")
 _METAVARS = {"agent": "NAME|MODULE:CLASS", "run_dir": "DIR", "config": "FILE", "resume": "RUN_DIR"}
 # Arguments that locate a run rather than define it: config.yaml leaves them out.
 _NOT_SAVED = ("config", "resume", "run_dir")
+# The standard deviation of the predictor's pixel F1-max over classifier seeds refitted on the same loss
+# profiles, by ensemble size (benchmarks/classifier_noise.py on v0's fabric, docs/RESULTS.md): a
+# difference between two samplers smaller than about twice this is not evidence of either.
+CLASSIFIER_NOISE_F1 = {1: 0.046, 4: 0.021}
+
+
+class RunWarning(UserWarning):
+    """Something a run did differently from what its user may expect, shown as one ``warning:`` line."""
 
 
 @dataclass(frozen=True)
@@ -153,11 +171,15 @@ class Args:
     eval_episodes: int = 1
     """Evaluation episodes per sampler (the trained one and uniform)."""
     checkpoint_freq: int = 10_000
-    """Environment steps between checkpoints (SB3 agents); 0 disables periodic checkpoints."""
+    """Environment steps between checkpoints (SB3 agents); 0 disables checkpoints by steps."""
+    checkpoint_minutes: float = 5.0
+    """Minutes between checkpoints (SB3 agents), so that a killed run loses at most this much; 0 disables
+    checkpoints by time."""
     resume: str | None = None
-    """Run directory to continue: its config and latest checkpoint are loaded and training goes on to
-    --timesteps (which may be raised); only --timesteps, --eval-episodes, --checkpoint-freq,
-    --[no-]progress and --device may be given with it."""
+    """Run directory to continue, however it stopped: its config and newest loadable checkpoint are loaded
+    (from step 0 if it has none) and training goes on to --timesteps (which may be raised); only
+    --timesteps, --eval-episodes, --checkpoint-freq, --checkpoint-minutes, --[no-]progress and --device
+    may be given with it."""
     progress: bool = True
     """Show a progress bar while training (--no-progress hides it)."""
 
@@ -176,6 +198,9 @@ class Args:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{_flag(name)}: must be an integer >= {minimum}, got {value!r}")
+        minutes = self.checkpoint_minutes
+        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes >= 0:
+            raise ValueError(f"--checkpoint-minutes: must be a number >= 0, got {minutes!r}")
         if self.vec_env not in ("auto", "batched", "dummy"):
             raise ValueError(f"--vec-env: expected auto, batched or dummy, got {self.vec_env!r}")
         if not (self.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", self.device)):
@@ -190,6 +215,11 @@ class Args:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``python -m nbs_gym.train`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    with one_line_warnings():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = parse_args(argv)
         run = _prepare(args)
@@ -200,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted before training started", file=sys.stderr)
         return 130
+    print(f"run directory: {run.run_dir}\nTensorBoard:   tensorboard --logdir {run.run_dir}", flush=True)
     phase = "training"
     try:
         try:
@@ -218,13 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if phase == "checkpoint":
             message = f"interrupted again while saving a checkpoint; --resume {run.run_dir} continues from the last one"
         else:
-            message = f"interrupted during evaluation; the trained agent is in {run.run_dir}"
+            message = f"interrupted during evaluation; --resume {run.run_dir} evaluates the trained agent again"
         print(f"\n{message}", file=sys.stderr)
         return 130
     finally:
         run.close()
-    _print_comparison(metrics, run.args.agent)
-    print(f"run directory: {run.run_dir}")
+    _print_summary(run, metrics)
     return 0
 
 
@@ -277,13 +307,17 @@ def _build_parser() -> argparse.ArgumentParser:
         help_text = f"{docs[item.name]} (default: {default})"
         flag = _flag(item.name)
         kind = hints[item.name]
+        # An optional setting (int | None: the task's value unless given) takes its flag as the type.
+        given = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(given) == 1:
+            kind = given[0]
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         elif typing.get_origin(kind) is dict:
             parser.add_argument(flag, nargs="*", type=_key_value, metavar="KEY=VALUE", help=help_text)
         else:
-            metavar = "N" if kind is int else _METAVARS.get(item.name)
-            parser.add_argument(flag, type=int if kind is int else str, metavar=metavar, help=help_text)
+            metavar = {int: "N", float: "X"}.get(kind, _METAVARS.get(item.name))
+            parser.add_argument(flag, type=kind if kind in (int, float) else str, metavar=metavar, help=help_text)
     return parser
 
 
@@ -399,10 +433,12 @@ def validated_settings(args: Args) -> tuple[AgentSpec, dict[str, Any], EnvConfig
 def _prepare(args: Args) -> _Run:
     """Validate the whole configuration and build data, envs, agent and logger; writes config and split."""
     spec, env_kwargs, env_config, classifier_config = validated_settings(args)  # before any work
+    check_device("--device", args.device)
+    run_dir = _run_dir(args)
     data = env_config.data
     # Loaded once and shared by all envs (training and evaluation), rather than once per env.
     dataset = load_dataset(data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels)
-    run_dir = _run_dir(args)
+    _check_labeled_counts(args, env_config, dataset)
     env_id = spec.env_id(env_config.action_mode, task=args.env_id)
     vec_env = _training_envs(args, env_id, {**env_kwargs, "dataset_object": dataset})
     try:
@@ -412,9 +448,7 @@ def _prepare(args: Args) -> _Run:
         raise
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.resume:
-        # The previous evaluation is of the agent before this resumption; the new one replaces it.
-        (run_dir / "metrics.json").unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "profiles", ignore_errors=True)
+        _clear_for_resumption(run_dir)
     logger = configure(str(run_dir), ["tensorboard"])
     if isinstance(agent, BaseAlgorithm):
         agent.set_logger(logger)
@@ -423,6 +457,56 @@ def _prepare(args: Args) -> _Run:
     write_text_atomic(run_dir / CONFIG_FILE, header + yaml.safe_dump(saved, sort_keys=False))
     vec_env.get_attr("split", indices=[0])[0].save(run_dir / "split.json")
     return _Run(args, spec, env_id, env_kwargs, classifier_config, dataset, run_dir, vec_env, agent, logger)
+
+
+def _check_labeled_counts(args: Args, config: EnvConfig, dataset: AnomalyDataset) -> None:
+    """An error naming the flag when the data cannot give L as many images as it asks for (a warning when
+    the count is the task's default): the split labels at most half of each defect type's test images and
+    leaves one normal test image to E."""
+    data = config.data
+    split = make_split(
+        dataset,
+        n_labeled_anomalous_per_type=data.n_labeled_anomalous_per_type,
+        n_labeled_normal=data.n_labeled_normal,
+        seed=data.split_seed,
+        transductive=data.transductive,
+    )
+    shortfall = labeled_shortfall(split, dataset)
+    labeled_normal = sum(not dataset.is_anomalous[i] for i in split.labeled)
+    problems = []
+    if shortfall:
+        counts = ", ".join(f"{defect}: {count}" for defect, count in shortfall.items())
+        problems.append(
+            (
+                "n_labeled_anomalous_per_type",
+                data.n_labeled_anomalous_per_type,
+                f"dataset {dataset.spec} can label only {counts} anomalous image(s) per defect type "
+                "(at most half of each type's test images, so that E keeps the rest)",
+            )
+        )
+    if labeled_normal < data.n_labeled_normal:
+        problems.append(
+            (
+                "n_labeled_normal",
+                data.n_labeled_normal,
+                f"dataset {dataset.spec} can label only {labeled_normal} normal test image(s) (one stays in E)",
+            )
+        )
+    for name, value, reason in problems:
+        if getattr(args, name) is not None:
+            raise ValueError(f"{_flag(name)} {value}: {reason}")
+        warnings.warn(f"the task's {name}={value}: {reason}", RunWarning, stacklevel=2)
+
+
+def _clear_for_resumption(run_dir: Path) -> None:
+    """Delete what a stopped run leaves that the resumed one writes anew: half-written temporary files,
+    the previous evaluation's ``metrics.json`` and profile files; never other files in the folder."""
+    for path in remove_temporaries(run_dir):
+        print(f"resume: removed {path}, a file a killed write left half-written", file=sys.stderr)
+    (run_dir / "metrics.json").unlink(missing_ok=True)
+    for who in ("agent", "uniform"):
+        for path in (run_dir / "profiles" / who).glob("episode_*.npz"):
+            path.unlink()
 
 
 def _training_envs(args: Args, env_id: str, env_kwargs: dict[str, Any]) -> VecEnv:
@@ -455,6 +539,8 @@ def _run_dir(args: Args) -> Path:
         dataset = args.dataset or task_config(args.env_id).data.dataset
         name = "__".join([args.agent, version, dataset, str(args.seed), time.strftime("%Y%m%d-%H%M%S")])
         run_dir = Path("runs") / re.sub(r"[^\w.-]+", "-", name)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--run-dir {run_dir}: is a file, not a folder")
     if (run_dir / CONFIG_FILE).exists():
         raise ValueError(f"--run-dir {run_dir}: holds a run already; continue it with --resume {run_dir}")
     return run_dir
@@ -468,28 +554,61 @@ def _new_agent(spec: AgentSpec, args: Args, vec_env: VecEnv) -> Any:
 
 
 def _load_agent(spec: AgentSpec, args: Args, run_dir: Path, vec_env: VecEnv) -> Any:
-    """The run's final agent, or its latest checkpoint when that is newer.
+    """The run's final agent or its newest checkpoint, whichever has more steps; a new agent if neither.
 
-    On a tie the final agent wins: a checkpoint is taken before the step's transition reaches the
-    replay buffer, so the final agent's buffer holds one transition more.
+    A file that does not load (a truncated or empty checkpoint) is skipped with a warning naming it, and
+    the next newest is tried. On a tie the final agent wins: a checkpoint is taken before the step's
+    transition reaches the replay buffer, so the final agent's buffer holds one transition more.
     """
-    candidates = (run_dir / f"agent{spec.file_suffix}", latest_checkpoint(run_dir / "checkpoints"))
-    found = [path for path in candidates if path is not None and path.is_file()]
+    final = _loaded(spec, args, run_dir / f"agent{spec.file_suffix}", vec_env)
+    checkpoint = None
+    for path in checkpoints_newest_first(run_dir / "checkpoints"):
+        if final is not None and _steps_in_name(path) <= _num_timesteps(final[1]):
+            break  # no newer than the final agent
+        if (checkpoint := _loaded(spec, args, path, vec_env)) is not None:
+            break
+    found = [item for item in (final, checkpoint) if item is not None]
     if not found:
-        raise ValueError(f"--resume {run_dir}: no checkpoint and no saved agent to continue from")
-    agents = {path: spec.load(path, env=vec_env, device=args.device) for path in found}
-    path, agent = max(agents.items(), key=lambda item: _num_timesteps(item[1]))
+        warnings.warn(
+            f"--resume {run_dir}: no checkpoint or saved agent loads (the run stopped before its first "
+            "checkpoint); training starts again from step 0",
+            RunWarning,
+            stacklevel=2,
+        )
+        return _new_agent(spec, args, vec_env)
+    path, agent = max(found, key=lambda item: _num_timesteps(item[1]))
+    print(f"resume: from {path} ({_num_timesteps(agent):,} steps)", file=sys.stderr)
     if getattr(agent, "replay_buffer", None) is not None and hasattr(agent, "load_replay_buffer"):
         buffer = replay_buffer_path(path)
-        if buffer.is_file():
+        try:
             agent.load_replay_buffer(buffer)
-        else:
-            print(f"warning: no replay buffer beside {path}; training goes on with an empty one", file=sys.stderr)
+        except Exception as error:  # missing, truncated or from another agent
+            warnings.warn(
+                f"replay buffer {buffer} does not load ({type(error).__name__}); training goes on with an empty one",
+                RunWarning,
+                stacklevel=2,
+            )
     if isinstance(agent, BaseAlgorithm):
         # Loading restores weights, not random streams; seeding by the step count keeps a resumed run
         # reproducible (though not identical to one that never stopped).
         agent.set_random_seed(args.seed + agent.num_timesteps)
     return agent
+
+
+def _loaded(spec: AgentSpec, args: Args, path: Path, vec_env: VecEnv) -> tuple[Path, Any] | None:
+    """``(path, agent)`` loaded from ``path``; ``None`` if it is absent, or damaged (with a warning)."""
+    if not path.is_file():
+        return None
+    try:
+        return path, spec.load(path, env=vec_env, device=args.device)
+    except Exception as error:  # SB3 raises whatever its zip, torch and pickle readers raise
+        reason = f"{type(error).__name__}: {error}".strip().rstrip(":")
+        warnings.warn(f"skipping {path}: it does not load ({reason})", RunWarning, stacklevel=2)
+        return None
+
+
+def _steps_in_name(path: Path) -> int:
+    return int(path.name.split("_")[1])
 
 
 def _num_timesteps(agent: Any) -> int:
@@ -501,16 +620,58 @@ def _train(run: _Run) -> None:
     args, agent = run.args, run.agent
     run.logger.record("hyperparameters", _markdown_table(_hparams(run)), exclude=_TB_EXCLUDE)
     run.logger.dump(_num_timesteps(agent))
-    remaining = args.timesteps - _num_timesteps(agent)
+    start = _num_timesteps(agent)
+    remaining = args.timesteps - start
     if remaining > 0:
         if isinstance(agent, BaseAlgorithm):
-            callbacks = [EpisodeStatsCallback()]
-            if args.checkpoint_freq:
-                callbacks.append(AtomicCheckpointCallback(args.checkpoint_freq, run.checkpoint_dir, run.suffix))
-            agent.learn(remaining, callback=callbacks, progress_bar=args.progress, reset_num_timesteps=False)
+            end = planned_end(agent, start, args.timesteps)
+            if end > args.timesteps:
+                print(
+                    f"note: {args.agent} trains in whole rollouts of {_rollout_steps(agent):,} env steps, so "
+                    f"training runs from step {start:,} to {end:,}, {end - args.timesteps:,} past "
+                    f"--timesteps {args.timesteps:,}",
+                    file=sys.stderr,
+                )
+            callbacks: list[Any] = [EpisodeStatsCallback()]
+            if args.checkpoint_freq or args.checkpoint_minutes:
+                callbacks.append(
+                    AtomicCheckpointCallback(
+                        args.checkpoint_freq, run.checkpoint_dir, run.suffix, save_minutes=args.checkpoint_minutes
+                    )
+                )
+            if args.progress:
+                callbacks.append(StepProgressBar(start, end))
+            agent.learn(remaining, callback=callbacks, progress_bar=False, reset_num_timesteps=False)
+            # SB3 records an update's train/* scalars after it dumps the logs of the rollout before it, so
+            # those of the last update are pending at the step already dumped: logging them there would
+            # give each train/* scalar two values at that step. They are dropped, as a plain learn() does.
+            run.logger.name_to_value.clear()
+            run.logger.name_to_count.clear()
+            run.logger.name_to_excluded.clear()
         else:
             agent.learn(remaining, callback=None, progress_bar=args.progress)
     save_checkpoint(agent, run.agent_path)
+
+
+def planned_end(agent: BaseAlgorithm, start: int, target: int) -> int:
+    """The step count at which SB3's ``learn`` from ``start`` towards ``target`` stops.
+
+    On-policy algorithms collect whole rollouts (``n_steps`` per env) and off-policy ones whole
+    ``train_freq`` chunks before they check the count; others stop at ``target`` or just after it.
+    """
+    if target <= start:
+        return start
+    chunk = _rollout_steps(agent)
+    return start + math.ceil((target - start) / chunk) * chunk
+
+
+def _rollout_steps(agent: BaseAlgorithm) -> int:
+    """Env steps (over all envs) that ``agent`` collects between two checks of its step count."""
+    if isinstance(agent, OnPolicyAlgorithm):
+        return int(agent.n_steps * agent.n_envs)
+    if isinstance(agent, OffPolicyAlgorithm) and agent.train_freq.unit == TrainFrequencyUnit.STEP:
+        return int(agent.train_freq.frequency * agent.n_envs)
+    return int(agent.n_envs)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -519,9 +680,19 @@ def _train(run: _Run) -> None:
 def _evaluate(run: _Run) -> dict[str, Any]:
     """Evaluate the agent and ``uniform``; write metrics.json and figures; log to TensorBoard."""
     args = run.args
-    samplers = {"agent": run.agent, "uniform": None}
+    # --agent uniform is the baseline itself: evaluated once, its result stands for both.
+    samplers = {"uniform": None} if _is_uniform(run) else {"agent": run.agent, "uniform": None}
     metrics: dict[str, Any] = {}
-    for key, sampler in samplers.items():
+    for number, (key, sampler) in enumerate(samplers.items(), start=1):
+        name = args.agent if key == "agent" else "uniform"
+        steps = run.env_kwargs.get("episode_length", task_config(args.env_id).episode_length)
+        print(
+            f"evaluation {number}/{len(samplers)}: {name}, {args.eval_episodes} episode(s) of {steps:,} updates, "
+            "then the anomaly classifier on each episode's loss profiles ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        start = time.perf_counter()
         env = gym.make(
             run.env_id,
             render_mode="rgb_array",
@@ -543,9 +714,16 @@ def _evaluate(run: _Run) -> dict[str, Any]:
         metrics[key] = _score(run, key, episodes)
         if _on_reference_settings(run):
             metrics[key]["normalized"] = normalized_scores(run.env_id, metrics[key])
+        print(f"evaluation {number}/{len(samplers)}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    if "agent" not in metrics:
+        metrics = {"agent": metrics["uniform"], **metrics}
     write_text_atomic(run.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     _log_evaluation(run, metrics)
     return metrics
+
+
+def _is_uniform(run: _Run) -> bool:
+    return run.spec.agent_class is UniformSampler and not run.args.hyperparams
 
 
 def _on_reference_settings(run: _Run) -> bool:
@@ -635,12 +813,13 @@ def _draw_figures(run: _Run, key: str, profiles: LossProfiles, predictor: Any, f
         title=f"{key}: loss profiles of L",
         path=folder / f"{key}_profiles.png",
     )
-    evaluation_masks_, _ = evaluation_masks(profiles)
+    evaluation_masks_, defect_types = evaluation_masks(profiles)
     maps = score_maps(profiles, predictor)
     segmentation = segmentation_figure(
         profiles.images[profiles.n_labeled :],
         evaluation_masks_,
         {"predictor": maps["predictor"], "final loss": maps["final_loss"]},
+        defect_types=defect_types,
         path=folder / f"{key}_segmentation.png",
     )
     run.logger.record(f"eval/{key}/profiles", Figure(profile, close=False), exclude=_TB_EXCLUDE)
@@ -682,12 +861,17 @@ def _markdown_table(values: dict[str, Any]) -> str:
     return f"|parameter|value|\n|-|-|\n{rows}"
 
 
-def _print_comparison(metrics: dict[str, Any], agent_name: str) -> None:
-    table = Table(title="evaluation on E (classifier trained on L's loss profiles)")
+def _print_summary(run: _Run, metrics: dict[str, Any]) -> None:
+    """The comparison table (what each column is), the classifier's own noise, and the files written."""
+    name = run.args.agent
+    uniform_only = _is_uniform(run)
+    table = Table(title="evaluation on E: the anomaly classifier trained on L's loss profiles, scored on E")
     table.add_column("metric")
-    table.add_column(agent_name, justify="right")
+    if not uniform_only:
+        table.add_column(name, justify="right")
     table.add_column("uniform", justify="right")
-    table.add_column("difference", justify="right")
+    if not uniform_only:
+        table.add_column(f"{name} − uniform", justify="right")
     rows = [
         (f"{source}/{metric}", (source, metric))
         for source in ("predictor", "final_loss")
@@ -696,8 +880,34 @@ def _print_comparison(metrics: dict[str, Any], agent_name: str) -> None:
     rows.append(("final_separation", ("final_separation",)))
     for label, path in rows:
         agent_value, uniform_value = (_lookup(metrics[who], path) for who in ("agent", "uniform"))
-        table.add_row(label, f"{agent_value:.4f}", f"{uniform_value:.4f}", f"{agent_value - uniform_value:+.4f}")
-    Console().print(table)
+        if uniform_only:
+            table.add_row(label, f"{uniform_value:.4f}")
+        else:
+            table.add_row(label, f"{agent_value:.4f}", f"{uniform_value:.4f}", f"{agent_value - uniform_value:+.4f}")
+    console = Console()
+    console.print(table)
+    ensemble = run.classifier_config.ensemble
+    noise = CLASSIFIER_NOISE_F1.get(ensemble) if run.classifier_config.kind == ClassifierConfig().kind else None
+    if noise is not None and not uniform_only:
+        networks = "1 network" if ensemble == 1 else f"an ensemble of {ensemble}"
+        print(
+            f"classifier noise: refitted on the same profiles, the predictor's pixel_f1_max varies by about "
+            f"{noise:.3f} (sd over classifier seeds, {networks}; docs/RESULTS.md), so a difference under about "
+            f"{2 * noise:.2f} is within the classifier's own noise"
+        )
+    if "normalized" in metrics["agent"] and not uniform_only:
+        score = metrics["agent"]["normalized"].get("predictor/pixel_f1_max")
+        if score is not None:
+            print(f"normalised score (0 = uniform, 1 = oracle; nbs_gym.scores): pixel_f1_max {score:+.3f}")
+    written = [
+        run.run_dir / "metrics.json",
+        run.agent_path,
+        run.run_dir / "figures",
+        run.run_dir / "profiles",
+        run.run_dir / CONFIG_FILE,
+    ]
+    print("wrote: " + ", ".join(str(path) for path in written))
+    print(f"TensorBoard logs: tensorboard --logdir {run.run_dir}")
 
 
 def _lookup(tree: dict[str, Any], path: tuple[str, ...]) -> float:

@@ -104,11 +104,11 @@ def check_run_dir(run_dir: Path) -> dict[str, Any]:
     for name in ("config.yaml", "split.json", "metrics.json"):
         assert (run_dir / name).is_file(), name
     assert list(run_dir.glob("events.out.tfevents.*")), "no TensorBoard event file"
-    for who in ("agent", "uniform"):
-        assert (run_dir / "profiles" / who / "episode_00000.npz").is_file()
+    assert (run_dir / "profiles" / "uniform" / "episode_00000.npz").is_file()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics) == {"agent", "uniform"}
     for result in metrics.values():
+        assert all((run_dir / episode["profiles"]).is_file() for episode in result["episodes"])
         for source in ("predictor", "final_loss"):
             assert 0.0 <= result[source]["pixel_auroc"] <= 1.0
             assert "per_defect_type" in result[source]
@@ -159,7 +159,7 @@ def test_resume_drops_the_previous_evaluation_before_training(ppo_run: Path, tmp
     shutil.copytree(ppo_run, run_dir)
     run = _prepare(parse_args(["--resume", str(run_dir), "--timesteps", "80", "--no-progress"]))
     try:  # an interruption from here on must not leave the 40-step metrics beside an 80-step config
-        assert not (run_dir / "metrics.json").exists() and not (run_dir / "profiles").exists()
+        assert not (run_dir / "metrics.json").exists() and not list((run_dir / "profiles").rglob("episode_*.npz"))
         assert (run_dir / "agent.zip").is_file() and (run_dir / "checkpoints" / "agent_40_steps.zip").is_file()
     finally:
         run.close()
@@ -220,8 +220,8 @@ def test_other_agents_train_and_load_back(agent: str, extra: list[str], load: An
 def test_a_plugin_whose_predictions_the_env_rejects_is_one_error_line(tmp_path: Path) -> None:
     plugin = ["--agent", "test_train:BareActionSampler", "--timesteps", "20"]
     result = run_train(*plugin, *TINY, "--run-dir", str(tmp_path))
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if not line.startswith("evaluation ")] == [
         f"error: BareActionSampler.predict returned ndarray; expected a tuple (action, state); "
         f"the trained agent is in {tmp_path}"
     ]
