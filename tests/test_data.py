@@ -147,6 +147,34 @@ def test_defect_contrast_scales_the_change_and_keeps_the_mask_exact(defect: str)
         assert abs(float(np.median(ratio)) - 0.5) < 0.05, (index, float(np.median(ratio)))
 
 
+@pytest.mark.parametrize("defect", DEFECT_TYPES)
+def test_soft_defect_edges_fade_out_and_keep_the_mask_exact(defect: str) -> None:
+    """Against the defect-free texture: the mask is the changed pixels, and a soft edge spreads the change
+    over more pixels, most of them changed less than the defect's strongest change."""
+    sharp_sizes, soft_sizes, sharp_faint, soft_faint = [], [], [], []
+    for index in range(6):
+        texture = TEXTURES["fabric"](np.random.default_rng([14, index]), 64)
+        for softness, sizes, faint in ((0.0, sharp_sizes, sharp_faint), (1.5, soft_sizes, soft_faint)):
+            image, mask = add_defect(np.random.default_rng([15, index]), defect, texture, softness=softness)
+            change = np.abs(image.astype(np.float32) - texture.image.astype(np.float32))
+            assert np.array_equal(change > 0, mask)
+            sizes.append(mask.sum())
+            faint.append(np.mean(change[mask] < 0.5 * change.max()))
+    if defect == "stain":  # already soft: its change fades to nothing at its rim, and no further
+        assert soft_sizes == sharp_sizes
+        return
+    assert np.mean(soft_sizes) > 1.3 * np.mean(sharp_sizes)
+    assert np.mean(soft_faint) > np.mean(sharp_faint) + 0.1
+
+
+@pytest.mark.parametrize("category", SYNTHETIC_CATEGORIES)
+def test_soft_defects_are_drawn_in_every_category(category: str) -> None:
+    soft = load_dataset(f"synthetic:{category}?defect_softness=1.5", image_size=32, **SMALL)
+    assert soft.spec == f"synthetic:{category}?defect_softness=1.5"
+    coverage = soft.masks[soft.is_anomalous].mean(axis=(1, 2))
+    assert ((MIN_COVERAGE <= coverage) & (coverage <= MAX_COVERAGE)).all()
+
+
 def test_ic_pin_defects_change_one_pin_only() -> None:
     """A missing pin shows the board where the pin was; a bent pin leaves its place."""
     for index in range(4):
@@ -194,6 +222,8 @@ def test_synthetic_default_generation_is_fast() -> None:
         ({"contamination": 1.5}, "contamination"),
         ({"contaminating_defect": "dent"}, "contaminating_defect"),
         ({"defect_contrast": 0.0}, "defect_contrast"),
+        ({"defect_softness": -1.0}, "defect_softness"),
+        ({"defect_softness": 2.0}, "defect_softness"),
     ],
 )
 def test_synthetic_rejects_bad_arguments(kwargs: dict[str, int], field: str) -> None:
@@ -696,6 +726,10 @@ def _holds_tile(region: np.ndarray, tile: np.ndarray) -> bool:
 def test_photo_spec_options_and_errors() -> None:
     faint = load_dataset("photo:grass?defect_contrast=0.5", n_train=2, n_test_good=1, n_test_per_defect=1)
     assert faint.spec == "photo:grass?defect_contrast=0.5"
+    soft = load_dataset("photo:grass?defect_softness=1.5", n_train=2, n_test_good=1, n_test_per_defect=1)
+    sharp = load_dataset("photo:grass", n_train=2, n_test_good=1, n_test_per_defect=1)
+    assert soft.spec == "photo:grass?defect_softness=1.5"
+    assert soft.masks[soft.is_anomalous].sum() > sharp.masks[sharp.is_anomalous].sum()
     with pytest.raises(DatasetError, match="unknown photograph 'lena'"):
         load_dataset("photo:lena")
     with pytest.raises(DatasetError, match="'size=3' is not an option"):

@@ -51,7 +51,11 @@ TUNING_PHOTOS: tuple[str, ...] = ("brick",)
 REPORTING_PHOTOS: tuple[str, ...] = ("grass", "gravel", "ihc")
 """Photographs kept apart from any tuning, for reporting."""
 
-PHOTO_SPEC_OPTIONS: dict[str, tuple[type, object]] = {"defect_contrast": (float, 1.0), "zoom": (float, 0.5)}
+PHOTO_SPEC_OPTIONS: dict[str, tuple[type, object]] = {
+    "defect_contrast": (float, 1.0),
+    "defect_softness": (float, 0.0),
+    "zoom": (float, 0.5),
+}
 """Options of a photograph dataset's spec query (``"photo:grass?defect_contrast=0.5"``), with defaults."""
 
 # A smooth "surface" under the texture: the local mean over about a texture element.
@@ -69,6 +73,7 @@ def load_photos(
     n_test_per_defect: int = 10,
     defect_contrast: float = 1.0,
     zoom: float = 0.5,
+    defect_softness: float = 0.0,
 ) -> AnomalyDataset:
     """Tiles of one photograph, some with a synthesised defect.
 
@@ -80,6 +85,8 @@ def load_photos(
         n_test_good: Normal test tiles (lower half).
         n_test_per_defect: Anomalous test tiles per defect type (lower half).
         defect_contrast: Factor in (0, 1] on each defect's intensity change.
+        defect_softness: Width of each defect's Gaussian edge fade (see
+            :func:`~nbs_gym.data.synthetic.add_defect`); 0 for sharp edges.
         zoom: Scale factor in (0, 1] applied to the photograph before cropping.
 
     Returns:
@@ -91,7 +98,9 @@ def load_photos(
     """
     if name not in PHOTOS:
         raise DatasetError(f"unknown photograph {name!r}; choose one of {', '.join(PHOTOS)}")
-    check_generator_arguments(image_size, seed, n_train, n_test_good, n_test_per_defect, defect_contrast)
+    check_generator_arguments(
+        image_size, seed, n_train, n_test_good, n_test_per_defect, defect_contrast, defect_softness
+    )
     if not (isinstance(zoom, (int, float)) and 0.0 < zoom <= 1.0):
         raise DatasetError(f"zoom: must be in (0, 1], got {zoom!r}")
     photo = _read_photo(name, zoom)
@@ -111,9 +120,16 @@ def load_photos(
         if defect == GOOD:
             return tile, np.zeros(tile.shape, dtype=bool), defect
         surface = gaussian_filter(tile, _SURFACE_SIGMA * scale, mode="reflect")
-        return (*add_defect(rng, defect, Texture(tile, surface, _PERIOD * scale), defect_contrast), defect)
+        return (
+            *add_defect(rng, defect, Texture(tile, surface, _PERIOD * scale), defect_contrast, defect_softness),
+            defect,
+        )
 
-    spec = spec_with_options(f"photo:{name}", {"defect_contrast": defect_contrast, "zoom": zoom}, PHOTO_SPEC_OPTIONS)
+    spec = spec_with_options(
+        f"photo:{name}",
+        {"defect_contrast": defect_contrast, "defect_softness": defect_softness, "zoom": zoom},
+        PHOTO_SPEC_OPTIONS,
+    )
     return assemble_dataset(spec, (n_train, n_test_good, n_test_per_defect), DEFECT_TYPES, draw)
 
 

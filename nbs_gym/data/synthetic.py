@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from nbs_gym.data.base import GOOD, AnomalyDataset, DatasetError, check_int
 
@@ -50,11 +51,14 @@ IC_DEFECT_TYPES: tuple[str, ...] = ("bent_pin", "missing_pin", "scratch", "stain
 """Defect types of the ``ic`` object category."""
 
 MIN_IMAGE_SIZE = 32
+MAX_SOFTNESS = 1.5
+"""Widest edge fade of a defect (``defect_softness``), in pixels of a 64-pixel image."""
 
 SPEC_OPTIONS: dict[str, tuple[type, object]] = {
     "contamination": (float, 0.0),
     "contaminating_defect": (str, None),
     "defect_contrast": (float, 1.0),
+    "defect_softness": (float, 0.0),
 }
 """Generator options that change the images, with their types and defaults. A dataset's spec names
 those set to other values, as a query (``"synthetic:fabric?contamination=0.2&defect_contrast=0.5"``), so
@@ -69,6 +73,8 @@ MAX_COVERAGE = 0.05
 # that the mask is exactly the set of pixels that differ from the defect-free texture.
 _MIN_CHANGE = 0.01
 _MAX_DRAWS = 100
+# A soft edge's fade ends where it is under a tenth of the defect's change (about 2 widths out).
+_FADE_FLOOR = 0.1
 # Texture periods and defect sizes are given for a 64-pixel image and scale with the image, so that a
 # dataset looks the same at every resolution.
 _REFERENCE_SIZE = 64.0
@@ -85,6 +91,7 @@ def generate_synthetic(
     contamination: float = 0.0,
     contaminating_defect: str | None = None,
     defect_contrast: float = 1.0,
+    defect_softness: float = 0.0,
 ) -> AnomalyDataset:
     """Generate a synthetic texture dataset.
 
@@ -104,6 +111,8 @@ def generate_synthetic(
         defect_contrast: Factor in (0, 1] on the intensity change of every defect (test images and
             contaminated training images alike): 1 gives the defects as drawn, smaller values fainter
             ones. The mask stays the set of pixels that changed by at least 2.5 grey levels.
+        defect_softness: Width, in pixels of a 64-pixel image, of a Gaussian fade at every defect's
+            edge (0: sharp edges, as drawn); the mask is again exactly the pixels that changed.
 
     Returns:
         A grayscale dataset with spec ``"synthetic:<category>"`` (followed by the :data:`SPEC_OPTIONS`
@@ -115,7 +124,9 @@ def generate_synthetic(
     """
     if category not in SYNTHETIC_CATEGORIES:
         raise DatasetError(f"unknown synthetic category {category!r}; choose one of {', '.join(SYNTHETIC_CATEGORIES)}")
-    check_generator_arguments(image_size, seed, n_train, n_test_good, n_test_per_defect, defect_contrast)
+    check_generator_arguments(
+        image_size, seed, n_train, n_test_good, n_test_per_defect, defect_contrast, defect_softness
+    )
     if not (isinstance(contamination, (int, float)) and 0.0 <= contamination <= 1.0):
         raise DatasetError(f"contamination: must be a share in [0, 1], got {contamination!r}")
     defect_types_of_category = category_defect_types(category)
@@ -138,12 +149,13 @@ def generate_synthetic(
             rng = np.random.default_rng([seed, category_key, group_key, index, 1])
             cycled = defect_types_of_category[index % len(defect_types_of_category)]
             defect = contaminating_defect if contaminating_defect is not None else cycled
-        return (*add_defect(rng, defect, texture, defect_contrast), defect)
+        return (*add_defect(rng, defect, texture, defect_contrast, defect_softness), defect)
 
     options = {
         "contamination": contamination,
         "contaminating_defect": contaminating_defect,
         "defect_contrast": defect_contrast,
+        "defect_softness": defect_softness,
     }
     return assemble_dataset(
         spec_with_options(f"synthetic:{category}", options, SPEC_OPTIONS),
@@ -154,12 +166,19 @@ def generate_synthetic(
 
 
 def check_generator_arguments(
-    image_size: int, seed: int, n_train: int, n_test_good: int, n_test_per_defect: int, defect_contrast: float
+    image_size: int,
+    seed: int,
+    n_train: int,
+    n_test_good: int,
+    n_test_per_defect: int,
+    defect_contrast: float,
+    defect_softness: float = 0.0,
 ) -> None:
     """Check what every generated dataset takes (the synthetic and the photograph source).
 
     Raises:
-        DatasetError: A size, count or seed out of range, or a contrast outside (0, 1]; names it.
+        DatasetError: A size, count or seed out of range, a contrast outside (0, 1] or a softness outside
+            [0, MAX_SOFTNESS]; names it.
     """
     check_int(image_size, "image_size", MIN_IMAGE_SIZE)
     check_int(seed, "seed", 0)
@@ -168,6 +187,8 @@ def check_generator_arguments(
     check_int(n_test_per_defect, "n_test_per_defect", 0)
     if not (isinstance(defect_contrast, (int, float)) and 0.0 < defect_contrast <= 1.0):
         raise DatasetError(f"defect_contrast: must be in (0, 1], got {defect_contrast!r}")
+    if not (isinstance(defect_softness, (int, float)) and 0.0 <= defect_softness <= MAX_SOFTNESS):
+        raise DatasetError(f"defect_softness: must be in [0, {MAX_SOFTNESS:g}] pixels, got {defect_softness!r}")
 
 
 def spec_with_options(base: str, options: dict[str, object], table: dict[str, tuple[type, object]]) -> str:
@@ -353,16 +374,25 @@ TEXTURES: dict[str, Callable[[np.random.Generator, int], Texture]] = {  # catego
 
 
 def add_defect(
-    rng: np.random.Generator, defect: str, texture: Texture, contrast: float = 1.0
+    rng: np.random.Generator, defect: str, texture: Texture, contrast: float = 1.0, softness: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return the texture with one ``defect`` (its change scaled by ``contrast``) and the mask of exactly
-    the pixels it changed."""
+    """Return the texture with one ``defect`` and the mask of exactly the pixels it changed.
+
+    The defect's change is scaled by ``contrast``; with ``softness`` > 0 it fades out over a Gaussian of
+    that width (pixels of a 64-pixel image) at its edge instead of ending sharply, its core unchanged.
+    """
     draw = _DEFECTS[defect]
     size = texture.image.shape[0]
     for _ in range(_MAX_DRAWS):
         candidate, region = draw(rng, texture)
-        if contrast != 1.0:
-            candidate = texture.image + contrast * (candidate - texture.image)
+        weight = np.float64(contrast)
+        if softness > 0.0:
+            fade = gaussian_filter(region.astype(np.float64), softness * size / _REFERENCE_SIZE, mode="constant")
+            fade = np.maximum(region, fade / fade.max())
+            region = fade >= _FADE_FLOOR  # where the fade is fainter, it ends
+            weight = contrast * np.where(region, fade, 0.0)
+        if softness > 0.0 or contrast != 1.0:
+            candidate = texture.image + weight * (candidate - texture.image)
         candidate = np.clip(candidate, 0.0, 1.0)
         changed = region & (np.abs(candidate - texture.image) >= _MIN_CHANGE)
         if MIN_COVERAGE <= changed.mean() <= MAX_COVERAGE:
