@@ -42,7 +42,7 @@ def load_dataset(
         channels: 1 or 3 to convert, None to keep the source's channels (synthetic: 1).
         **synthetic_options: Keyword arguments of :func:`~nbs_gym.data.synthetic.generate_synthetic`
             (``n_train``, ``n_test_good``, ``n_test_per_defect``, ``contamination``,
-            ``contaminating_defect``, ``defect_contrast``); synthetic specs only.
+            ``contaminating_defect``, ``defect_contrast``, ``defect_softness``); generated datasets only.
 
     Returns:
         The dataset, its ``spec`` in canonical form (``"synthetic:fabric"``, options that differ from their
