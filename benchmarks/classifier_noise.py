@@ -20,6 +20,7 @@ import numpy as np
 
 from nbs_gym.classifier import ClassifierConfig, evaluate, fit_predictor
 from nbs_gym.profiles import load_profiles
+from nbs_gym.train import agent_profile_files
 
 METRICS = ("pixel_auroc", "pixel_f1_max")
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs",
         nargs="+",
         type=Path,
-        help="run folders with profiles/agent/*.npz (or profiles/uniform/ for a uniform run)",
+        help="finished run folders (their metrics.json names the profiles)",
     )
     parser.add_argument("--classifier-seeds", type=int, default=5, metavar="K")
     parser.add_argument("--ensemble", type=int, default=1, metavar="M", help="networks per predictor")
@@ -38,12 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'run':28s}" + "".join(f"{m + ' mean':>18s}{m + ' sd':>16s}" for m in METRICS) + "   per seed F1-max")
     spreads = []
     for run in args.runs:
-        # The agent's first evaluation episode (a uniform run's is under profiles/uniform).
-        files = sorted((run / "profiles" / "agent").glob("*.npz")) or sorted(
-            (run / "profiles" / "uniform").glob("*.npz")
-        )
-        if not files:
-            print(f"error: {run}: no profiles/agent/*.npz or profiles/uniform/*.npz", file=sys.stderr)
+        try:
+            files = agent_profile_files(run)
+        except OSError:
+            print(f"error: {run}: no metrics.json (not a finished nbs_gym.train run)", file=sys.stderr)
             return 2
         profiles = load_profiles(files[0])
         scores = []

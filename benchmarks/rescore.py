@@ -24,6 +24,7 @@ from nbs_gym.classifier import ClassifierConfig, evaluate, fit_predictor
 from nbs_gym.compare import collect_runs, summarize, write_results
 from nbs_gym.io import write_text_atomic
 from nbs_gym.profiles import load_profiles
+from nbs_gym.train import agent_profile_files
 
 SCORES = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         if stored is not None and stored["config"] == config.to_dict():
             result = stored["predictor"]
         else:
-            profiles = load_profiles(sorted((run.run_dir / "profiles" / "agent").glob("*.npz"))[0])
+            profiles = load_profiles(agent_profile_files(run.run_dir)[0])
             result = evaluate(profiles, fit_predictor(profiles, config))["predictor"]
             result = {name: float(result[name]) for name in SCORES}
             write_text_atomic(cache, json.dumps({"config": config.to_dict(), "predictor": result}, indent=2) + "\n")

@@ -24,6 +24,7 @@ from scipy.stats import spearmanr
 
 from nbs_gym.profiles import load_profiles
 from nbs_gym.separation import profile_separation
+from nbs_gym.train import agent_profile_files
 
 METRICS = ("predictor/pixel_f1_max", "predictor/pixel_auroc", "final_loss/pixel_auroc")
 
@@ -35,7 +36,7 @@ def points(runs: Path, windows: list[int]) -> list[dict[str, float | str | int]]
         run = metrics_path.parent
         config = yaml.safe_load((run / "config.yaml").read_text())
         metrics = json.loads(metrics_path.read_text())["agent"]
-        profiles = load_profiles(sorted((run / "profiles" / "agent").glob("*.npz"))[0])
+        profiles = load_profiles(agent_profile_files(run)[0])
         maps, masks = profiles.labeled_profiles()
         seed = int(profiles.metadata["config"]["data"]["split_seed"])
         row: dict[str, float | str | int] = {"agent": str(config["agent"]), "seed": int(config["seed"])}

@@ -47,7 +47,14 @@ def check_device(flag: str, device: str) -> None:
 def one_line_warnings() -> Iterator[None]:
     """Show each warning as one ``warning: MESSAGE`` line on stderr, without the source line under it."""
 
-    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: typing.TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
         print(f"warning: {message}", file=sys.stderr if file is None else file)
 
     original = warnings.showwarning

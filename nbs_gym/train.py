@@ -92,7 +92,7 @@ from nbs_gym.scores import normalized_scores
 from nbs_gym.tasks import DEFAULT_ENV_ID, parse_env_id, task_config
 from nbs_gym.vector import SB3VecEnv
 
-__all__ = ["Args", "main", "parse_args"]
+__all__ = ["Args", "RunWarning", "agent_profile_files", "main", "parse_args", "planned_end"]
 
 DEFAULT_TIMESTEPS = 10_000
 """Env steps of a run by default: 50 episodes of the v1 task (200 env steps of 5 updates each)."""
@@ -908,6 +908,18 @@ def _print_summary(run: _Run, metrics: dict[str, Any]) -> None:
     ]
     print("wrote: " + ", ".join(str(path) for path in written))
     print(f"TensorBoard logs: tensorboard --logdir {run.run_dir}")
+
+
+def agent_profile_files(run_dir: str | Path) -> list[Path]:
+    """The profile files of a finished run's evaluation episodes of its agent, from its ``metrics.json``
+    (a ``--agent uniform`` run's are uniform's, under ``profiles/uniform``).
+
+    Raises:
+        OSError: The run has no ``metrics.json`` (it did not finish).
+    """
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    return [run_dir / episode["profiles"] for episode in metrics["agent"]["episodes"]]
 
 
 def _lookup(tree: dict[str, Any], path: tuple[str, ...]) -> float:

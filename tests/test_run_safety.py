@@ -18,7 +18,7 @@ from test_train import ONE_THREAD, PPO_TINY, REPO, TINY, check_run_dir, run_trai
 
 from nbs_gym.callbacks import AtomicCheckpointCallback, StepProgressBar
 from nbs_gym.data import load_dataset, write_mvtec_folder
-from nbs_gym.train import main, planned_end
+from nbs_gym.train import agent_profile_files, main, planned_end
 
 KILLER = REPO / "tests" / "killing_train.py"
 
@@ -202,6 +202,7 @@ def test_a_run_says_where_it_writes_at_the_start_and_what_it_wrote_at_the_end(tm
     assert "evaluation 1/2: ppo" in result.stderr and "evaluation 2/2: uniform" in result.stderr
     assert "ppo − uniform" in result.stdout
     assert f"wrote: {run_dir / 'metrics.json'}" in result.stdout
+    assert agent_profile_files(run_dir) == [run_dir / "profiles" / "agent" / "episode_00000.npz"]
 
 
 def test_the_uniform_agent_is_evaluated_once_and_shown_in_one_column(tmp_path: Path) -> None:
@@ -213,3 +214,5 @@ def test_the_uniform_agent_is_evaluated_once_and_shown_in_one_column(tmp_path: P
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["agent"] == metrics["uniform"]
     assert not (run_dir / "profiles" / "agent").exists()
+    # What the benchmarks that refit the classifier read: the agent's profiles, wherever they are.
+    assert agent_profile_files(run_dir) == [run_dir / "profiles" / "uniform" / "episode_00000.npz"]
