@@ -863,15 +863,15 @@ def _markdown_table(values: dict[str, Any]) -> str:
 
 def _print_summary(run: _Run, metrics: dict[str, Any]) -> None:
     """The comparison table (what each column is), the classifier's own noise, and the files written."""
-    name = run.args.agent
+    name = run.args.agent.rpartition(":")[2]  # a plug-in's class name, not its whole module path
     uniform_only = _is_uniform(run)
     table = Table(title="evaluation on E: the anomaly classifier trained on L's loss profiles, scored on E")
-    table.add_column("metric")
+    table.add_column("metric", no_wrap=True)
     if not uniform_only:
         table.add_column(name, justify="right")
     table.add_column("uniform", justify="right")
     if not uniform_only:
-        table.add_column(f"{name} − uniform", justify="right")
+        table.add_column(f"{name}\n− uniform", justify="right")
     rows = [
         (f"{source}/{metric}", (source, metric))
         for source in ("predictor", "final_loss")

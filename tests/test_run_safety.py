@@ -200,7 +200,7 @@ def test_a_run_says_where_it_writes_at_the_start_and_what_it_wrote_at_the_end(tm
     lines = result.stdout.splitlines()
     assert lines[:2] == [f"run directory: {run_dir}", f"TensorBoard:   tensorboard --logdir {run_dir}"]
     assert "evaluation 1/2: ppo" in result.stderr and "evaluation 2/2: uniform" in result.stderr
-    assert "ppo − uniform" in result.stdout
+    assert "− uniform" in result.stdout and "predictor/pixel_f1_max" in result.stdout
     assert f"wrote: {run_dir / 'metrics.json'}" in result.stdout
     assert agent_profile_files(run_dir) == [run_dir / "profiles" / "agent" / "episode_00000.npz"]
 
