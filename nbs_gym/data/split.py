@@ -177,7 +177,6 @@ def make_split(
         DatasetError: If a count or the seed is negative or not an integer, if the dataset has no
             anomalous test images, or if anomalous images are requested but no defect type has two (L
             would hold none and the reward would have nothing to separate).
-
     """
     check_int(n_labeled_anomalous_per_type, "n_labeled_anomalous_per_type", 0)
     check_int(n_labeled_normal, "n_labeled_normal", 0)
