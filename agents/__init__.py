@@ -1,4 +1,4 @@
-"""Batch samplers for ``nbs_gym``: SB3 agents by name, built-in baselines, the plug-in protocol.
+"""Batch samplers for ``nbs_gym``: SB3 agents by name, built-in rules, published rules, the plug-in protocol.
 
 ::
 
@@ -21,6 +21,7 @@ from agents.baselines import (
     UniformSampler,
 )
 from agents.protocol import BatchSampler, PluginError, load_sampler_class
+from agents.published import LossRankSampler, PatchRuleSampler, ReducibleLossSampler, SelfPacedSampler
 from agents.registry import AGENTS, ENV_ID_BY_MODE, AgentError, AgentSpec, get_spec, make_agent
 
 __all__ = [
@@ -33,9 +34,13 @@ __all__ = [
     "BatchSampler",
     "CurriculumSampler",
     "HardMiningSampler",
+    "LossRankSampler",
     "OracleSampler",
+    "PatchRuleSampler",
     "PluginError",
     "RandomSampler",
+    "ReducibleLossSampler",
+    "SelfPacedSampler",
     "UniformSampler",
     "get_spec",
     "load_sampler_class",

@@ -21,6 +21,9 @@ name               rule
                    score's 1 (:mod:`nbs_gym.scores`)
 =================  ==========================================================================
 
+The published per-patch rules (``loss_rank``, ``reducible_loss``, ``self_paced``) are in
+:mod:`agents.published`; they share this module's surface and its :data:`BASELINES` registry.
+
 The rank-based rules read the per-group loss levels (observation entries ``0 .. S-1``) rather than
 assuming the groups are sorted, so they also mean something in the spatial mode, where the groups
 are image regions. In the strata mode the levels are sorted, and the rank is the stratum index.
@@ -44,13 +47,19 @@ from nbs_gym.io import write_atomic
 
 __all__ = [
     "BASELINES",
-    "OracleSampler",
     "BaselineSampler",
     "CurriculumSampler",
     "HardMiningSampler",
+    "OracleSampler",
     "RandomSampler",
     "UniformSampler",
+    "env_dataset",
 ]
+
+
+BASELINES: dict[str, type[BaselineSampler]] = {}
+"""Built-in samplers by name, in the order they are defined: every :class:`BaselineSampler` subclass that
+sets its own ``name`` (this module's rules, then the published rules of :mod:`agents.published`)."""
 
 
 class HasSpaces(Protocol):
@@ -83,6 +92,14 @@ class BaselineSampler:
     file_suffix: ClassVar[str] = ".json"
     action_modes: ClassVar[tuple[str, ...]] = ("strata", "spatial", "discrete")
     default_action_mode: ClassVar[str] = "strata"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass that sets its own ``name`` joins :data:`BASELINES` under it."""
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            if cls.name in BASELINES:
+                raise TypeError(f"{cls.__name__}: a built-in sampler named {cls.name!r} exists: {BASELINES[cls.name]}")
+            BASELINES[cls.name] = cls
 
     def __init__(self, env: HasSpaces, seed: int | None = None) -> None:
         self.action_space = env.action_space
@@ -334,11 +351,7 @@ class OracleSampler(UniformSampler):
                 needs both.
         """
         base = env.unwrapped
-        data = base.config.data
-        if dataset is None:
-            dataset = load_dataset(
-                data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels
-            )
+        dataset = env_dataset(base, dataset)
         image, top, left = base.patch_windows
         size = base.config.patch_size
         # Summed-area table of each mask: a window holds an anomalous pixel when its sum is positive.
@@ -361,14 +374,15 @@ class OracleSampler(UniformSampler):
         base.set_patch_draw(draw)
 
 
+def env_dataset(env: Any, dataset: AnomalyDataset | None = None) -> AnomalyDataset:
+    """``dataset`` when given, else the dataset of ``env`` (an unwrapped env) loaded again from its config."""
+    if dataset is not None:
+        return dataset
+    data = env.config.data
+    return load_dataset(data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels)
+
+
 def _check_strength(strength: float, name: str) -> float:
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
         raise ValueError(f"{name}: strength must be a number in [0, 1], got {strength!r}")
     return float(strength)
-
-
-BASELINES: dict[str, type[BaselineSampler]] = {
-    sampler.name: sampler
-    for sampler in (UniformSampler, RandomSampler, HardMiningSampler, CurriculumSampler, OracleSampler)
-}
-"""Built-in samplers by name."""

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from gymnasium import spaces
 
+import agents.published  # noqa: F401  (its samplers join BASELINES)
 from agents.baselines import BASELINES
 from agents.protocol import load_sampler_class
 from nbs_gym.config import ACTION_MODES, ConfigError

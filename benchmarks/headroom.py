@@ -10,6 +10,8 @@ environment settings and dataset-generator settings), this script runs evaluatio
                    mask: only patches without an anomalous pixel (normalised score 1)
 ``defects=F``      the oracle with ``defect_share=F``: a share F of each batch from patches that hold
                    anomalous pixels
+``NAME``           a built-in rule by its registry name, with its default settings (``loss_rank``,
+                   ``reducible_loss``, ``self_paced``, ``hard_mining``, ``curriculum``; seeded by the seed)
 ``fixed:NAME``     a fixed label-free strata composition (an action held for the whole episode):
                    ``no_top`` (all strata but the highest-loss one), ``bottom``, ``top``, ``middle``,
                    or ``fixed:a0,a1,...`` for any action
@@ -52,7 +54,7 @@ import numpy as np
 import torch
 import yaml
 
-from agents.baselines import OracleSampler, RandomSampler
+from agents.baselines import BASELINES, OracleSampler, RandomSampler
 from nbs_gym.classifier import ClassifierConfig, fit_predictor, score_maps, score_metrics
 from nbs_gym.compare import bracketed, mean_ci, plus_minus
 from nbs_gym.config import EnvConfig
@@ -98,12 +100,16 @@ def run_cell(task: str, settings: dict[str, Any], sampler: str, seed: int, ensem
     dataset = load_dataset(data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels)
     with tempfile.TemporaryDirectory(prefix="nbs_gym_headroom_") as scratch:
         env = NeuralBatchSamplingEnv(config=config, dataset_object=dataset, profile_dir=scratch)
+        policy: Any = RandomSampler(env, seed=seed) if sampler == "random" else None
         if sampler == "clean" or sampler.startswith("defects="):
             share = 0.0 if sampler == "clean" else float(sampler.removeprefix("defects="))
             OracleSampler(env, defect_share=share).prepare_env(env, dataset)
+        elif sampler in BASELINES and sampler not in ("uniform", "random"):
+            policy = BASELINES[sampler](env, seed=seed)
+            if hasattr(policy, "prepare_env"):
+                policy.prepare_env(env, dataset)
         elif sampler not in ("uniform", "random") and not sampler.startswith("fixed:"):
             raise SystemExit(f"error: --samplers: unknown sampler {sampler!r}")
-        policy = RandomSampler(env, seed=seed) if sampler == "random" else None
         action = sampler_action(sampler, config.n_groups)
         start = time.perf_counter()
         observation, _ = env.reset(seed=seed + EVAL_SEED_OFFSET)

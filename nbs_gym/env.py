@@ -446,14 +446,40 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         return image, self._patch_y.copy(), self._patch_x.copy()
 
     def set_patch_draw(self, draw: PatchDraw | None) -> None:
-        """Privileged, for reference samplers only: draw every batch with ``draw(np_random, batch_size)``
-        (patch ids, see :attr:`patch_windows`) instead of the action's composition; ``None`` restores it.
+        """Draw every batch with ``draw(np_random, batch_size)`` (patch ids, see :attr:`patch_windows`)
+        instead of the action's composition; ``None`` restores the composition's draw.
 
-        The env's own ``np_random`` is passed, so an episode stays a function of its seed. A sampler that
-        chooses patches by what the agent cannot observe (the masks, as the ``oracle`` does) is a
-        reference for what batch composition can buy, never a result of a labeled-only method.
+        For samplers that choose patch by patch rather than group by group: the published per-patch
+        rules of :mod:`agents.published`, which read :attr:`patch_losses` and :attr:`progress`, and the
+        ``oracle``. The env's own ``np_random`` is passed, so an episode stays a function of its seed. A
+        sampler that chooses patches by what the agent cannot observe (the masks, as the ``oracle`` does)
+        is a reference for what batch composition can buy, never a result of a labeled-only method.
         """
         self._patch_draw = draw
+
+    @property
+    def patch_losses(self) -> np.ndarray:
+        """The current loss estimate of every pool patch, by patch id (see :attr:`patch_windows`); read-only.
+
+        A patch's estimate is its loss at the latest snapshot of the loss maps, or in the latest batch
+        that held it when that came later: the label-free signal the strata are cut from, and the one
+        the per-patch rules of :mod:`agents.published` read from their draw (:meth:`set_patch_draw`).
+        """
+        view = self._patch_loss.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def last_patch_ids(self) -> np.ndarray:
+        """Patch ids of the latest update's batch (a copy; empty before the first update of an episode)."""
+        if self._step_count == 0:
+            return np.empty(0, dtype=np.int64)
+        return np.array(self._pending_patch_ids, dtype=np.int64)
+
+    @property
+    def progress(self) -> float:
+        """Updates done this episode over ``episode_length``, in [0, 1] (the observation's progress entry)."""
+        return self._step_count / self.config.episode_length
 
     @property
     def separation(self) -> float:

@@ -134,7 +134,8 @@ class Args:
     ...Discrete-... id fixes it."""
     agent: str = "ppo"
     """Sampler: ppo, a2c, sac, td3, ddpg, dqn, the sb3-contrib ones when installed (recurrent_ppo, trpo,
-    qrdqn, tqc, ars), the baselines uniform, random, hard_mining, curriculum, or package.module:ClassName.
+    qrdqn, tqc, ars), the fixed rules uniform, random, hard_mining, curriculum, the published rules
+    loss_rank, reducible_loss, self_paced, the mask-reading reference oracle, or package.module:ClassName.
     The env action mode follows the agent (dqn, qrdqn: discrete; others: strata) unless env_kwargs sets it."""
     timesteps: int = DEFAULT_TIMESTEPS
     """Env steps (agent decisions; each is decision_interval autoencoder updates) to train for, summed over
