@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm.auto import tqdm
 
@@ -111,6 +112,40 @@ class AtomicCheckpointCallback(BaseCallback):
             self._schedule()
             if self.verbose >= 1:
                 print(f"checkpoint: {path}")
+        return True
+
+
+class PeriodicEvaluation(BaseCallback):
+    """Every ``every`` environment steps, evaluate the model being trained and log what ``evaluate`` returns.
+
+    ``evaluate(model)`` returns scalars by TensorBoard tag (``nbs_gym.train`` runs one evaluation episode
+    and the anomaly classifier: the classifier's learning curve). They are recorded, not dumped: SB3
+    writes them with its next dump, at that dump's step, so that no tag gets two values at one step.
+    Evaluation runs inside :func:`torch.random.fork_rng`, so the agent's own random stream, and with it
+    its training, is the same with and without it.
+
+    Args:
+        every: Environment steps (summed over the envs) between evaluations, >= 1.
+        evaluate: The evaluation, given the model.
+    """
+
+    def __init__(self, every: int, evaluate: Callable[[Any], dict[str, float]]) -> None:
+        super().__init__()
+        if every < 1:
+            raise ValueError(f"PeriodicEvaluation: every must be >= 1, got {every}")
+        self.every, self.evaluate = every, evaluate
+        self._next = every
+
+    def _on_training_start(self) -> None:
+        self._next = (self.num_timesteps // self.every + 1) * self.every
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next:
+            with torch.random.fork_rng():
+                scalars = self.evaluate(self.model)
+            for key, value in scalars.items():
+                self.logger.record(key, value)
+            self._next = (self.num_timesteps // self.every + 1) * self.every
         return True
 
 

@@ -24,12 +24,14 @@ Written to ``OUT`` (atomically):
 
 ========================  ===============================================================================
 ``results.md``            the table, mean ± half-width of the 95 % CI over seeds, and each agent's ratio
-                          to ``uniform`` (paired by seed) for the predictor's pixel F1-max and AUROC
+                          to ``uniform`` (paired by seed) for the predictor's pixel F1-max, AUPRO and
+                          AUROC
 ``results.csv``           the same numbers, one row per agent, columns ``<metric>_mean|ci_low|ci_high``
 ``results.json``          the same plus every run's values, for scripts
 ``learning_curves.png``   ``nbs/separation`` against timesteps from each run's TensorBoard events (moving
                           average of 10 episodes), mean ± CI over seeds; fixed-rule samplers, which do
-                          not train, as their evaluated level
+                          not train, as their evaluated level; beside it, for runs trained with
+                          ``--eval-freq``, the predictor's F1-max on E over training
 ``metrics.png``           the table's columns as bars with CI error bars and each seed's value as a dot
 ========================  ===============================================================================
 
@@ -92,18 +94,30 @@ COLUMNS: tuple[str, ...] = (*(f"{source}/{metric}" for source in SOURCES for met
 """Table columns: ``<scorer>/<metric>`` keys of a run's ``metrics.json["agent"]``, then its final separation."""
 REFERENCE_AGENT = "uniform"
 """The agent every other one is compared with: plain SGD, the paper's "no sampler" ablation."""
-RATIO_COLUMNS: tuple[str, ...] = ("predictor/pixel_f1_max", "predictor/pixel_auroc")
+RATIO_COLUMNS: tuple[str, ...] = ("predictor/pixel_f1_max", "predictor/pixel_aupro", "predictor/pixel_auroc")
 """Columns reported as per-seed ratios to :data:`REFERENCE_AGENT`."""
 CONFIDENCE = 0.95
 CURVE_TAG = "nbs/separation"
 """TensorBoard scalar of the learning curves (logged by :class:`nbs_gym.callbacks.EpisodeStatsCallback`)."""
+CLASSIFIER_CURVE_TAG = "eval/during_training/predictor/pixel_f1_max"
+"""TensorBoard scalar of the classifier's learning curves (``nbs_gym.train --eval-freq``)."""
 CURVE_SMOOTHING = 10
 """Episodes in the trailing moving average of each run's curve before the mean over seeds is taken."""
 
 # Flags that define runs; --collect only reads runs, so giving one with it is a mistake worth reporting.
-_RUN_FLAGS = ("timesteps", "env_id", "dataset", "env_kwargs", "hyperparams", "classifier_kwargs", "device", "progress")
-# Saved settings that do not change a run's results.
-_COSMETIC = ("progress",)
+_RUN_FLAGS = (
+    "timesteps",
+    "env_id",
+    "dataset",
+    "env_kwargs",
+    "hyperparams",
+    "classifier_kwargs",
+    "device",
+    "eval_freq",
+    "progress",
+)
+# Saved settings that do not change a run's results (evaluations during training leave it as it is).
+_COSMETIC = ("progress", "eval_freq")
 _NO_INTERVAL = "–"
 
 
@@ -179,6 +193,8 @@ class RunResult:
             (0 = uniform, 1 = oracle), when ``metrics.json`` holds it (a run on its task's own settings).
         curve: ``(timesteps, separation)`` of the :data:`CURVE_TAG` events, or ``None`` when the run logged
             none (fixed-rule samplers do not train).
+        classifier_curve: ``(timesteps, F1-max)`` of the :data:`CLASSIFIER_CURVE_TAG` events (a run with
+            ``--eval-freq``), or ``None``.
     """
 
     agent: str
@@ -187,6 +203,7 @@ class RunResult:
     config: dict[str, Any]
     values: dict[str, float]
     curve: tuple[np.ndarray, np.ndarray] | None
+    classifier_curve: tuple[np.ndarray, np.ndarray] | None = None
     normalized: dict[str, float] = field(default_factory=dict)
 
 
@@ -391,6 +408,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument(
+        "--eval-freq",
+        type=int,
+        metavar="N",
+        help="evaluate each learned agent every N env steps while it trains (nbs_gym.train --eval-freq): the "
+        "classifier's learning curve beside the reward's in learning_curves.png (default: none)",
+    )
+    parser.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, help="show a progress bar while training (default: on)"
     )
     options = parser.parse_args(argv)
@@ -447,6 +471,8 @@ def _plan(options: argparse.Namespace) -> list[_Plan]:
             for flag in ("env_id", "dataset", "device"):
                 if getattr(options, flag) is not None:
                     argv += [f"--{flag.replace('_', '-')}", getattr(options, flag)]
+            if options.eval_freq is not None and get_spec(agent).kind == "sb3":
+                argv += ["--eval-freq", str(options.eval_freq)]
             if options.progress is False:
                 argv.append("--no-progress")
             plan = _Plan(agent, seed, run_dir, argv)
@@ -567,7 +593,10 @@ def _read_run(run_dir: Path) -> RunResult:
         agent, seed = str(config["agent"]), int(config["seed"])
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as error:
         raise ValueError(f"{run_dir}: not a finished nbs_gym.train run ({type(error).__name__}: {error})") from error
-    return RunResult(agent, seed, run_dir, config, values, _read_curve(run_dir), normalized)
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    curve, classifier_curve = (_read_curve(events, tag) for tag in (CURVE_TAG, CLASSIFIER_CURVE_TAG))
+    return RunResult(agent, seed, run_dir, config, values, curve, classifier_curve, normalized)
 
 
 def _lookup(tree: dict[str, Any], column: str) -> Any:
@@ -577,14 +606,12 @@ def _lookup(tree: dict[str, Any], column: str) -> Any:
     return value
 
 
-def _read_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """The run's :data:`CURVE_TAG` scalars as ``(timesteps, values)``, the last value of a repeated step kept."""
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    if CURVE_TAG not in events.Tags()["scalars"]:
+def _read_curve(events: EventAccumulator, tag: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """A run's ``tag`` scalars as ``(timesteps, values)``, the last value of a repeated step kept."""
+    if tag not in events.Tags()["scalars"]:
         return None
     # A resumed run logs into a second event file and may repeat steps; the later value wins.
-    by_step = {event.step: event.value for event in events.Scalars(CURVE_TAG)}
+    by_step = {event.step: event.value for event in events.Scalars(tag)}
     steps = np.array(sorted(by_step), dtype=np.float64)
     return steps, np.array([by_step[step] for step in sorted(by_step)], dtype=np.float64)
 
@@ -714,30 +741,45 @@ def _json_float(value: float) -> float | None:
 
 
 def _learning_curve_figure(summaries: Sequence[AgentSummary], runs: Sequence[RunResult]) -> Figure:
-    """Mean ± CI over seeds of each agent's training curve; a fixed rule's evaluated level as a dashed band."""
-    figure = _new_figure(7.0, 4.5)
-    axis = figure.subplots()
+    """Mean ± CI over seeds of each agent's training curve; a fixed rule's evaluated level as a dashed band.
+
+    A second panel shows the classifier's F1-max over training where runs logged it (``--eval-freq``).
+    """
+    with_classifier = any(run.classifier_curve is not None for run in runs)
+    figure = _new_figure(13.0 if with_classifier else 7.0, 4.5)
+    axes = figure.subplots(1, 2 if with_classifier else 1, squeeze=False)[0]
     colours = _colours(summaries)
-    finite_steps = [run.curve[0] for run in runs if run.curve is not None and len(run.curve[0])]
-    right = max((float(steps[-1]) for steps in finite_steps), default=1.0)
-    for row in summaries:
-        curves = [run.curve for run in runs if run.agent == row.agent and run.curve is not None and len(run.curve[0])]
-        colour = colours[row.agent]
-        if curves:
-            grid, mean, low, high = _mean_curve([_smoothed(steps, values) for steps, values in curves])
-            marker = "o" if len(grid) < 2 else None  # a curve of one point draws no line
-            axis.plot(grid, mean, color=colour, marker=marker, label=f"{row.agent} (n={len(curves)})")
-            axis.fill_between(grid, low, high, color=colour, alpha=0.2, linewidth=0)
-        else:
-            level = row.columns["final_separation"]
-            axis.axhline(level.mean, color=colour, linestyle="--", label=f"{row.agent} (fixed rule: evaluated level)")
-            if not math.isnan(level.half_width):
-                axis.axhspan(level.low, level.high, color=colour, alpha=0.1, linewidth=0)
-    axis.set_xlim(0, right)
-    axis.set_xlabel("timesteps (autoencoder updates)")
-    axis.set_ylabel(f"separation of L at episode end\n({CURVE_TAG}, mean of the last {CURVE_SMOOTHING} episodes)")
-    axis.set_title(f"learning curves, mean and {CONFIDENCE:.0%} CI over seeds")
-    axis.legend(fontsize="small")
+    panels = [("curve", "final_separation", True)] + ([("classifier_curve", "predictor/pixel_f1_max", False)]
+                                                       if with_classifier else [])  # fmt: skip
+    for axis, (attribute, column, smooth) in zip(axes, panels, strict=True):
+        finite_steps = [curve[0] for run in runs if (curve := getattr(run, attribute)) is not None and len(curve[0])]
+        right = max((float(steps[-1]) for steps in finite_steps), default=1.0)
+        for row in summaries:
+            curves = [
+                curve
+                for run in runs
+                if run.agent == row.agent and (curve := getattr(run, attribute)) is not None and len(curve[0])
+            ]
+            colour = colours[row.agent]
+            if curves:
+                grid, mean, low, high = _mean_curve([_smoothed(*curve) if smooth else curve for curve in curves])
+                marker = "o" if len(grid) < 2 or not smooth else None  # a curve of one point draws no line
+                axis.plot(grid, mean, color=colour, marker=marker, label=f"{row.agent} (n={len(curves)})")
+                axis.fill_between(grid, low, high, color=colour, alpha=0.2, linewidth=0)
+            else:
+                level = row.columns[column]
+                label = f"{row.agent} ({'fixed rule: ' if attribute == 'curve' else ''}evaluated level)"
+                axis.axhline(level.mean, color=colour, linestyle="--", label=label)
+                if not math.isnan(level.half_width):
+                    axis.axhspan(level.low, level.high, color=colour, alpha=0.1, linewidth=0)
+        axis.set_xlim(0, right)
+        axis.set_xlabel("timesteps (env steps)")
+        axis.legend(fontsize="small")
+    axes[0].set_ylabel(f"separation of L at episode end\n({CURVE_TAG}, mean of the last {CURVE_SMOOTHING} episodes)")
+    axes[0].set_title(f"learning curves, mean and {CONFIDENCE:.0%} CI over seeds")
+    if with_classifier:
+        axes[1].set_ylabel(f"predictor pixel F1-max on E, one evaluation episode\n({CLASSIFIER_CURVE_TAG})")
+        axes[1].set_title("the classifier over training")
     figure.tight_layout()
     return figure
 

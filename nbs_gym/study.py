@@ -9,21 +9,27 @@ Examples::
 
 Each dataset is one ``python -m nbs_gym.compare`` into ``OUT/<dataset>/`` (its tables, learning curves and
 bar charts are written there), so an interrupted study resumes where it stopped and finished runs are
-never redone. Datasets, by name:
+never redone. Datasets, by name (the first four are the default, the v1 study's):
 
 ==============  ================================================================================
 ``fabric``      the task's own dataset: v1's stain-contaminated ``fabric``, v0's clean ``synthetic``
-``grid``        ``synthetic:grid``
-``stochastic``  ``synthetic:stochastic``
+``grid_stain``  ``synthetic:grid`` with v1's contamination (a fifth of the training images hold an
+                unlabeled stain)
+``ic_stain``    the object category ``synthetic:ic`` with the same contamination
+``grass``       the photograph-based case ``photo:grass?zoom=0.25`` (a reporting photograph)
+``grid``        ``synthetic:grid``, clean (the v0 study's)
+``stochastic``  ``synthetic:stochastic``, clean (the v0 study's)
 ``mvtec``       ``mvtec:PATH`` with ``--mvtec PATH``; without it, a folder in the MVTec AD layout
                 generated once into ``OUT/mvtec_folder/grid`` (8-bit PNGs of the synthetic ``grid``
                 category drawn with another seed), which exercises the folder reader end to end
 ==============  ================================================================================
 
-``OUT/study.md`` gathers every dataset's table and a summary of each sampler's ratio to ``uniform``
-(pixel F1-max and AUROC of the loss-profile predictor, paired by seed, mean [95 % CI]);
-``OUT/study.json`` holds the same for scripts. Exit status as ``nbs_gym.compare``'s: 0 done, 2 bad
-arguments, 130 interrupted (run the same command again to resume).
+``OUT/study.md`` gathers every dataset's table, a summary of each sampler's ratio to ``uniform``
+(pixel F1-max, AUPRO and AUROC of the loss-profile predictor, paired by seed, mean [95 % CI]) and, where
+the ``oracle`` ran, each sampler's normalised score on that dataset: ``(mean - uniform's mean) /
+(oracle's mean - uniform's mean)`` over the paired seeds (0 = ``uniform``, 1 = ``oracle``), with a 95 %
+paired bootstrap interval over the seeds. ``OUT/study.json`` holds the same for scripts. Exit status as
+``nbs_gym.compare``'s: 0 done, 2 bad arguments, 130 interrupted (run the same command again to resume).
 """
 
 from __future__ import annotations
@@ -31,9 +37,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from scipy import stats
 
 from nbs_gym import compare
 from nbs_gym.cli import Parser, UsageError, run_resumable
@@ -42,18 +52,50 @@ from nbs_gym.data import write_mvtec_folder
 from nbs_gym.data.synthetic import generate_synthetic
 from nbs_gym.io import write_text_atomic
 
-__all__ = ["AGENTS", "DATASETS", "MVTEC_FOLDER_SEED", "SEEDS", "dataset_spec", "main", "write_report"]
+__all__ = [
+    "AGENTS",
+    "DATASETS",
+    "DEFAULT_DATASETS",
+    "MVTEC_FOLDER_SEED",
+    "NORMALIZED_COLUMNS",
+    "SEEDS",
+    "dataset_spec",
+    "main",
+    "normalized_within",
+    "write_report",
+]
 
+_STAIN = "contamination=0.2&contaminating_defect=stain"
 DATASETS: dict[str, str | None] = {
     "fabric": "",  # the task's own dataset (no --dataset)
+    "grid_stain": f"synthetic:grid?{_STAIN}",
+    "ic_stain": f"synthetic:ic?{_STAIN}",
+    "grass": "photo:grass?zoom=0.25",
     "grid": "synthetic:grid",
     "stochastic": "synthetic:stochastic",
     "mvtec": None,
 }
 """Dataset names of the study and their ``--dataset`` specs (``""``: the task's own; ``mvtec``: given by
 ``--mvtec`` or generated)."""
-AGENTS: tuple[str, ...] = ("ppo", "a2c", "uniform", "random", "hard_mining", "curriculum")
-"""The samplers of the study: the two learned ones and the fixed rules."""
+DEFAULT_DATASETS: tuple[str, ...] = ("fabric", "grid_stain", "ic_stain", "grass")
+"""The datasets a study runs unless ``--datasets`` says otherwise."""
+AGENTS: tuple[str, ...] = (
+    "ppo",
+    "a2c",
+    "uniform",
+    "random",
+    "hard_mining",
+    "curriculum",
+    "loss_rank",
+    "reducible_loss",
+    "self_paced",
+    "oracle",
+)
+"""The samplers of the study: the two learned ones, the fixed and the published rules, the oracle reference."""
+ORACLE = "oracle"
+"""The reference whose mean is a normalised score's 1."""
+NORMALIZED_COLUMNS: tuple[str, ...] = ("predictor/pixel_f1_max", "predictor/pixel_aupro")
+"""Columns of the study's own normalised scores."""
 SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
 """The study's fixed seed list."""
 MVTEC_FOLDER_SEED = 1
@@ -81,7 +123,7 @@ def write_report(out: Path, datasets: Sequence[str]) -> list[Path]:
         "# Results study",
         "",
         f"Ratio of each sampler to `{REFERENCE_AGENT}`, per seed then mean [95 % CI] over paired seeds, "
-        "of the loss-profile predictor's pixel F1-max and pixel AUROC on the evaluation set E:",
+        "of the loss-profile predictor's pixel F1-max, AUPRO and pixel AUROC on the evaluation set E:",
         "",
     ]
     header = ["agent"] + [f"{name}: {column.split('/')[1]}" for name in datasets for column in RATIO_COLUMNS]
@@ -89,6 +131,22 @@ def write_report(out: Path, datasets: Sequence[str]) -> list[Path]:
     rows = [[agent] + [_ratio_cell(reports[name], agent, column) for name in datasets for column in RATIO_COLUMNS]
             for agent in agents]  # fmt: skip
     lines += markdown_rows(header, rows, numeric_from=1)
+    normalized = {name: normalized_within(reports[name]) for name in datasets}
+    with_oracle = [name for name in datasets if normalized[name]]
+    if with_oracle:
+        lines += [
+            "",
+            f"Normalised score on each dataset (0 = `{REFERENCE_AGENT}`, 1 = `{ORACLE}`, means over the paired "
+            "seeds) [95 % paired bootstrap interval over seeds]:",
+            "",
+        ]
+        header = ["agent"] + [f"{name}: {c.split('/')[1]}" for name in with_oracle for c in NORMALIZED_COLUMNS]
+        rows = [
+            [agent] + [_bootstrap_cell(normalized[name].get(agent, {}).get(c)) for name in with_oracle
+                       for c in NORMALIZED_COLUMNS]
+            for agent in agents if agent != ORACLE
+        ]  # fmt: skip
+        lines += markdown_rows(header, rows, numeric_from=1)
     for name in datasets:
         settings = reports[name]["settings"]
         lines += [
@@ -109,9 +167,67 @@ def write_report(out: Path, datasets: Sequence[str]) -> list[Path]:
         lines += markdown_rows(["agent", "seeds", *columns], table, numeric_from=1)
     written = [
         write_text_atomic(out / "study.md", "\n".join(lines) + "\n"),
-        write_text_atomic(out / "study.json", json.dumps({"datasets": reports}, indent=2) + "\n"),
+        write_text_atomic(
+            out / "study.json", json.dumps({"datasets": reports, "normalized": normalized}, indent=2) + "\n"
+        ),
     ]
     return written
+
+
+def normalized_within(report: dict[str, Any], resamples: int = 10_000) -> dict[str, dict[str, dict[str, float]]]:
+    """Each agent's normalised score on one dataset, against that dataset's own ``uniform`` and ``oracle``.
+
+    Args:
+        report: A dataset's ``results.json`` (its ``runs``).
+        resamples: Bootstrap resamples.
+
+    Returns:
+        Agent -> column of :data:`NORMALIZED_COLUMNS` -> ``{"mean", "ci_low", "ci_high", "n"}``: the score
+        ``(mean(agent) - mean(uniform)) / (mean(oracle) - mean(uniform))`` over the seeds all three ran,
+        and its 95 % percentile bootstrap interval (seeds resampled together, so the pairing holds; seed 0
+        of the resampling). Empty when ``uniform`` or ``oracle`` lacks runs, and an agent with fewer than
+        two paired seeds is left out.
+    """
+    values: dict[str, dict[int, dict[str, float]]] = {}
+    for run in report["runs"]:
+        values.setdefault(run["agent"], {})[run["seed"]] = run["values"]
+    if REFERENCE_AGENT not in values or ORACLE not in values:
+        return {}
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for agent, by_seed in sorted(values.items()):
+        seeds = sorted(set(by_seed) & set(values[REFERENCE_AGENT]) & set(values[ORACLE]))
+        if len(seeds) < 2:
+            continue
+        scores[agent] = {}
+        for column in NORMALIZED_COLUMNS:
+            samples = [
+                np.array([values[key][seed][column] for seed in seeds]) for key in (agent, REFERENCE_AGENT, ORACLE)
+            ]
+            with warnings.catch_warnings():  # uniform's and the oracle's own scores are constants (0 and 1)
+                warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+                interval = stats.bootstrap(
+                    samples, _normalized, paired=True, vectorized=True, n_resamples=resamples, method="percentile",
+                    confidence_level=0.95, random_state=np.random.default_rng(0),
+                ).confidence_interval  # fmt: skip
+            scores[agent][column] = {
+                "mean": float(_normalized(*samples)),
+                "ci_low": float(interval.low),
+                "ci_high": float(interval.high),
+                "n": len(seeds),
+            }
+    return scores
+
+
+def _normalized(sampler: np.ndarray, uniform: np.ndarray, oracle: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``(mean(sampler) - mean(uniform)) / (mean(oracle) - mean(uniform))`` along ``axis``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (sampler.mean(axis=axis) - uniform.mean(axis=axis)) / (oracle.mean(axis=axis) - uniform.mean(axis=axis))
+
+
+def _bootstrap_cell(entry: dict[str, float] | None) -> str:
+    if entry is None:
+        return ""
+    return f"{entry['mean']:.2f} [{entry['ci_low']:.2f}, {entry['ci_high']:.2f}]"
 
 
 def _listed(values: list[Any]) -> str:
@@ -140,7 +256,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, type=Path, help="output folder; dataset D goes to OUT/D")
     parser.add_argument(
         "--datasets", nargs="+", choices=list(DATASETS), default=None, metavar="NAME",
-        help=f"datasets to run: {', '.join(DATASETS)} (default: all; with --collect, all that have runs)",
+        help=f"datasets to run: {', '.join(DATASETS)} (default: {' '.join(DEFAULT_DATASETS)}; with --collect, all "
+        "that have runs)",
     )  # fmt: skip
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), metavar="AGENT",
                         help=f"samplers (default: {' '.join(AGENTS)})")  # fmt: skip
@@ -154,12 +271,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     for flag in ("--env-kwargs", "--hyperparams", "--classifier-kwargs"):
         parser.add_argument(flag, nargs="*", default=[], metavar="KEY=VALUE", help="passed on to nbs_gym.compare")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument("--eval-freq", type=int, metavar="N", help="passed on to nbs_gym.compare: the classifier's "
+                        "learning curves of the learned agents (default: none)")  # fmt: skip
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
     options = parser.parse_args(argv)
     if options.mvtec is not None and not options.mvtec.is_dir():
         raise UsageError(f"--mvtec: {options.mvtec} is not a folder")
     if options.datasets is None:
-        options.datasets = list(DATASETS)
+        options.datasets = list(DEFAULT_DATASETS)
         if options.collect:
             options.datasets = [name for name in DATASETS if (options.out / name / "runs").is_dir()]
             if not options.datasets:
@@ -177,6 +296,8 @@ def _compare_argv(options: argparse.Namespace, name: str) -> list[str]:
         argv += ["--timesteps", str(options.timesteps)]
     if options.env_id is not None:
         argv += ["--env-id", options.env_id]
+    if options.eval_freq is not None:
+        argv += ["--eval-freq", str(options.eval_freq)]
     for flag in ("env_kwargs", "hyperparams", "classifier_kwargs"):
         if getattr(options, flag):
             argv += [f"--{flag.replace('_', '-')}", *getattr(options, flag)]

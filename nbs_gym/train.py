@@ -45,6 +45,7 @@ import json
 import math
 import re
 import sys
+import tempfile
 import textwrap
 import time
 import types
@@ -74,6 +75,7 @@ from agents.registry import AgentSpec, get_spec
 from nbs_gym.callbacks import (
     AtomicCheckpointCallback,
     EpisodeStatsCallback,
+    PeriodicEvaluation,
     StepProgressBar,
     checkpoint_path,
     checkpoints_newest_first,
@@ -107,7 +109,15 @@ _DEDICATED_ENV_KWARGS = {
     "device": "--device",
 }
 # What --resume lets the command line change; the rest comes from the run's config.yaml.
-_RESUME_OVERRIDES = ("timesteps", "eval_episodes", "checkpoint_freq", "checkpoint_minutes", "progress", "device")
+_RESUME_OVERRIDES = (
+    "timesteps",
+    "eval_episodes",
+    "eval_freq",
+    "checkpoint_freq",
+    "checkpoint_minutes",
+    "progress",
+    "device",
+)
 _SUMMARY_METRICS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
 _TB_EXCLUDE = ("stdout", "log", "json", "csv")
 _METAVARS = {"agent": "NAME|MODULE:CLASS", "run_dir": "DIR", "config": "FILE", "resume": "RUN_DIR"}
@@ -173,6 +183,12 @@ class Args:
     """Evaluation episodes per sampler (the trained one and uniform)."""
     checkpoint_freq: int = 10_000
     """Environment steps between checkpoints (SB3 agents); 0 disables checkpoints by steps."""
+    eval_freq: int = 0
+    """Environment steps between evaluations during training (SB3 agents): one deterministic episode of
+    the sampler being trained, on the first evaluation seed, then the anomaly classifier on its profiles;
+    the predictor's metrics on E go to TensorBoard as eval/during_training/predictor/<metric> (the
+    classifier's learning curve), with eval/during_training/final_separation. Each costs about as much
+    as one evaluation; training is the same with and without them. 0: none."""
     checkpoint_minutes: float = 5.0
     """Minutes between checkpoints (SB3 agents), so that a killed run loses at most this much; 0 disables
     checkpoints by time."""
@@ -192,6 +208,7 @@ class Args:
             ("n_labeled_normal", 0),
             ("n_envs", 1),
             ("eval_episodes", 1),
+            ("eval_freq", 0),
             ("checkpoint_freq", 0),
         ):
             value = getattr(self, name)
@@ -640,6 +657,8 @@ def _train(run: _Run) -> None:
                         args.checkpoint_freq, run.checkpoint_dir, run.suffix, save_minutes=args.checkpoint_minutes
                     )
                 )
+            if args.eval_freq:
+                callbacks.append(PeriodicEvaluation(args.eval_freq, lambda model: _evaluate_now(run, model)))
             if args.progress:
                 callbacks.append(StepProgressBar(start, end))
             agent.learn(remaining, callback=callbacks, progress_bar=False, reset_num_timesteps=False)
@@ -652,6 +671,23 @@ def _train(run: _Run) -> None:
         else:
             agent.learn(remaining, callback=None, progress_bar=args.progress)
     save_checkpoint(agent, run.agent_path)
+
+
+def _evaluate_now(run: _Run, sampler: Any) -> dict[str, float]:
+    """One evaluation episode of ``sampler`` and the classifier's metrics on E, as TensorBoard scalars."""
+    with tempfile.TemporaryDirectory(prefix="nbs_gym_eval_") as scratch:
+        env = gym.make(
+            run.env_id, render_mode="rgb_array", profile_dir=scratch, dataset_object=run.dataset, **run.env_kwargs
+        )
+        try:
+            episode = _run_episode(env, sampler, run.args.seed + EVAL_SEED_OFFSET)
+        finally:
+            env.close()
+        profiles = load_profiles(episode.profile_path)
+    result = evaluate(profiles, fit_predictor(profiles, run.classifier_config))
+    tag = "eval/during_training"
+    scalars = {f"{tag}/predictor/{metric}": float(result["predictor"][metric]) for metric in _SUMMARY_METRICS}
+    return {**scalars, f"{tag}/final_separation": episode.final_separation}
 
 
 def planned_end(agent: BaseAlgorithm, start: int, target: int) -> int:

@@ -36,6 +36,7 @@ COMMAND = [
     "--classifier-kwargs", "kind=per_pixel",
     # Plain KEY=VALUE reaches the RL agents only: uniform and random would reject n_steps.
     "--hyperparams", "n_steps=20", "batch_size=10",
+    "--eval-freq", "20",  # the learned agent's classifier curve; the fixed rules do not train
     "--device", "cpu", "--no-progress",
 ]  # fmt: skip
 OUTPUTS = ("results.md", "results.csv", "results.json", "learning_curves.png", "metrics.png")
@@ -111,8 +112,10 @@ def test_runs_hold_what_the_comparison_asked_for(comparison: Path) -> None:
         # Only the RL agent trains, so only it has a learning curve.
         if run.agent == "ppo":
             assert run.curve is not None and run.curve[0][-1] == 40
+            assert run.classifier_curve is not None and list(run.classifier_curve[0]) == [20, 40]
+            assert config["eval_freq"] == 20
         else:
-            assert run.curve is None
+            assert run.curve is None and run.classifier_curve is None and config["eval_freq"] == 0
 
 
 def test_collect_reproduces_the_tables_without_running(comparison: Path, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from nbs_gym.compare import COLUMNS, RATIO_COLUMNS
 from nbs_gym.data import load_dataset
-from nbs_gym.study import AGENTS, MVTEC_FOLDER_SEED, main
+from nbs_gym.study import AGENTS, MVTEC_FOLDER_SEED, main, normalized_within
 
 DATASETS = ["grid", "mvtec"]
 TINY = [
@@ -94,3 +94,22 @@ def test_bad_mvtec_path_is_one_error_line(tmp_path: Path, capsys: pytest.Capture
     assert main(["--out", str(tmp_path), "--mvtec", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --mvtec: {tmp_path / 'missing'} is not a folder"]
+
+
+def test_the_normalised_score_is_against_the_datasets_own_uniform_and_oracle() -> None:
+    f1 = {"uniform": [0.50, 0.60, 0.55], "oracle": [0.70, 0.80, 0.75], "half": [0.60, 0.70, 0.65], "one": [0.9]}
+    runs = [
+        {"agent": agent, "seed": seed, "values": {"predictor/pixel_f1_max": value, "predictor/pixel_aupro": 0.9}}
+        for agent, values in f1.items()
+        for seed, value in enumerate(values)
+    ]
+    scores = normalized_within({"runs": runs}, resamples=200)
+    assert set(scores) == {"uniform", "oracle", "half"}  # "one" has a single paired seed
+    half = scores["half"]["predictor/pixel_f1_max"]
+    assert half["mean"] == pytest.approx(0.5) and half["n"] == 3
+    assert half["ci_low"] <= half["mean"] <= half["ci_high"]
+    assert scores["oracle"]["predictor/pixel_f1_max"]["mean"] == pytest.approx(1.0)
+    assert scores["uniform"]["predictor/pixel_f1_max"]["mean"] == pytest.approx(0.0)
+    # Equal AUPRO everywhere: no gap to normalise by, no score.
+    assert math.isnan(scores["half"]["predictor/pixel_aupro"]["mean"])
+    assert normalized_within({"runs": [run for run in runs if run["agent"] != "oracle"]}) == {}

@@ -137,10 +137,19 @@ def test_ppo_run_logs_checkpoints_and_evaluates(ppo_run: Path) -> None:
     assert any(tag.startswith("hyperparameters") for tag in tags["tensors"])
 
 
-def test_same_seed_gives_identical_metrics(ppo_run: Path, tmp_path: Path) -> None:
-    result = run_train(*PPO_TINY, *TINY, "--checkpoint-freq", "20", "--run-dir", str(tmp_path / "again"))
+def test_same_seed_gives_identical_metrics_with_or_without_evaluations_during_training(
+    ppo_run: Path, tmp_path: Path
+) -> None:
+    again = tmp_path / "again"
+    result = run_train(*PPO_TINY, *TINY, "--checkpoint-freq", "20", "--eval-freq", "20", "--run-dir", str(again))
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "again" / "metrics.json").read_text() == (ppo_run / "metrics.json").read_text()
+    assert (again / "metrics.json").read_text() == (ppo_run / "metrics.json").read_text()
+    events = EventAccumulator(str(again), size_guidance={"scalars": 0})
+    events.Reload()
+    curve = events.Scalars("eval/during_training/predictor/pixel_f1_max")
+    assert [event.step for event in curve] == [20, 40]
+    assert all(0.0 <= event.value <= 1.0 for event in curve)
+    assert "eval/during_training/final_separation" in events.Tags()["scalars"]
 
 
 def test_resume_continues_to_the_requested_timesteps(ppo_run: Path, tmp_path: Path) -> None:
