@@ -174,7 +174,7 @@ def write_report(out: Path, datasets: Sequence[str]) -> list[Path]:
     return written
 
 
-def normalized_within(report: dict[str, Any], resamples: int = 10_000) -> dict[str, dict[str, dict[str, float]]]:
+def normalized_within(report: dict[str, Any], resamples: int = 10_000) -> dict[str, dict[str, dict[str, Any]]]:
     """Each agent's normalised score on one dataset, against that dataset's own ``uniform`` and ``oracle``.
 
     Args:
@@ -185,7 +185,8 @@ def normalized_within(report: dict[str, Any], resamples: int = 10_000) -> dict[s
         Agent -> column of :data:`NORMALIZED_COLUMNS` -> ``{"mean", "ci_low", "ci_high", "n"}``: the score
         ``(mean(agent) - mean(uniform)) / (mean(oracle) - mean(uniform))`` over the seeds all three ran,
         and its 95 % percentile bootstrap interval (seeds resampled together, so the pairing holds; seed 0
-        of the resampling). Empty when ``uniform`` or ``oracle`` lacks runs, and an agent with fewer than
+        of the resampling); ``None`` for a value that is not finite (no gap between uniform's and the
+        oracle's means). Empty when ``uniform`` or ``oracle`` lacks runs, and an agent with fewer than
         two paired seeds is left out.
     """
     values: dict[str, dict[int, dict[str, float]]] = {}
@@ -193,7 +194,7 @@ def normalized_within(report: dict[str, Any], resamples: int = 10_000) -> dict[s
         values.setdefault(run["agent"], {})[run["seed"]] = run["values"]
     if REFERENCE_AGENT not in values or ORACLE not in values:
         return {}
-    scores: dict[str, dict[str, dict[str, float]]] = {}
+    scores: dict[str, dict[str, dict[str, Any]]] = {}
     for agent, by_seed in sorted(values.items()):
         seeds = sorted(set(by_seed) & set(values[REFERENCE_AGENT]) & set(values[ORACLE]))
         if len(seeds) < 2:
@@ -210,9 +211,9 @@ def normalized_within(report: dict[str, Any], resamples: int = 10_000) -> dict[s
                     confidence_level=0.95, random_state=np.random.default_rng(0),
                 ).confidence_interval  # fmt: skip
             scores[agent][column] = {
-                "mean": float(_normalized(*samples)),
-                "ci_low": float(interval.low),
-                "ci_high": float(interval.high),
+                "mean": _finite(float(_normalized(*samples))),
+                "ci_low": _finite(float(interval.low)),
+                "ci_high": _finite(float(interval.high)),
                 "n": len(seeds),
             }
     return scores
@@ -224,10 +225,16 @@ def _normalized(sampler: np.ndarray, uniform: np.ndarray, oracle: np.ndarray, ax
         return (sampler.mean(axis=axis) - uniform.mean(axis=axis)) / (oracle.mean(axis=axis) - uniform.mean(axis=axis))
 
 
-def _bootstrap_cell(entry: dict[str, float] | None) -> str:
-    if entry is None:
+def _finite(value: float) -> float | None:
+    """JSON-ready: a score without a finite value (no gap between uniform and the oracle) is ``None``."""
+    return value if np.isfinite(value) else None
+
+
+def _bootstrap_cell(entry: dict[str, Any] | None) -> str:
+    if entry is None or entry["mean"] is None:
         return ""
-    return f"{entry['mean']:.2f} [{entry['ci_low']:.2f}, {entry['ci_high']:.2f}]"
+    low, high = (f"{entry[key]:.2f}" if entry[key] is not None else "–" for key in ("ci_low", "ci_high"))
+    return f"{entry['mean']:.2f} [{low}, {high}]"
 
 
 def _listed(values: list[Any]) -> str:
