@@ -15,6 +15,7 @@ A name with a colon (``package.module:ClassName``) loads a custom sampler throug
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 from collections.abc import Mapping
@@ -135,7 +136,9 @@ class AgentSpec:
                 the hyperparameters (unknown name or invalid value).
         """
         self.check_action_space(env.action_space)
-        settings = {**self.defaults, **hyperparams}
+        # A copy: SB3 writes into nested settings it is given (A2C adds its optimizer class to
+        # policy_kwargs), and the caller's, saved with the run, must stay plain data.
+        settings = copy.deepcopy({**self.defaults, **hyperparams})
         try:
             if self.kind == "sb3":
                 return self.agent_class(self.policy, env, seed=seed, **{"verbose": 0, **settings})

@@ -183,6 +183,13 @@ def test_uniform_is_the_zero_action_and_the_discrete_uniform_choice() -> None:
     assert int(UniformSampler(_spaces(3, discrete=True)).predict(_observation(3, [0, 1, 2], 0.1))[0]) == 3
 
 
+def test_nested_hyperparameters_reach_the_agent_and_stay_as_given(envs: dict[str, gym.Env]) -> None:
+    policy_kwargs = {"log_std_init": -2.0}
+    agent = make_agent("a2c", envs["strata"], seed=0, policy_kwargs=policy_kwargs)
+    assert policy_kwargs == {"log_std_init": -2.0}  # A2C adds its optimizer to the dict it gets, not to this one
+    assert agent.policy.log_std.detach().numpy() == pytest.approx(np.full(5, -2.0))
+
+
 @pytest.mark.parametrize("discrete", [False, True])
 def test_random_is_in_the_space_and_seeded(discrete: bool) -> None:
     batch = np.stack([_observation(4, [0, 1, 2, 3], 0.2)] * 6)
