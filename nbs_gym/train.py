@@ -661,7 +661,8 @@ def _train(run: _Run) -> None:
                 callbacks.append(PeriodicEvaluation(args.eval_freq, lambda model: _evaluate_now(run, model)))
             if args.progress:
                 callbacks.append(StepProgressBar(start, end))
-            agent.learn(remaining, callback=callbacks, progress_bar=False, reset_num_timesteps=False)
+            learn_kwargs = {"log_interval": _log_interval(run)} if isinstance(agent, OnPolicyAlgorithm) else {}
+            agent.learn(remaining, callback=callbacks, progress_bar=False, reset_num_timesteps=False, **learn_kwargs)
             # SB3 records an update's train/* scalars after it dumps the logs of the rollout before it, so
             # those of the last update are pending at the step already dumped: logging them there would
             # give each train/* scalar two values at that step. They are dropped, as a plain learn() does.
@@ -688,6 +689,17 @@ def _evaluate_now(run: _Run, sampler: Any) -> dict[str, float]:
     tag = "eval/during_training"
     scalars = {f"{tag}/predictor/{metric}": float(result["predictor"][metric]) for metric in _SUMMARY_METRICS}
     return {**scalars, f"{tag}/final_separation": episode.final_separation}
+
+
+def _log_interval(run: _Run) -> int:
+    """Rollouts between two dumps of an on-policy agent's logs: about one episode of the envs' steps.
+
+    SB3's A2C dumps every 100 rollouts, which with one-episode rollouts (``n_steps=200``) is never within
+    a default run, and its episode statistics would not reach TensorBoard.
+    """
+    agent = run.agent
+    episode_steps = task_config(run.env_id, **run.env_kwargs).n_steps * agent.n_envs
+    return max(1, episode_steps // _rollout_steps(agent))
 
 
 def planned_end(agent: BaseAlgorithm, start: int, target: int) -> int:

@@ -219,6 +219,10 @@ def test_other_agents_train_and_load_back(agent: str, extra: list[str], load: An
     saved = next(path for path in run_dir.glob("agent.*"))
     action, _ = load(saved).predict(OBSERVATION, deterministic=True)
     assert BOX.contains(np.asarray(action, dtype=np.float32))
+    if agent == "a2c":  # its episode statistics reach TensorBoard (SB3's A2C alone would dump every 500 steps)
+        events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+        events.Reload()
+        assert len(events.Scalars("nbs/separation")) >= 2
     if agent == "uniform":
         assert saved.name == "agent.json" and not np.any(action)
         metrics = json.loads((run_dir / "metrics.json").read_text())
