@@ -2,7 +2,7 @@
 
 Examples::
 
-    python -m nbs_gym.study --out results/study                          # every dataset, 5 seeds, 10,000 steps
+    python -m nbs_gym.study --out results/study                          # fabric grid_stain ic_stain grass, 5 seeds
     python -m nbs_gym.study --out results/study --datasets grid stochastic mvtec --timesteps 10000
     python -m nbs_gym.study --out results/study --datasets mvtec --mvtec /data/mvtec_ad/carpet
     python -m nbs_gym.study --out results/study --collect                # the report of the finished runs
