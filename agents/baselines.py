@@ -54,6 +54,7 @@ __all__ = [
     "RandomSampler",
     "UniformSampler",
     "env_dataset",
+    "window_sums",
 ]
 
 
@@ -354,14 +355,8 @@ class OracleSampler(UniformSampler):
         dataset = env_dataset(base, dataset)
         image, top, left = base.patch_windows
         size = base.config.patch_size
-        # Summed-area table of each mask: a window holds an anomalous pixel when its sum is positive.
-        table = np.pad(dataset.masks.astype(np.int64).cumsum(axis=1).cumsum(axis=2), ((0, 0), (1, 0), (1, 0)))
-        window = (
-            table[image, top + size, left + size]
-            - table[image, top, left + size]
-            - table[image, top + size, left]
-            + table[image, top, left]
-        )
+        # A window holds an anomalous pixel when its mask sum is positive.
+        window = window_sums(dataset.masks.astype(np.int64), image, top, left, size)
         defect, clean = np.flatnonzero(window > 0), np.flatnonzero(window == 0)
         if (self.defect_share > 0 and not defect.size) or (self.defect_share < 1 and not clean.size):
             raise ValueError(f"oracle: the pool has {defect.size} defective and {clean.size} defect-free patches")
@@ -380,6 +375,20 @@ def env_dataset(env: Any, dataset: AnomalyDataset | None = None) -> AnomalyDatas
         return dataset
     data = env.config.data
     return load_dataset(data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels)
+
+
+def window_sums(maps: np.ndarray, image: np.ndarray, top: np.ndarray, left: np.ndarray, size: int) -> np.ndarray:
+    """Sum of ``maps[image[i]]`` over the ``size`` x ``size`` window at ``(top[i], left[i])``, for every ``i``.
+
+    Through a summed-area table of ``maps`` (N, H, W), so every window costs four lookups.
+    """
+    table = np.pad(maps.cumsum(axis=1).cumsum(axis=2), ((0, 0), (1, 0), (1, 0)))
+    return (
+        table[image, top + size, left + size]
+        - table[image, top, left + size]
+        - table[image, top + size, left]
+        + table[image, top, left]
+    )
 
 
 def _check_strength(strength: float, name: str) -> float:

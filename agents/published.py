@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.baselines import HasSpaces, UniformSampler, env_dataset
+from agents.baselines import HasSpaces, UniformSampler, env_dataset, window_sums
 from nbs_gym.autoencoder import AutoencoderTrainer
 from nbs_gym.data import AnomalyDataset
 from nbs_gym.env import PatchDraw
@@ -247,12 +247,5 @@ class ReducibleLossSampler(PatchRuleSampler):
         patch_image, patch_top, patch_left = env.patch_windows
         pool_images, image_row = np.unique(patch_image, return_inverse=True)
         maps = trainer.loss_maps(torch.as_tensor(dataset.images[pool_images], device=trainer.device))
-        # Mean of each patch's window through a summed-area table of the maps.
-        table = np.pad(maps.cpu().numpy().astype(np.float64).cumsum(axis=1).cumsum(axis=2), ((0, 0), (1, 0), (1, 0)))
-        window = (
-            table[image_row, patch_top + size, patch_left + size]
-            - table[image_row, patch_top, patch_left + size]
-            - table[image_row, patch_top + size, patch_left]
-            + table[image_row, patch_top, patch_left]
-        )
-        return window / (size * size)
+        maps_host = maps.cpu().numpy().astype(np.float64)
+        return window_sums(maps_host, image_row, patch_top, patch_left, size) / (size * size)

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 import yaml
 
-from agents.baselines import BASELINES, OracleSampler, RandomSampler
+from agents.baselines import BASELINES, OracleSampler
 from nbs_gym.classifier import ClassifierConfig, fit_predictor, score_maps, score_metrics
 from nbs_gym.compare import bracketed, mean_ci, plus_minus
 from nbs_gym.config import EnvConfig
@@ -100,15 +100,15 @@ def run_cell(task: str, settings: dict[str, Any], sampler: str, seed: int, ensem
     dataset = load_dataset(data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels)
     with tempfile.TemporaryDirectory(prefix="nbs_gym_headroom_") as scratch:
         env = NeuralBatchSamplingEnv(config=config, dataset_object=dataset, profile_dir=scratch)
-        policy: Any = RandomSampler(env, seed=seed) if sampler == "random" else None
+        policy: Any = None
         if sampler == "clean" or sampler.startswith("defects="):
             share = 0.0 if sampler == "clean" else float(sampler.removeprefix("defects="))
             OracleSampler(env, defect_share=share).prepare_env(env, dataset)
-        elif sampler in BASELINES and sampler not in ("uniform", "random"):
+        elif sampler in BASELINES and sampler != "uniform":
             policy = BASELINES[sampler](env, seed=seed)
             if hasattr(policy, "prepare_env"):
                 policy.prepare_env(env, dataset)
-        elif sampler not in ("uniform", "random") and not sampler.startswith("fixed:"):
+        elif sampler != "uniform" and not sampler.startswith("fixed:"):
             raise SystemExit(f"error: --samplers: unknown sampler {sampler!r}")
         action = sampler_action(sampler, config.n_groups)
         start = time.perf_counter()

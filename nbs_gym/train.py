@@ -674,12 +674,17 @@ def _train(run: _Run) -> None:
     save_checkpoint(agent, run.agent_path)
 
 
+def _evaluation_env(run: _Run, profile_dir: Path) -> gym.Env:
+    """An env of the run's task on its loaded dataset that renders frames and writes profiles to ``profile_dir``."""
+    return gym.make(
+        run.env_id, render_mode="rgb_array", profile_dir=profile_dir, dataset_object=run.dataset, **run.env_kwargs
+    )
+
+
 def _evaluate_now(run: _Run, sampler: Any) -> dict[str, float]:
     """One evaluation episode of ``sampler`` and the classifier's metrics on E, as TensorBoard scalars."""
     with tempfile.TemporaryDirectory(prefix="nbs_gym_eval_") as scratch:
-        env = gym.make(
-            run.env_id, render_mode="rgb_array", profile_dir=scratch, dataset_object=run.dataset, **run.env_kwargs
-        )
+        env = _evaluation_env(run, Path(scratch))
         try:
             episode = _run_episode(env, sampler, run.args.seed + EVAL_SEED_OFFSET)
         finally:
@@ -742,13 +747,7 @@ def _evaluate(run: _Run) -> dict[str, Any]:
             flush=True,
         )
         start = time.perf_counter()
-        env = gym.make(
-            run.env_id,
-            render_mode="rgb_array",
-            profile_dir=run.run_dir / "profiles" / key,
-            dataset_object=run.dataset,
-            **run.env_kwargs,
-        )
+        env = _evaluation_env(run, run.run_dir / "profiles" / key)
         try:
             if sampler is None:
                 sampler = UniformSampler(env)
