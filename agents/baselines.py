@@ -8,7 +8,8 @@ All accept one observation ``(obs_dim,)`` or a batch ``(n_envs, obs_dim)`` as SB
 name               rule
 =================  ==========================================================================
 ``uniform``        zero action: plain SGD on uniformly drawn patches, the paper's "no sampler"
-                   ablation (discrete mode: the uniform action ``S``)
+                   ablation (discrete mode: the uniform action ``S``; quantile mode: the action
+                   ``1``, which admits the whole pool)
 ``random``         uniformly random actions from a seeded copy of the action space
 ``hard_mining``    favour the groups with the highest current loss: the action grows with the
                    group's loss rank (in the strata mode: with the stratum index)
@@ -23,6 +24,9 @@ name               rule
 
 The published per-patch rules (``loss_rank``, ``reducible_loss``, ``self_paced``) are in
 :mod:`agents.published`; they share this module's surface and its :data:`BASELINES` registry.
+
+``uniform``, ``random``, the ``oracle`` and the published rules act in every mode; ``hard_mining`` and
+``curriculum`` weigh groups and so act in the strata, spatial and discrete modes only.
 
 The rank-based rules read the per-group loss levels (observation entries ``0 .. S-1``) rather than
 assuming the groups are sorted, so they also mean something in the spatial mode, where the groups
@@ -93,6 +97,8 @@ class BaselineSampler:
     file_suffix: ClassVar[str] = ".json"
     action_modes: ClassVar[tuple[str, ...]] = ("strata", "spatial", "discrete")
     default_action_mode: ClassVar[str] = "strata"
+    quantile: bool = False
+    """Whether the action is the quantile mode's admitted share (a ``(1,)`` Box over more than one group)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A subclass that sets its own ``name`` joins :data:`BASELINES` under it."""
@@ -108,18 +114,26 @@ class BaselineSampler:
         self.seed = seed
         self.num_timesteps = 0
         self.discrete = isinstance(self.action_space, spaces.Discrete)
+        shape = self.observation_space.shape
+        if shape is None or len(shape) != 1 or shape[0] < 6 or shape[0] % 3:
+            raise ValueError(f"{self.name}: expected an observation of shape (3 * S + 3,), got {shape}")
+        self.obs_dim = int(shape[0])
+        self.n_groups = self.obs_dim // 3 - 1
         if self.discrete:
-            self.n_groups = int(self.action_space.n) - 1
-        elif isinstance(self.action_space, spaces.Box) and len(self.action_space.shape) == 1:
-            self.n_groups = int(self.action_space.shape[0])
+            expected = f"Discrete({self.n_groups + 1})"
+            fits = int(self.action_space.n) == self.n_groups + 1
         else:
-            raise ValueError(f"{self.name}: expected a Discrete or 1-D Box action space, got {self.action_space}")
-        self.obs_dim = 3 * self.n_groups + 3
-        if self.observation_space.shape != (self.obs_dim,):
+            expected = f"a Box of shape ({self.n_groups},) or (1,)"
+            fits = isinstance(self.action_space, spaces.Box) and self.action_space.shape in ((self.n_groups,), (1,))
+        if not fits:
             raise ValueError(
-                f"{self.name}: observation shape {self.observation_space.shape} does not fit {self.n_groups} "
-                f"groups; expected ({self.obs_dim},)"
+                f"{self.name}: action space {self.action_space} does not fit the observation's {self.n_groups} "
+                f"groups; expected {expected}"
             )
+        # One group and a (1,) action: every action draws uniformly, whichever the mode.
+        self.quantile = not self.discrete and self.n_groups > 1 and self.action_space.shape == (1,)
+        if self.quantile and "quantile" not in self.action_modes:
+            raise ValueError(f"{self.name}: cannot act in the quantile mode; it acts in {', '.join(self.action_modes)}")
 
     def learn(self, total_timesteps: int, callback: Any = None, progress_bar: bool = False) -> BaselineSampler:
         """Nothing to learn: a fixed rule. Returns ``self``."""
@@ -134,8 +148,9 @@ class BaselineSampler:
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
         """The action for one observation ``(obs_dim,)`` or a batch ``(n, obs_dim)``; ``state`` passes through.
 
-        Returns float32 actions of shape ``(S,)`` / ``(n, S)`` in Box modes, int64 of shape ``()`` /
-        ``(n,)`` in the discrete mode, as SB3's ``predict`` does.
+        Returns float32 actions of shape ``(S,)`` / ``(n, S)`` in the strata and spatial modes, ``(1,)`` /
+        ``(n, 1)`` in the quantile mode, int64 of shape ``()`` / ``(n,)`` in the discrete mode, as SB3's
+        ``predict`` does.
         """
         rows = np.asarray(observation, dtype=np.float32)
         batched = rows.ndim == 2
@@ -148,6 +163,8 @@ class BaselineSampler:
             )
         if self.discrete:
             actions = self._choose(rows).astype(np.int64)
+        elif self.quantile:
+            actions = np.clip(self._admit(rows), -1.0, 1.0).astype(np.float32)
         else:
             actions = np.clip(self._weigh(rows), -1.0, 1.0).astype(np.float32)
         return (actions if batched else actions[0]), state
@@ -164,6 +181,7 @@ class BaselineSampler:
             "seed": self.seed,
             "n_groups": self.n_groups,
             "discrete": self.discrete,
+            "quantile": self.quantile,
         }
         text = json.dumps(record, indent=2).encode()
         write_atomic(Path(path), lambda handle: handle.write(text))
@@ -180,6 +198,7 @@ class BaselineSampler:
             record = json.loads(Path(path).read_text())
             sampler_class = BASELINES[record["sampler"]]
             n_groups, discrete = int(record["n_groups"]), bool(record["discrete"])
+            quantile = bool(record.get("quantile", False))
             seed, params = record["seed"], dict(record["params"])
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{path}: not a saved baseline sampler ({type(error).__name__}: {error})") from error
@@ -189,7 +208,7 @@ class BaselineSampler:
             action_space: spaces.Space[Any] = (
                 spaces.Discrete(n_groups + 1)
                 if discrete
-                else spaces.Box(-1.0, 1.0, shape=(n_groups,), dtype=np.float32)
+                else spaces.Box(-1.0, 1.0, shape=(1 if quantile else n_groups,), dtype=np.float32)
             )
             observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(3 * n_groups + 3,), dtype=np.float32)
             env = _Spaces(action_space, observation_space)
@@ -203,6 +222,10 @@ class BaselineSampler:
 
     def _choose(self, rows: np.ndarray) -> np.ndarray:
         """Discrete mode: an ``(n,)`` action in ``0 .. S`` per row."""
+        raise NotImplementedError
+
+    def _admit(self, rows: np.ndarray) -> np.ndarray:
+        """Quantile mode: an ``(n, 1)`` action in [-1, 1] per row (the admitted share is ``(a + 1) / 2``)."""
         raise NotImplementedError
 
     def _levels(self, rows: np.ndarray) -> np.ndarray:
@@ -221,15 +244,20 @@ class BaselineSampler:
 
 
 class UniformSampler(BaselineSampler):
-    """Plain SGD: every patch equally likely (zero action; discrete: the uniform action ``S``)."""
+    """Plain SGD: every patch equally likely (zero action; discrete: the uniform action ``S``; quantile:
+    the action 1, the whole pool)."""
 
     name = "uniform"
+    action_modes = ("strata", "spatial", "discrete", "quantile")
 
     def _weigh(self, rows: np.ndarray) -> np.ndarray:
         return np.zeros((len(rows), self.n_groups))
 
     def _choose(self, rows: np.ndarray) -> np.ndarray:
         return np.full(len(rows), self.n_groups)
+
+    def _admit(self, rows: np.ndarray) -> np.ndarray:
+        return np.ones((len(rows), 1))
 
 
 class RandomSampler(BaselineSampler):
@@ -240,6 +268,7 @@ class RandomSampler(BaselineSampler):
     """
 
     name = "random"
+    action_modes = ("strata", "spatial", "discrete", "quantile")
 
     def __init__(self, env: HasSpaces, seed: int | None = None) -> None:
         super().__init__(env, seed)
@@ -252,6 +281,8 @@ class RandomSampler(BaselineSampler):
 
     def _choose(self, rows: np.ndarray) -> np.ndarray:
         return np.array([self._space.sample() for _ in rows])
+
+    _admit = _weigh
 
 
 class _StrengthSampler(BaselineSampler):

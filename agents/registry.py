@@ -32,7 +32,7 @@ from nbs_gym.tasks import DEFAULT_ENV_ID, env_id_for
 
 __all__ = ["AGENTS", "ENV_ID_BY_MODE", "AgentError", "AgentSpec", "get_spec", "make_agent"]
 
-BOX_MODES: tuple[str, ...] = ("strata", "spatial")
+BOX_MODES: tuple[str, ...] = ("strata", "spatial", "quantile")
 ENV_ID_BY_MODE: dict[str, str] = {mode: env_id_for(DEFAULT_ENV_ID, mode) for mode in ACTION_MODES}
 """Registered env id of each action mode, in the default task version."""
 

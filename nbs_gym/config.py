@@ -16,12 +16,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-ActionMode = Literal["strata", "spatial", "discrete"]
+ActionMode = Literal["strata", "spatial", "discrete", "quantile"]
 RewardMeasure = Literal["auroc", "fisher", "prediction_loss"]
 RewardMode = Literal["dense", "terminal"]
 RewardBaseline = Literal["none", "uniform_twin"]
 
-ACTION_MODES: tuple[str, ...] = ("strata", "spatial", "discrete")
+ACTION_MODES: tuple[str, ...] = ("strata", "spatial", "discrete", "quantile")
 REWARD_MEASURES: tuple[str, ...] = ("auroc", "fisher", "prediction_loss")
 REWARD_MODES: tuple[str, ...] = ("dense", "terminal")
 REWARD_BASELINES: tuple[str, ...] = ("none", "uniform_twin")
@@ -158,7 +158,8 @@ class EnvConfig:
         patch_stride: Stride of the patch grid; ``None`` means half the patch size.
         profile_length: Snapshots K of the loss maps per episode (the loss profile's length).
         action_mode: ``"strata"`` (weights over loss strata), ``"spatial"`` (weights over a grid of
-            patch locations) or ``"discrete"`` (one stratum, or uniform).
+            patch locations), ``"discrete"`` (one stratum, or uniform) or ``"quantile"`` (the share of
+            the pool, lowest loss first, that a batch is drawn from uniformly; the strata are observed).
         n_strata: Number of label-free loss strata S.
         spatial_grid: Side G of the G x G grid of locations in the spatial mode.
         temperature: Softmax temperature mapping a Box action to sampling weights.
@@ -255,7 +256,8 @@ class EnvConfig:
 
     @property
     def n_groups(self) -> int:
-        """Number of groups of the patch pool that an action weighs (strata or spatial cells)."""
+        """Number of groups of the patch pool the observation describes (strata or spatial cells); the
+        strata and spatial actions weigh each, the discrete one picks one."""
         return self.spatial_grid**2 if self.action_mode == "spatial" else self.n_strata
 
     @property

@@ -67,6 +67,12 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
       uniformly within it; the zero action is plain uniform sampling over all patches.
     * ``discrete``: ``Discrete(S + 1)``; ``a < S`` draws the whole batch from stratum ``a``, ``a = S``
       draws uniformly from all patches.
+    * ``quantile``: ``Box(-1, 1, (1,), float32)``. The action admits the share ``q = (a + 1) / 2`` of the
+      pool, lowest current loss first (at least ``batch_size`` patches), and every patch of the batch is
+      drawn uniformly from the admitted ones: ``a = 1`` is uniform sampling, the zero action the lowest
+      half. A self-paced schedule (:class:`agents.published.SelfPacedSampler`) is a path through this
+      space. The observation's groups are the ``n_strata`` strata, and ``info["batch_composition"]``
+      the share of each stratum among the admitted patches.
 
     ## Observation Space
 
@@ -133,7 +139,7 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
     | batch_size       | int        | 32            | patches per update                                   |
     | patch_size       | int        | 16            | side of a patch                                      |
     | profile_length   | int        | 10            | snapshots K per episode                              |
-    | action_mode      | str        | "strata"      | "strata", "spatial" or "discrete"                    |
+    | action_mode      | str        | "strata"      | "strata", "spatial", "discrete" or "quantile"        |
     | n_strata         | int        | 5             | loss strata S                                        |
     | reward           | str        | "auroc"       | "auroc", "fisher" or "prediction_loss"               |
     | reward_mode      | str        | "dense"       | "dense" or "terminal"                                |
@@ -240,6 +246,8 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         n_groups = cfg.n_groups
         if cfg.action_mode == "discrete":
             self.action_space: spaces.Space[Any] = spaces.Discrete(n_groups + 1)
+        elif cfg.action_mode == "quantile":
+            self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
         else:
             self.action_space = spaces.Box(-1.0, 1.0, shape=(n_groups,), dtype=np.float32)
         self.observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(3 * n_groups + 3,), dtype=np.float32)
@@ -260,7 +268,7 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         if self._step_count >= self.config.episode_length:
             raise RuntimeError("step() called after the episode terminated; call reset() first")
         composition = self.batch_composition(action)
-        self._begin_step()
+        self._begin_step(action)
         for _ in range(self.config.decision_interval):
             patch_ids = self._begin_update(composition)
             per_patch = self.trainer.update(self._gather_patches(patch_ids))
@@ -319,8 +327,11 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         self._last_composition = self._group_sizes / self._group_sizes.sum()
         return self._observation(), self._info(snapshot=False)
 
-    def _begin_step(self) -> None:
-        """Start an env step: the potential the step's reward is measured from."""
+    def _begin_step(self, action: Any) -> None:
+        """Start an env step with a checked action: the potential the step's reward is measured from and,
+        in the quantile mode, how many patches the step's batches are drawn from."""
+        if self.config.action_mode == "quantile":
+            self._admitted = self.admitted_patches(action)
         self._previous_separation = self._separation
         if self._twin is not None:
             self._previous_twin_separation = self._twin_separation
@@ -409,16 +420,34 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
             composition = np.zeros(n_groups)
             composition[choice] = 1.0
             return composition
-        value = np.asarray(action, dtype=np.float64)
-        if value.shape != (n_groups,):
-            raise ValueError(f"action: expected shape ({n_groups},) in [-1, 1], got shape {value.shape}")
-        if not np.isfinite(value).all():
-            raise ValueError(f"action: expected finite values in [-1, 1] of shape ({n_groups},), got {value}")
-        if (np.abs(value) > 1.0 + 1e-6).any():
-            raise ValueError(f"action: expected values in [-1, 1] of shape ({n_groups},), got {value}")
+        if cfg.action_mode == "quantile":
+            admitted = self.admitted_patches(action)
+            starts = self._group_starts.astype(np.float64)
+            return np.clip(admitted - starts, 0.0, self._group_sizes) / admitted
+        value = self._box_action(action, n_groups)
         logits = value / cfg.temperature + np.log(self._group_sizes)
         weights = np.exp(logits - logits.max())
         return weights / weights.sum()
+
+    def admitted_patches(self, action: Any) -> int:
+        """Quantile mode: how many of the lowest-loss pool patches an action admits to the next batches,
+        ``round((a + 1) / 2 * P)`` but at least ``batch_size``; a bad action is a ValueError."""
+        if self.config.action_mode != "quantile":
+            raise ValueError(f"admitted_patches: the action mode is {self.config.action_mode!r}, not 'quantile'")
+        share = (float(np.clip(self._box_action(action, 1)[0], -1.0, 1.0)) + 1.0) / 2.0
+        n_patches = len(self._patch_loss)
+        return int(min(n_patches, max(self.config.batch_size, round(share * n_patches))))
+
+    @staticmethod
+    def _box_action(action: Any, size: int) -> np.ndarray:
+        value = np.asarray(action, dtype=np.float64)
+        if value.shape != (size,):
+            raise ValueError(f"action: expected shape ({size},) in [-1, 1], got shape {value.shape}")
+        if not np.isfinite(value).all():
+            raise ValueError(f"action: expected finite values in [-1, 1] of shape ({size},), got {value}")
+        if (np.abs(value) > 1.0 + 1e-6).any():
+            raise ValueError(f"action: expected values in [-1, 1] of shape ({size},), got {value}")
+        return value
 
     def _spawn(self, profile_dir: Path | None) -> NeuralBatchSamplingEnv:
         """A sibling sharing this env's dataset, split, patch grid and device tensors, for the vector env.
@@ -554,6 +583,10 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         if self._patch_draw is not None:
             patch_ids = np.asarray(self._patch_draw(self.np_random, self.config.batch_size), dtype=np.int64)
             return patch_ids, np.bincount(self._groups_of(patch_ids), minlength=len(composition))
+        if self.config.action_mode == "quantile":  # the order is sorted by loss: its first ranks are admitted
+            ranks = self.np_random.integers(0, self._admitted, size=self.config.batch_size)
+            groups = np.searchsorted(self._group_starts, ranks, side="right") - 1
+            return self._order[ranks], np.bincount(groups, minlength=len(composition))
         groups = self.np_random.choice(len(composition), size=self.config.batch_size, p=composition)
         within = self.np_random.integers(0, self._group_sizes[groups].astype(np.int64))
         patch_ids = self._order[self._group_starts[groups] + within]

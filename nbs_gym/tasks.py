@@ -1,8 +1,9 @@
 """Registered tasks: each version fixes a dataset, an episode and a reward; each action mode is one id.
 
 A task version is a set of :class:`~nbs_gym.config.EnvConfig` settings over the config's defaults. Its
-ids are ``nbs_gym/NeuralBatchSampling-<version>`` (strata), ``nbs_gym/NeuralBatchSamplingSpatial-<version>``
-and ``nbs_gym/NeuralBatchSamplingDiscrete-<version>``, registered in one loop. A change that alters a
+ids are ``nbs_gym/NeuralBatchSampling-<version>`` (strata), ``nbs_gym/NeuralBatchSamplingSpatial-<version>``,
+``nbs_gym/NeuralBatchSamplingDiscrete-<version>`` and ``nbs_gym/NeuralBatchSamplingQuantile-<version>``,
+registered in one loop. A change that alters a
 task's trajectories adds a version; old versions stay as they were, so their numbers reproduce.
 
 ``v0``
@@ -43,7 +44,7 @@ TASK_SETTINGS: dict[str, dict[str, Any]] = {
 }
 """Task version -> its settings over :class:`~nbs_gym.config.EnvConfig`'s defaults."""
 
-MODE_NAMES: dict[str, str] = {"strata": "", "spatial": "Spatial", "discrete": "Discrete"}
+MODE_NAMES: dict[str, str] = {"strata": "", "spatial": "Spatial", "discrete": "Discrete", "quantile": "Quantile"}
 """Action mode -> the word it adds to the id."""
 
 ENV_IDS: dict[str, dict[str, Any]] = {
@@ -56,7 +57,7 @@ ENV_IDS: dict[str, dict[str, Any]] = {
 DEFAULT_ENV_ID = "nbs_gym/NeuralBatchSampling-v1"
 """The task ``nbs_gym.train``, ``compare`` and ``study`` run unless told otherwise."""
 
-_ID_PATTERN = re.compile(r"nbs_gym/NeuralBatchSampling(Spatial|Discrete)?-(v\d+)")
+_ID_PATTERN = re.compile(r"nbs_gym/NeuralBatchSampling(Spatial|Discrete|Quantile)?-(v\d+)")
 
 
 def parse_env_id(env_id: str) -> tuple[str, str]:
@@ -68,7 +69,7 @@ def parse_env_id(env_id: str) -> tuple[str, str]:
     match = _ID_PATTERN.fullmatch(env_id) if isinstance(env_id, str) else None
     if match is None or env_id not in ENV_IDS:
         raise ConfigError(f"env_id: unknown id {env_id!r}; registered: {', '.join(ENV_IDS)}")
-    mode = {"Spatial": "spatial", "Discrete": "discrete", None: "strata"}[match.group(1)]
+    mode = {"Spatial": "spatial", "Discrete": "discrete", "Quantile": "quantile", None: "strata"}[match.group(1)]
     return match.group(2), mode
 
 

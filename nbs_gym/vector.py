@@ -139,8 +139,8 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
                 compositions.append(env.batch_composition(action))
             except ValueError as error:
                 raise ValueError(f"actions[{i}]: {error}") from None
-        for env in self.envs:
-            env._begin_step()
+        for env, action in zip(self.envs, actions, strict=True):
+            env._begin_step(action)
         for _ in range(self.config.decision_interval):
             patch_ids = np.concatenate([env._begin_update(c) for env, c in zip(self.envs, compositions, strict=True)])
             patches = self._gather_patches(patch_ids)

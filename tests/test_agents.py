@@ -215,6 +215,39 @@ def test_baselines_take_batched_observations(name: str, discrete: bool) -> None:
         sampler.predict(np.zeros(7))
 
 
+def test_samplers_in_the_quantile_mode_act_with_its_one_admitted_share(
+    envs: dict[str, gym.Env], tmp_path: Path
+) -> None:
+    env = envs["quantile"]
+    observation, _ = env.reset(seed=0)
+    uniform = UniformSampler(env)
+    np.testing.assert_array_equal(uniform.predict(observation)[0], np.ones(1, np.float32))
+    np.testing.assert_array_equal(uniform.predict(np.stack([observation] * 3))[0], np.ones((3, 1), np.float32))
+    assert env.unwrapped.admitted_patches(uniform.predict(observation)[0]) == len(env.unwrapped.patch_losses)
+    actions = RandomSampler(env, seed=1).predict(np.stack([observation] * 4))[0]
+    assert actions.shape == (4, 1) and len(set(actions[:, 0].tolist())) == 4
+    for sampler_class in (HardMiningSampler, CurriculumSampler):
+        with pytest.raises(ValueError, match="cannot act in the quantile mode"):
+            sampler_class(env)
+        with pytest.raises(AgentError, match="cannot act in action_mode='quantile'"):
+            get_spec(sampler_class.name).resolve_action_mode("quantile")
+    uniform.save(tmp_path / "agent.json")
+    loaded = BaselineSampler.load(tmp_path / "agent.json")
+    assert loaded.quantile and loaded.action_space.shape == (1,) and loaded.observation_space == env.observation_space
+
+
+def test_a_sampler_whose_spaces_do_not_fit_is_a_clear_error() -> None:
+    class Spaces:
+        action_space = spaces.Box(-1.0, 1.0, (3,), dtype=np.float32)
+        observation_space = spaces.Box(-20.0, 20.0, (15,), dtype=np.float32)
+
+    with pytest.raises(ValueError, match=r"does not fit the observation's 4 groups; expected a Box of shape \(4,\)"):
+        UniformSampler(Spaces())
+    Spaces.observation_space = spaces.Box(-20.0, 20.0, (7,), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"expected an observation of shape \(3 \* S \+ 3,\), got \(7,\)"):
+        UniformSampler(Spaces())
+
+
 @pytest.mark.parametrize("sampler_class", [HardMiningSampler, CurriculumSampler])
 def test_loss_rank_samplers_are_neutral_with_one_group(sampler_class: type[BaselineSampler]) -> None:
     action, _ = sampler_class(_spaces(1), strength=1.0).predict(_observation(1, [-2.0], 0.3))

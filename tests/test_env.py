@@ -206,6 +206,55 @@ def test_strata_after_a_seeded_reset_do_not_depend_on_earlier_episodes() -> None
     np.testing.assert_array_equal(used._order, fresh._order)
 
 
+def test_quantile_action_draws_every_batch_from_the_admitted_lowest_loss_patches() -> None:
+    env = make("nbs_gym/NeuralBatchSamplingQuantile-v0").unwrapped
+    env.reset(seed=0)
+    n_patches, n_strata = len(env.patch_losses), env.config.n_strata
+    assert env.action_space.shape == (1,) and env.observation_space.shape == (3 * n_strata + 3,)
+    for value in [-0.5, 0.0, 0.6, -1.0, 1.0] * 2:
+        action = np.array([value], np.float32)
+        admitted = env.admitted_patches(action)
+        assert admitted == max(SMALL["batch_size"], round((value + 1) / 2 * n_patches))
+        before = env.patch_losses.copy()
+        _, _, _, _, info = env.step(action)
+        # Every drawn patch is among the `admitted` lowest losses at the time of the draw.
+        assert (before[env.last_patch_ids] <= np.sort(before)[admitted - 1]).all()
+        composition = info["batch_composition"]
+        assert composition.sum() == pytest.approx(1.0)
+        # The admitted strata: the lowest ones, whole, then part of one.
+        assert np.count_nonzero(composition) == int(np.ceil(admitted / (n_patches / n_strata) - 1e-9))
+        assert (np.diff(composition) <= 1e-6).all()
+    assert env.admitted_patches(np.ones(1)) == n_patches
+    np.testing.assert_allclose(env.batch_composition(np.ones(1)), np.full(n_strata, 1 / n_strata))
+
+
+def test_quantile_draws_the_low_loss_patches_more_often_than_uniform() -> None:
+    shares = {}
+    for value in (-0.6, 1.0):
+        env = make("nbs_gym/NeuralBatchSamplingQuantile-v0").unwrapped
+        env.reset(seed=4)
+        drawn = []
+        for _ in range(10):
+            before = env.patch_losses.copy()
+            env.step(np.array([value], np.float32))
+            drawn.append((before[env.last_patch_ids][:, None] > before[None, :]).mean(axis=1))
+        shares[value] = float(np.mean(drawn))  # mean loss percentile of the drawn patches
+    assert shares[-0.6] < 0.25 < 0.4 < shares[1.0]
+
+
+def test_quantile_action_errors_name_its_shape_and_the_mode() -> None:
+    env = make("nbs_gym/NeuralBatchSamplingQuantile-v0").unwrapped
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"expected shape \(1,\) in \[-1, 1\], got shape \(5,\)"):
+        env.step(np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match=r"expected values in \[-1, 1\]"):
+        env.step(np.array([1.5], np.float32))
+    strata = make().unwrapped
+    strata.reset(seed=0)
+    with pytest.raises(ValueError, match="admitted_patches: the action mode is 'strata', not 'quantile'"):
+        strata.admitted_patches(np.zeros(1))
+
+
 @pytest.mark.parametrize(
     ("action", "message"),
     [
