@@ -74,7 +74,7 @@ class HasSpaces(Protocol):
     observation_space: spaces.Space[Any]
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Spaces:
     """The spaces of an env, rebuilt from a saved sampler when ``load`` gets no env."""
 
@@ -119,7 +119,7 @@ class BaselineSampler:
             raise ValueError(f"{self.name}: expected an observation of shape (3 * S + 3,), got {shape}")
         self.obs_dim = int(shape[0])
         self.n_groups = self.obs_dim // 3 - 1
-        if self.discrete:
+        if isinstance(self.action_space, spaces.Discrete):
             expected = f"Discrete({self.n_groups + 1})"
             fits = int(self.action_space.n) == self.n_groups + 1
         else:
@@ -211,7 +211,7 @@ class BaselineSampler:
                 else spaces.Box(-1.0, 1.0, shape=(1 if quantile else n_groups,), dtype=np.float32)
             )
             observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(3 * n_groups + 3,), dtype=np.float32)
-            env = _Spaces(action_space, observation_space)
+            return sampler_class(_Spaces(action_space, observation_space), seed=seed, **params)
         return sampler_class(env, seed=seed, **params)
 
     # Subclasses implement one rule per action kind, vectorised over observation rows.

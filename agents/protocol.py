@@ -108,9 +108,10 @@ def load_sampler_class(target: str) -> type:
         raise PluginError(
             f"--agent {target}: cannot import module {module_name!r} for class {class_name} ({error})"
         ) from error
-    sampler_class = getattr(module, class_name, None)
-    if not isinstance(sampler_class, type):
+    found = getattr(module, class_name, None)
+    if not isinstance(found, type):
         raise PluginError(f"--agent {target}: module {module_name!r} has no class {class_name}")
+    sampler_class: Any = found  # a user's class: its methods are checked below
     missing = [name for name in REQUIRED_METHODS if not callable(getattr(sampler_class, name, None))]
     if missing:
         raise PluginError(
@@ -121,7 +122,7 @@ def load_sampler_class(target: str) -> type:
         raise PluginError(f"--agent {target}: {class_name}.load must be a classmethod, load(path, env=None)")
     # How nbs_gym calls each method (``None`` stands for the instance); a signature that cannot take the
     # call is reported now rather than after training.
-    calls = {
+    calls: dict[str, tuple[Any, tuple[Any, ...], dict[str, Any]]] = {
         "__init__": (sampler_class, ("env",), {"seed": 0}),
         "learn": (sampler_class.learn, (None, 1), {"callback": None, "progress_bar": False}),
         "predict": (

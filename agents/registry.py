@@ -85,7 +85,7 @@ class AgentSpec:
     """
 
     name: str
-    agent_class: type
+    agent_class: type[Any]
     kind: AgentKind
     action_modes: tuple[str, ...]
     default_action_mode: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -160,7 +161,8 @@ def _grouped_forward(
                 op, geometry = torch.ops.mkldnn._convolution_pointwise, [layer.padding]
             x = op(x, weight, conv_bias, *geometry, layer.stride, layer.dilation, groups, activation, scalars, None)
         elif isinstance(layer, nn.ConvTranspose2d):
-            x = F.conv_transpose2d(x, weight, bias, layer.stride, layer.padding, layer.output_padding, groups)
+            padding = cast(tuple[int, ...], layer.padding)  # a transposed convolution's padding is never a string
+            x = F.conv_transpose2d(x, weight, bias, layer.stride, padding, layer.output_padding, groups)
         else:
             x = F.conv2d(x, weight, conv_bias, layer.stride, layer.padding, groups=groups)
         if depthwise:
@@ -235,6 +237,7 @@ class ConvAutoencoder(nn.Module):
                 nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
                 fan_in, _ = nn.init._calculate_fan_in_and_fan_out(weight)
                 bound = 1.0 / math.sqrt(fan_in)
+                assert module.bias is not None  # every layer of the autoencoder has a bias
                 bias = torch.empty(module.bias.shape).uniform_(-bound, bound, generator=generator)
                 module.weight.copy_(weight)
                 module.bias.copy_(bias)
@@ -253,7 +256,7 @@ class AutoencoderTrainer:
         self.device = resolve_device(config.device)
         self._format = memory_format(self.device)
         model = ConvAutoencoder(channels, config.width, config.depth, config.latent_channels)
-        self.model = model.to(self.device, memory_format=self._format)
+        self.model = model.to(self.device, memory_format=self._format)  # type: ignore[call-overload]  # torch's stub lacks it
         self._layers = _layers(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
 

@@ -95,7 +95,7 @@ class AtomicCheckpointCallback(BaseCallback):
         self.save_minutes = save_minutes
         self.save_dir = Path(save_dir)
         self.suffix = suffix
-        self._next_save = save_freq
+        self._next_save: float = save_freq
         self._next_time = math.inf
 
     def _on_training_start(self) -> None:

@@ -221,7 +221,7 @@ class Predictor:
     ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
-        self.network = network.to(self.device, memory_format=torch.channels_last).eval()
+        self.network = network.to(self.device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
         self.feature_mean = np.asarray(feature_mean, dtype=np.float32)
         self.feature_std = np.asarray(feature_std, dtype=np.float32)
         self.profile_length = int(profile_length)
@@ -499,6 +499,7 @@ def _initialise(network: nn.Module, generator: torch.Generator) -> None:
             weight = torch.empty(module.weight.shape)
             nn.init.kaiming_normal_(weight, nonlinearity="relu", generator=generator)
             module.weight.copy_(weight)
+            assert module.bias is not None  # every convolution of the classifier has a bias
             module.bias.zero_()
 
 
@@ -510,6 +511,7 @@ def _fit_per_pixel(features: np.ndarray, masks: np.ndarray) -> tuple[nn.Module, 
     network = nn.Conv2d(n_features, 1, 1)
     with torch.no_grad():
         network.weight.copy_(torch.as_tensor(model.coef_, dtype=torch.float32).reshape(1, n_features, 1, 1))
+        assert network.bias is not None
         network.bias.copy_(torch.as_tensor(model.intercept_, dtype=torch.float32))
     return network, {
         "kind": "per_pixel",
@@ -525,7 +527,7 @@ def _fit_dilated_cnn(
     device = resolve_device(config.device)
     network = _build_network(config, features.shape[1])
     _initialise(network, torch.Generator().manual_seed(config.seed))
-    network.to(device, memory_format=torch.channels_last)
+    network.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
     x = _as_input(features, device)
     y = torch.as_tensor(masks, dtype=torch.float32, device=device)[:, None]
     n_anomalous = float(y[train].sum())

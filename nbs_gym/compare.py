@@ -145,8 +145,8 @@ class Interval:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Interval:
         """Inverse of :meth:`to_dict` (``None`` back to ``nan``)."""
-        as_float = [math.nan if data[key] is None else float(data[key]) for key in ("mean", "ci_low", "ci_high")]
-        return cls(*as_float, int(data["n"]))
+        mean, low, high = (math.nan if data[key] is None else float(data[key]) for key in ("mean", "ci_low", "ci_high"))
+        return cls(mean, low, high, int(data["n"]))
 
     def to_dict(self) -> dict[str, float | int | None]:
         """JSON-ready: ``nan`` as ``None``."""

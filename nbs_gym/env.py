@@ -459,7 +459,7 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         sibling = copy.copy(self)
         sibling._np_random = None
         sibling._np_random_seed = None
-        sibling.trainer = None
+        sibling.trainer = None  # type: ignore[assignment]  # the vector env trains the siblings' models
         if self._twin is not None:  # each sibling's twin trains on its own, outside the batched engine
             sibling._twin = AutoencoderTrainer(self._snapshot_images.shape[1], self.config.autoencoder)
         sibling.profile_dir = profile_dir

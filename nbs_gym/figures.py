@@ -57,7 +57,7 @@ def segmentation_figure(
     rows = _example_rows(masks, defect_types)
     if max_rows is None and defect_types is not None:
         anomalous = masks.reshape(len(masks), -1).any(axis=1)
-        n_types = len({defect_types[i] for i in np.flatnonzero(anomalous)})
+        n_types = len({defect_types[int(i)] for i in np.flatnonzero(anomalous)})
         rows = np.concatenate([rows[:n_types], rows[anomalous.sum() :][:1]])
     else:
         rows = rows[: max_rows or 4]
@@ -147,9 +147,9 @@ def _example_rows(masks: np.ndarray, defect_types: Sequence[str] | None) -> np.n
         # Rank of each image within its type, then a stable sort by it: type A #0, type B #0, A #1, ...
         seen: dict[str, int] = {}
         rank = np.empty(len(ordered), dtype=np.int64)
-        for position, index in enumerate(ordered):
+        for position, index in enumerate(ordered.tolist()):
             rank[position] = seen.get(defect_types[index], 0)
-            seen[defect_types[index]] = rank[position] + 1
+            seen[defect_types[index]] = int(rank[position]) + 1
         ordered = ordered[np.argsort(rank, kind="stable")]
     return np.concatenate([ordered, np.flatnonzero(~anomalous)])
 

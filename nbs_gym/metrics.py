@@ -239,7 +239,7 @@ def image_auroc(scores: ArrayLike, masks: ArrayLike, reduction: ImageReduction =
     scores_arr, masks_arr = _validated(scores, masks)
     _require_image_batch(scores_arr, "image_auroc")
     image_scores = _image_scores(scores_arr, reduction)
-    image_labels = masks_arr.reshape(len(masks_arr), -1).any(axis=1)
+    image_labels = np.asarray(masks_arr.reshape(len(masks_arr), -1).any(axis=1), dtype=bool)
     _warn_if_constant(image_scores, "image_auroc", "image scores")
     if _missing_class(image_labels, "image_auroc", "images", "0.5"):
         return 0.5

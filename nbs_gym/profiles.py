@@ -122,7 +122,7 @@ class LossProfiles:
         if largest > limit:
             raise ProfileFileError(f"{path}: loss_maps: a loss of {largest:.4g} is beyond float16's {limit:.0f}")
         metadata = {"format_version": FORMAT_VERSION, "split": json.loads(self.split.to_json()), **self.metadata}
-        arrays = {
+        arrays: dict[str, np.ndarray] = {
             "loss_maps": self.loss_maps.astype(np.float16),
             "snapshot_steps": self.snapshot_steps.astype(np.int64),
             "images": self.images.astype(np.float16),
@@ -130,7 +130,7 @@ class LossProfiles:
             "labeled_masks": self.labeled_masks.astype(bool),
             "metadata": np.array(json.dumps(metadata)),
         }
-        write_atomic(path, lambda handle: np.savez(handle, **arrays))
+        write_atomic(path, lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]  # the stub takes any keyword for allow_pickle
         return path
 
 

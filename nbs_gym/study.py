@@ -211,7 +211,7 @@ def normalized_within(report: dict[str, Any], resamples: int = 10_000) -> dict[s
                     confidence_level=0.95, random_state=np.random.default_rng(0),
                 ).confidence_interval  # fmt: skip
             scores[agent][column] = {
-                "mean": _finite(float(_normalized(*samples))),
+                "mean": _finite(float(_normalized(samples[0], samples[1], samples[2]))),
                 "ci_low": _finite(float(interval.low)),
                 "ci_high": _finite(float(interval.high)),
                 "n": len(seeds),

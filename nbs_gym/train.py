@@ -54,7 +54,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -66,7 +66,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Figure, HParam, Image, Logger, configure
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
-from stable_baselines3.common.type_aliases import TrainFrequencyUnit
+from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
 from agents.baselines import UniformSampler
@@ -87,6 +87,7 @@ from nbs_gym.cli import Parser, bad_input, check_device, one_line_warnings
 from nbs_gym.config import EnvConfig
 from nbs_gym.data import AnomalyDataset, load_dataset, make_split
 from nbs_gym.data.split import labeled_shortfall
+from nbs_gym.env import NeuralBatchSamplingEnv
 from nbs_gym.figures import profile_figure, segmentation_figure
 from nbs_gym.io import remove_temporaries, write_text_atomic
 from nbs_gym.profiles import LossProfiles, load_profiles
@@ -661,7 +662,9 @@ def _train(run: _Run) -> None:
                 callbacks.append(PeriodicEvaluation(args.eval_freq, lambda model: _evaluate_now(run, model)))
             if args.progress:
                 callbacks.append(StepProgressBar(start, end))
-            learn_kwargs = {"log_interval": _log_interval(run)} if isinstance(agent, OnPolicyAlgorithm) else {}
+            learn_kwargs: dict[str, Any] = (
+                {"log_interval": _log_interval(run)} if isinstance(agent, OnPolicyAlgorithm) else {}
+            )
             agent.learn(remaining, callback=callbacks, progress_bar=False, reset_num_timesteps=False, **learn_kwargs)
             # SB3 records an update's train/* scalars after it dumps the logs of the rollout before it, so
             # those of the last update are pending at the step already dumped: logging them there would
@@ -723,8 +726,10 @@ def _rollout_steps(agent: BaseAlgorithm) -> int:
     """Env steps (over all envs) that ``agent`` collects between two checks of its step count."""
     if isinstance(agent, OnPolicyAlgorithm):
         return int(agent.n_steps * agent.n_envs)
-    if isinstance(agent, OffPolicyAlgorithm) and agent.train_freq.unit == TrainFrequencyUnit.STEP:
-        return int(agent.train_freq.frequency * agent.n_envs)
+    if isinstance(agent, OffPolicyAlgorithm):
+        frequency = agent.train_freq  # a TrainFreq once the algorithm is built
+        if isinstance(frequency, TrainFreq) and frequency.unit == TrainFrequencyUnit.STEP:
+            return int(frequency.frequency * agent.n_envs)
     return int(agent.n_envs)
 
 
@@ -802,7 +807,7 @@ def _run_episode(env: gym.Env, sampler: Any, seed: int) -> _Episode:
         episode_start = False
         observation, _, terminated, truncated, info = env.step(action)
         if terminated or truncated:
-            return _Episode(seed, Path(info["profile_path"]), float(info["separation"]), env.render())
+            return _Episode(seed, Path(info["profile_path"]), float(info["separation"]), cast(np.ndarray, env.render()))
 
 
 def _checked_prediction(sampler: Any, result: Any, env: gym.Env) -> tuple[Any, Any]:
@@ -811,7 +816,7 @@ def _checked_prediction(sampler: Any, result: Any, env: gym.Env) -> tuple[Any, A
     if not (isinstance(result, tuple) and len(result) == 2):
         raise PluginError(f"{name}.predict returned {type(result).__name__}; expected a tuple (action, state)")
     try:
-        env.unwrapped.batch_composition(result[0])
+        cast(NeuralBatchSamplingEnv, env.unwrapped).batch_composition(result[0])
     except ValueError as error:
         raise PluginError(f"{name}.predict returned an action the env rejects: {error}") from None
     return result
@@ -920,7 +925,7 @@ def _print_summary(run: _Run, metrics: dict[str, Any]) -> None:
     table.add_column("uniform", justify="right")
     if not uniform_only:
         table.add_column(f"{name}\n− uniform", justify="right")
-    rows = [
+    rows: list[tuple[str, tuple[str, ...]]] = [
         (f"{source}/{metric}", (source, metric))
         for source in ("predictor", "final_loss")
         for metric in _SUMMARY_METRICS

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -171,7 +171,7 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
             infos = self._add_info(infos, info, i)
         return np.stack(observations), rewards, terminations, truncations, infos
 
-    def render(self) -> tuple[np.ndarray | None, ...] | None:
+    def render(self) -> tuple[Any, ...] | None:
         """One ``rgb_array`` frame per sub-environment."""
         if self.render_mode is None:
             gym.logger.warn("render() called without a render_mode; pass render_mode='rgb_array'")
@@ -223,7 +223,7 @@ class SB3VecEnv(VecEnv):
 
     def reset(self) -> np.ndarray:
         seeds = None if all(seed is None for seed in self._seeds) else list(self._seeds)
-        observations, infos = self.venv.reset(seed=seeds)
+        observations, infos = self.venv.reset(seed=seeds)  # type: ignore[arg-type]  # one seed per sub-env, as Gymnasium's vector envs take
         self.reset_infos = [unbatch_info(infos, i) for i in range(self.num_envs)]
         self._reset_seeds()
         self._reset_options()
@@ -251,7 +251,7 @@ class SB3VecEnv(VecEnv):
         self.venv.close()
 
     def get_images(self) -> Sequence[np.ndarray | None]:
-        frames = self.venv.render()
+        frames = cast("tuple[np.ndarray | None, ...] | None", self.venv.render())
         return list(frames) if frames is not None else [None] * self.num_envs
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:

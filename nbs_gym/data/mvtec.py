@@ -203,7 +203,7 @@ def _read_image(path: Path, image_size: int) -> tuple[np.ndarray, tuple[int, int
         with Image.open(path) as source:
             source.load()
             original_size = source.size
-            image = source
+            image: Image.Image = source
             if source.mode.startswith("I;16") or source.mode == "I":
                 # PIL's convert("L") clips 16- and 32-bit values at 255 instead of rescaling them; "I" is how
                 # PIL opens some 16-bit files, so both are read as 16-bit intensities.

@@ -13,7 +13,7 @@ a dataset is a pure function of its arguments and an image does not change when 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -191,7 +191,7 @@ def check_generator_arguments(
         raise DatasetError(f"defect_softness: must be in [0, {MAX_SOFTNESS:g}] pixels, got {defect_softness!r}")
 
 
-def spec_with_options(base: str, options: dict[str, object], table: dict[str, tuple[type, object]]) -> str:
+def spec_with_options(base: str, options: Mapping[str, object], table: dict[str, tuple[type, object]]) -> str:
     """``base`` followed by the options that differ from their defaults in ``table``, as a query."""
     query = "&".join(
         f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
@@ -385,7 +385,7 @@ def add_defect(
     size = texture.image.shape[0]
     for _ in range(_MAX_DRAWS):
         candidate, region = draw(rng, texture)
-        weight = np.float64(contrast)
+        weight: float | np.ndarray = float(contrast)
         if softness > 0.0:
             fade = gaussian_filter(region.astype(np.float64), softness * size / _REFERENCE_SIZE, mode="constant")
             fade = np.maximum(region, fade / fade.max())
