@@ -181,6 +181,8 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
       stain (``synthetic:fabric?contamination=0.2&contaminating_defect=stain``), 1,000 updates per
       episode, 5 updates per env step (200 env steps). The reward stays the plain one: the uniform twin
       lowered the reward's signal-to-noise ratio there. Settings: :data:`nbs_gym.tasks.TASK_SETTINGS`.
+    * The ``quantile`` action mode joined both versions as ids of their own (``...Quantile-v0``,
+      ``...Quantile-v1``); the other ids' trajectories did not change, so their versions stayed.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
