@@ -125,7 +125,7 @@ _METAVARS = {"agent": "NAME|MODULE:CLASS", "run_dir": "DIR", "config": "FILE", "
 # Arguments that locate a run rather than define it: config.yaml leaves them out.
 _NOT_SAVED = ("config", "resume", "run_dir")
 # The standard deviation of the predictor's pixel F1-max over classifier seeds refitted on the same loss
-# profiles, by ensemble size (benchmarks/classifier_noise.py on v0's fabric, docs/RESULTS.md): a
+# profiles, by ensemble size (benchmarks/classifier_noise.py on v0's fabric, docs/RESULTS_v0.md): a
 # difference between two samplers smaller than about twice this is not evidence of either.
 CLASSIFIER_NOISE_F1 = {1: 0.046, 4: 0.021}
 
@@ -945,7 +945,7 @@ def _print_summary(run: _Run, metrics: dict[str, Any]) -> None:
         networks = "1 network" if ensemble == 1 else f"an ensemble of {ensemble}"
         print(
             f"classifier noise: refitted on the same profiles, the predictor's pixel_f1_max varies by about "
-            f"{noise:.3f} (sd over classifier seeds, {networks}; docs/RESULTS.md), so a difference under about "
+            f"{noise:.3f} (sd over classifier seeds, {networks}; docs/RESULTS_v0.md), so a difference under about "
             f"{2 * noise:.2f} is within the classifier's own noise"
         )
     if "normalized" in metrics["agent"] and not uniform_only:

@@ -1,0 +1,122 @@
+"""One table from runs of several ``nbs_gym.compare`` folders: ratios to uniform and normalised scores.
+
+A sampler row is ``LABEL=FOLDER:AGENT``: the finished runs of ``AGENT`` under ``FOLDER/runs``. Each row is
+paired seed by seed with the ``uniform`` runs of ``--uniform`` (a compare folder) and with an oracle,
+either the ``oracle`` runs of a compare folder or headroom cells (``benchmarks/headroom.py``), whose
+evaluation episodes are the same. Ratios are per seed, then averaged with a Student-t 95 % interval (as
+``nbs_gym.compare``); the normalised score is ``nbs_gym.study.normalized_within``'s (0 = uniform,
+1 = oracle, paired percentile bootstrap).
+
+    python benchmarks/combine.py --uniform results/quantile_v1/ppo_sde \\
+        --oracle-cells docs/headroom/cells/v1__clean__e1 \\
+        --rows self_paced=results/quantile_v1/ppo_sde:self_paced ppo=results/quantile_v1/ppo_sde:ppo \\
+        --out docs/tuning/v1_quantile.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from nbs_gym.compare import RATIO_COLUMNS, collect_runs, mean_ci
+from nbs_gym.io import write_text_atomic
+from nbs_gym.study import NORMALIZED_COLUMNS, normalized_within
+
+COLUMNS = ("predictor/pixel_f1_max", "predictor/pixel_aupro", "predictor/pixel_auroc")
+
+
+def agent_values(folder: str, agent: str) -> dict[int, dict[str, float]]:
+    """Seed -> column -> value of ``agent``'s finished runs under ``folder/runs``."""
+    return {run.seed: run.values for run in collect_runs(Path(folder) / "runs", agents=[agent])}
+
+
+def cell_values(prefix: str) -> dict[int, dict[str, float]]:
+    """Seed -> column -> value of the headroom cells ``<prefix>__<seed>.json``."""
+    values = {}
+    for path in sorted(Path(prefix).parent.glob(Path(prefix).name + "__*.json")):
+        cell = json.loads(path.read_text())
+        values[int(cell["seed"])] = {column: float(cell["metrics"][column]) for column in COLUMNS}
+    if not values:
+        raise ValueError(f"--oracle-cells {prefix}: no cells {prefix}__<seed>.json")
+    return values
+
+
+def combine(rows: dict[str, dict[int, dict[str, float]]], uniform: dict[int, dict[str, float]],
+            oracle: dict[int, dict[str, float]]) -> dict[str, Any]:  # fmt: skip
+    """Per row: seeds, per-seed values, ratio intervals and normalised scores against the shared references."""
+    report_runs = [
+        {"agent": name, "seed": seed, "values": values}
+        for name, by_seed in {**rows, "uniform": uniform, "oracle": oracle}.items()
+        for seed, values in by_seed.items()
+    ]
+    normalized = normalized_within({"runs": report_runs})
+    table: dict[str, Any] = {}
+    for name, by_seed in {"oracle": oracle, **rows}.items():
+        seeds = sorted(set(by_seed) & set(uniform) & set(oracle))
+        ratios = {
+            column: mean_ci(by_seed[seed][column] / uniform[seed][column] for seed in seeds).to_dict()
+            for column in RATIO_COLUMNS
+        }
+        table[name] = {
+            "seeds": seeds,
+            "values": {seed: {column: by_seed[seed][column] for column in COLUMNS} for seed in seeds},
+            "uniform": {seed: {column: uniform[seed][column] for column in COLUMNS} for seed in seeds},
+            "ratio_to_uniform": ratios,
+            "normalized": {column: normalized.get(name, {}).get(column) for column in NORMALIZED_COLUMNS},
+        }
+    return table
+
+
+def markdown(table: dict[str, Any]) -> str:
+    lines = [
+        "| sampler | seeds | F1-max ratio [95 % CI] | AUPRO ratio [95 % CI] | normalised F1-max [bootstrap] |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in table.items():
+        f1, aupro = (row["ratio_to_uniform"][column] for column in RATIO_COLUMNS[:2])
+        score = row["normalized"].get("predictor/pixel_f1_max")
+        score_text = (
+            f"{score['mean']:.2f} [{score['ci_low']:.2f}, {score['ci_high']:.2f}]"
+            if score and score["mean"] is not None
+            else "–"
+        )
+        lines.append(
+            f"| {name} | {row['seeds'][0]}–{row['seeds'][-1]} ({len(row['seeds'])}) | "
+            f"{f1['mean']:.3f} [{f1['ci_low']:.3f}, {f1['ci_high']:.3f}] | "
+            f"{aupro['mean']:.3f} [{aupro['ci_low']:.3f}, {aupro['ci_high']:.3f}] | {score_text} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--uniform", required=True, help="compare folder whose uniform runs are the reference")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--oracle", help="compare folder holding oracle runs")
+    source.add_argument("--oracle-cells", help="headroom cell prefix, e.g. docs/headroom/cells/v1__clean__e1")
+    parser.add_argument("--rows", nargs="+", required=True, metavar="LABEL=FOLDER:AGENT")
+    parser.add_argument("--out", type=Path, help="JSON file to write (the table is printed either way)")
+    args = parser.parse_args()
+    rows = {}
+    for entry in args.rows:
+        label, _, target = entry.partition("=")
+        folder, _, agent = target.rpartition(":")
+        if not label or not folder or not agent:
+            parser.error(f"--rows: expected LABEL=FOLDER:AGENT, got {entry!r}")
+        rows[label] = agent_values(folder, agent)
+    uniform = agent_values(args.uniform, "uniform")
+    oracle = agent_values(args.oracle, "oracle") if args.oracle else cell_values(args.oracle_cells)
+    table = combine(rows, uniform, oracle)
+    print(markdown(table))
+    if args.out is not None:
+        record = {"command": shlex.join(["python", "benchmarks/combine.py", *sys.argv[1:]]), "rows": table}
+        write_text_atomic(args.out, json.dumps(record, indent=1) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
