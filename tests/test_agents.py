@@ -46,6 +46,7 @@ def envs() -> Iterator[dict[str, gym.Env]]:
         env.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(AGENTS))
 def test_every_registry_entry_builds_and_acts_on_its_default_mode(name: str, envs: dict[str, gym.Env]) -> None:
     spec = AGENTS[name]
@@ -58,6 +59,7 @@ def test_every_registry_entry_builds_and_acts_on_its_default_mode(name: str, env
     env.step(action)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [name for name, spec in AGENTS.items() if spec.kind == "sb3"])
 def test_the_return_an_agent_discounts_is_the_documented_objective(name: str, envs: dict[str, gym.Env]) -> None:
     """Whatever an SB3 agent optimises, sum_t gamma^t r_t, equals the env's documented return S_T - S_0."""

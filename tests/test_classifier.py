@@ -67,6 +67,7 @@ def evaluation(profiles: LossProfiles) -> dict[str, dict]:
         return evaluate(profiles, predictor)
 
 
+@pytest.mark.slow
 def test_predictor_beats_final_loss_on_evaluation_set(evaluation: dict[str, dict]) -> None:
     predictor, final_loss = evaluation["predictor"], evaluation["final_loss"]
     assert predictor["pixel_auroc"] > final_loss["pixel_auroc"]
@@ -88,6 +89,7 @@ def test_evaluate_reports_every_scorer_and_defect_type_as_json(
     assert json.loads(json.dumps(evaluation)) == evaluation
 
 
+@pytest.mark.slow
 def test_baselines_are_the_last_and_the_mean_loss_map(profiles: LossProfiles) -> None:
     predictor = fit_predictor(profiles, dataclasses.replace(TINY, kind="per_pixel"))
     scores = score_maps(profiles, predictor)
@@ -128,6 +130,7 @@ def test_training_never_reads_evaluation_masks(profiles: LossProfiles, monkeypat
     np.testing.assert_array_equal(predictor.predict(probe), other.predict(probe))
 
 
+@pytest.mark.slow
 def test_same_seed_same_predictions_other_seed_other_predictions(profiles: LossProfiles) -> None:
     maps = profiles.evaluation_profiles()[:, :4]
     first = fit_predictor(profiles, TINY).predict(maps)
@@ -139,6 +142,7 @@ def test_same_seed_same_predictions_other_seed_other_predictions(profiles: LossP
     assert 0.0 <= first.min() and first.max() <= 1.0
 
 
+@pytest.mark.slow
 def test_ensemble_is_the_mean_probability_of_its_seeded_members(profiles: LossProfiles, tmp_path: Path) -> None:
     maps = profiles.evaluation_profiles()[:, :3]
     ensemble = fit_predictor(profiles, dataclasses.replace(TINY, ensemble=3))
@@ -269,6 +273,7 @@ def test_fingerprint_mismatch_is_an_error(profiles: LossProfiles) -> None:
         evaluation_masks(other)
 
 
+@pytest.mark.slow
 def test_cli_trains_evaluates_and_draws_the_newest_file(
     profile_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

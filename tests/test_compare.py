@@ -28,6 +28,9 @@ from nbs_gym.compare import (
     write_results,
 )
 
+# Every test here trains or runs commands end to end: the fast tier (-m "not slow") leaves them out.
+pytestmark = pytest.mark.slow
+
 AGENTS = ["uniform", "random", "ppo"]
 SEEDS = ["0", "1"]
 COMMAND = [

@@ -26,6 +26,9 @@ SMALL = {
     "device": "cpu",
 }
 ENV_IDS = sorted(nbs_gym.ENV_IDS)
+# Every id in the full tier; the default id and the quantile mode's in the fast one (-m "not slow").
+FAST_IDS = ("nbs_gym/NeuralBatchSampling-v1", "nbs_gym/NeuralBatchSamplingQuantile-v1")
+EACH_ID = [env_id if env_id in FAST_IDS else pytest.param(env_id, marks=pytest.mark.slow) for env_id in ENV_IDS]
 
 
 def make(env_id: str = "nbs_gym/NeuralBatchSampling-v0", **kwargs) -> gym.Env:
@@ -45,6 +48,7 @@ def rollout(env: gym.Env, seed: int, actions: list) -> tuple[list, list, list[di
     return observations, rewards, infos
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_gymnasium_and_sb3_checkers_pass(env_id: str) -> None:
     env = make(env_id, render_mode="rgb_array").unwrapped
@@ -54,7 +58,7 @@ def test_gymnasium_and_sb3_checkers_pass(env_id: str) -> None:
         sb3_check_env(env, warn=True)
 
 
-@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize("env_id", EACH_ID)
 def test_random_episode_terminates_after_exactly_episode_length_updates(env_id: str) -> None:
     env = make(env_id)
     k = env.unwrapped.config.decision_interval
@@ -74,7 +78,7 @@ def test_random_episode_terminates_after_exactly_episode_length_updates(env_id: 
         env.step(env.action_space.sample())
 
 
-@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize("env_id", EACH_ID)
 def test_same_seed_and_actions_give_identical_rollouts_and_profiles(env_id: str, tmp_path: Path) -> None:
     envs = [make(env_id, profile_dir=tmp_path / name) for name in ("a", "b")]
     space = envs[0].action_space
@@ -375,6 +379,7 @@ def test_an_episodes_profiles_stay_as_they_were_after_the_next_episode() -> None
     np.testing.assert_array_equal(first.images, second.images)
 
 
+@pytest.mark.slow
 def test_uniform_episode_profiles_carry_the_anomaly_signal() -> None:
     """Sanity of the science: the autoencoder reconstructs L's defects worse than L's normal pixels."""
     env = gym.make("nbs_gym/NeuralBatchSampling-v0", device="cpu")
@@ -392,6 +397,7 @@ OPTIONS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", OPTIONS)
 def test_checkers_pass_with_the_twin_and_a_decision_interval(options: dict) -> None:
     env = make(**options).unwrapped
@@ -401,6 +407,7 @@ def test_checkers_pass_with_the_twin_and_a_decision_interval(options: dict) -> N
         sb3_check_env(env, warn=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", OPTIONS)
 def test_same_seed_and_actions_give_identical_rewards_with_the_twin_and_an_interval(options: dict) -> None:
     actions = [make(**options).action_space.sample() for _ in range(SMALL["episode_length"])]

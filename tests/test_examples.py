@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Every test here trains or runs commands end to end: the fast tier (-m "not slow") leaves them out.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 # Tiny networks gain nothing from intra-op threads, and on a shared machine they oversubscribe the cores.

@@ -104,6 +104,7 @@ def test_self_paced_draws_only_patches_under_its_rising_threshold(env: gym.Env) 
     assert sampler.admitted(1.0, n_patches) == int(np.ceil(0.75 * n_patches))
 
 
+@pytest.mark.slow
 def test_reducible_loss_trains_on_the_highest_reducible_loss_of_its_candidates(env: gym.Env) -> None:
     sampler = make_agent("reducible_loss", env, seed=0, reference_updates=300)
     records = _episode(sampler, env)
@@ -122,6 +123,7 @@ def test_reducible_loss_trains_on_the_highest_reducible_loss_of_its_candidates(e
     assert irreducible[defective].mean() > irreducible[~defective].mean()
 
 
+@pytest.mark.slow
 def test_reducible_loss_is_reproducible_and_needs_normal_labeled_images(env: gym.Env) -> None:
     first = make_agent("reducible_loss", env, seed=3, reference_updates=50)
     second = make_agent("reducible_loss", env, seed=3, reference_updates=50)

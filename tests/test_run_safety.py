@@ -20,6 +20,9 @@ from nbs_gym.callbacks import AtomicCheckpointCallback, StepProgressBar
 from nbs_gym.data import load_dataset, write_mvtec_folder
 from nbs_gym.train import agent_profile_files, main, planned_end
 
+# Every test here trains or runs commands end to end: the fast tier (-m "not slow") leaves them out.
+pytestmark = pytest.mark.slow
+
 KILLER = REPO / "tests" / "killing_train.py"
 
 

@@ -15,6 +15,9 @@ from nbs_gym.compare import COLUMNS, RATIO_COLUMNS
 from nbs_gym.data import load_dataset
 from nbs_gym.study import AGENTS, MVTEC_FOLDER_SEED, main, normalized_within
 
+# Every test here trains or runs commands end to end: the fast tier (-m "not slow") leaves them out.
+pytestmark = pytest.mark.slow
+
 DATASETS = ["grid", "mvtec"]
 # Every sampler on the first dataset; on the second the three that the normalised scores need, to keep
 # the test short.

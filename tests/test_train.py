@@ -116,6 +116,7 @@ def check_run_dir(run_dir: Path) -> dict[str, Any]:
     return metrics
 
 
+@pytest.mark.slow
 def test_ppo_run_logs_checkpoints_and_evaluates(ppo_run: Path) -> None:
     check_run_dir(ppo_run)
     assert sorted(path.name for path in (ppo_run / "checkpoints").iterdir()) == [
@@ -136,6 +137,7 @@ def test_ppo_run_logs_checkpoints_and_evaluates(ppo_run: Path) -> None:
     assert any(tag.startswith("hyperparameters") for tag in tags["tensors"])
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics_with_or_without_evaluations_during_training(
     ppo_run: Path, tmp_path: Path
 ) -> None:
@@ -151,6 +153,7 @@ def test_same_seed_gives_identical_metrics_with_or_without_evaluations_during_tr
     assert "eval/during_training/final_separation" in events.Tags()["scalars"]
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_requested_timesteps(ppo_run: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "resumed"
     shutil.copytree(ppo_run, run_dir)
@@ -162,6 +165,7 @@ def test_resume_continues_to_the_requested_timesteps(ppo_run: Path, tmp_path: Pa
     assert "timesteps: 80" in (run_dir / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_resume_drops_the_previous_evaluation_before_training(ppo_run: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "resumed"
     shutil.copytree(ppo_run, run_dir)
@@ -173,6 +177,7 @@ def test_resume_drops_the_previous_evaluation_before_training(ppo_run: Path, tmp
         run.close()
 
 
+@pytest.mark.slow
 def test_off_policy_resume_continues_with_the_replay_buffer(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     dqn = ["--agent", "dqn", "--hyperparams", "learning_starts=10", "buffer_size=500", "--checkpoint-freq", "20"]
@@ -202,6 +207,7 @@ def test_number_values_with_exponents_are_numbers_and_wrong_types_are_errors(
     assert "episode_length: expected an integer, got 'long'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("agent", "extra", "load"),
     [
@@ -229,6 +235,7 @@ def test_other_agents_train_and_load_back(agent: str, extra: list[str], load: An
             assert metrics["agent"][key] == metrics["uniform"][key]
 
 
+@pytest.mark.slow
 def test_a_plugin_whose_predictions_the_env_rejects_is_one_error_line(tmp_path: Path) -> None:
     plugin = ["--agent", "test_train:BareActionSampler", "--timesteps", "20"]
     result = run_train(*plugin, *TINY, "--run-dir", str(tmp_path))
@@ -239,6 +246,7 @@ def test_a_plugin_whose_predictions_the_env_rejects_is_one_error_line(tmp_path: 
     ]
 
 
+@pytest.mark.slow
 def test_several_envs_train_on_the_batched_vector_env(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     ppo = ["--agent", "ppo", "--timesteps", "80", "--hyperparams", "n_steps=20", "batch_size=20"]
@@ -252,6 +260,7 @@ def test_several_envs_train_on_the_batched_vector_env(tmp_path: Path) -> None:
     assert {"rollout/ep_rew_mean", "nbs/separation"} <= set(events.Tags()["scalars"])
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     environment = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(REPO)}
@@ -288,6 +297,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
     assert checkpoints and not list((run_dir / "checkpoints").glob(".*"))  # no temporary file left
 
 
+@pytest.mark.slow
 def test_bad_flag_in_a_subprocess_is_one_line_without_traceback() -> None:
     result = run_train("--agent", "sac", "--env-kwargs", "action_mode=discrete", timeout=120)
     assert result.returncode == 2
@@ -323,6 +333,7 @@ def test_bad_flags_exit_2_with_one_error_line(
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
 
 
+@pytest.mark.slow
 def test_resume_refuses_to_change_the_agent(ppo_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--resume", str(ppo_run), "--agent", "a2c"]) == 2
     assert "--agent: cannot change when resuming" in capsys.readouterr().err
@@ -371,6 +382,7 @@ def test_a_run_saved_before_task_versions_resumes_as_v0(tmp_path: Path) -> None:
     assert validated_settings(args)[2].episode_length == 200
 
 
+@pytest.mark.slow
 def test_the_oracle_reference_runs_end_to_end_with_its_own_draw(tmp_path: Path) -> None:
     run_dir = tmp_path / "oracle"
     assert main(["--agent", "oracle", "--timesteps", "0", "--run-dir", str(run_dir), *TINY]) == 0

@@ -52,6 +52,7 @@ def assert_engine_matches_separate_trainers(
     torch.testing.assert_close(batched.loss_maps(images), expected, rtol=rtol, atol=atol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
 @pytest.mark.parametrize("models_per_pass", [1, 2, 3])
@@ -212,7 +213,13 @@ def assert_same_info(infos: dict, expected: dict) -> None:
             np.testing.assert_allclose(np.stack(infos[key]), np.stack(value), atol=1e-5, err_msg=key)
 
 
-@pytest.mark.parametrize("env_id", sorted(nbs_gym.ENV_IDS))
+@pytest.mark.parametrize(
+    "env_id",
+    [
+        env_id if env_id.endswith(("Sampling-v1", "Quantile-v1")) else pytest.param(env_id, marks=pytest.mark.slow)
+        for env_id in sorted(nbs_gym.ENV_IDS)
+    ],
+)
 def test_vector_env_matches_gymnasiums_sync_vector_env_of_single_envs(env_id: str) -> None:
     """Same observations, rewards, flags and info layout as Gymnasium's own SAME_STEP vector env."""
     n, seed = 3, 20
@@ -351,6 +358,7 @@ def test_sb3_adapter_looks_through_the_wrappers_of_other_vector_envs() -> None:
     assert SB3VecEnv(make_vec(2).unwrapped).env_is_wrapped(Monitor) == [False, False]
 
 
+@pytest.mark.slow
 def test_sb3_adapter_meets_the_vecenv_contract_and_ppo_learns_on_it() -> None:
     vec_env = SB3VecEnv(make_vec(2).unwrapped)
     vec_env.seed(5)
