@@ -412,6 +412,7 @@ def test_cli_rejects_a_bad_setting_with_exit_2(profile_path: Path, capsys: pytes
     assert "ClassifierConfig.device" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_figures_show_anomalous_types_first_and_survive_a_missing_class(profiles: LossProfiles, tmp_path: Path) -> None:
     masks, defect_types = evaluation_masks(profiles)
     maps = profiles.evaluation_profiles()

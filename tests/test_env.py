@@ -418,6 +418,7 @@ def test_same_seed_and_actions_give_identical_rewards_with_the_twin_and_an_inter
     assert [i.get("twin_separation") for i in first[2]] == [i.get("twin_separation") for i in second[2]]
 
 
+@pytest.mark.slow
 def test_the_uniform_twin_never_sees_the_agents_batches() -> None:
     """Under two very different action sequences the twin's separation is the same, step for step."""
     n = SMALL["episode_length"]
@@ -435,6 +436,7 @@ def test_the_uniform_twin_never_sees_the_agents_batches() -> None:
     assert infos[-1]["separation"] != infos[-1]["twin_separation"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["dense", "terminal"])
 def test_the_twin_return_is_the_final_separation_gained_over_the_twin(mode: str) -> None:
     env = make(reward_baseline="uniform_twin", reward_mode=mode)
@@ -466,6 +468,7 @@ def test_a_decision_interval_holds_the_composition_for_k_updates_and_keeps_the_r
     assert info["n_snapshots"] == SMALL["profile_length"]
 
 
+@pytest.mark.slow
 def test_a_decision_interval_of_k_equals_k_repeated_single_update_steps() -> None:
     k, length = 5, SMALL["episode_length"]
     actions = [make().action_space.sample() for _ in range(length // k)]

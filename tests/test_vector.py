@@ -257,6 +257,7 @@ def test_vector_env_matches_gymnasiums_sync_vector_env_of_single_envs(env_id: st
             assert not terminations.any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options", [{"reward_baseline": "uniform_twin"}, {"decision_interval": 4, "reward_baseline": "uniform_twin"}]
 )
