@@ -119,10 +119,19 @@ class AgentSpec:
         """Registered env id of ``task``'s version for :meth:`resolve_action_mode` of ``requested_mode``."""
         return env_id_for(task, self.resolve_action_mode(requested_mode))
 
-    def check_action_space(self, action_space: spaces.Space[Any]) -> None:
-        """Raise :class:`AgentError` unless the agent can act in ``action_space``."""
-        discrete = isinstance(action_space, spaces.Discrete)
-        if not any((mode == "discrete") == discrete for mode in self.action_modes):
+    def check_action_space(self, action_space: spaces.Space[Any], observation_space: Any = None) -> None:
+        """Raise :class:`AgentError` unless the agent can act in ``action_space``.
+
+        With the env's ``observation_space`` the quantile mode (a ``(1,)`` Box over more than one observed
+        group) is told apart from the strata and spatial ones; without it, only Discrete from Box.
+        """
+        if isinstance(action_space, spaces.Discrete):
+            fits = "discrete" in self.action_modes
+        else:
+            shape = getattr(observation_space, "shape", None)
+            quantile = action_space.shape == (1,) and shape is not None and len(shape) == 1 and shape[0] > 6
+            fits = "quantile" in self.action_modes if quantile else bool({"strata", "spatial"} & set(self.action_modes))
+        if not fits:
             raise AgentError(
                 f"agent {self.name!r} cannot act in {action_space}; "
                 f"it supports action_mode {' or '.join(self.action_modes)}"
@@ -135,7 +144,7 @@ class AgentSpec:
             AgentError: The agent cannot act in the env's action space, or the constructor rejects
                 the hyperparameters (unknown name or invalid value).
         """
-        self.check_action_space(env.action_space)
+        self.check_action_space(env.action_space, getattr(env, "observation_space", None))
         # A copy: SB3 writes into nested settings it is given (A2C adds its optimizer class to
         # policy_kwargs), and the caller's, saved with the run, must stay plain data.
         settings = copy.deepcopy({**self.defaults, **hyperparams})

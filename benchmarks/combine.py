@@ -57,6 +57,8 @@ def combine(rows: dict[str, dict[int, dict[str, float]]], uniform: dict[int, dic
     table: dict[str, Any] = {}
     for name, by_seed in {"oracle": oracle, **rows}.items():
         seeds = sorted(set(by_seed) & set(uniform) & set(oracle))
+        if not seeds:
+            raise ValueError(f"{name}: no seed shared with the uniform and oracle references")
         ratios = {
             column: mean_ci(by_seed[seed][column] / uniform[seed][column] for seed in seeds).to_dict()
             for column in RATIO_COLUMNS
@@ -107,6 +109,8 @@ def main() -> None:
         folder, _, agent = target.rpartition(":")
         if not label or not folder or not agent:
             parser.error(f"--rows: expected LABEL=FOLDER:AGENT, got {entry!r}")
+        if label in ("uniform", "oracle"):
+            parser.error(f"--rows: {label!r} names a reference; give the row another label")
         rows[label] = agent_values(folder, agent)
     uniform = agent_values(args.uniform, "uniform")
     oracle = agent_values(args.oracle, "oracle") if args.oracle else cell_values(args.oracle_cells)

@@ -8,7 +8,8 @@ Importing the package registers the environment ids below with Gymnasium::
     env = gym.make("nbs_gym/NeuralBatchSampling-v1")
 
 Each task version (:mod:`nbs_gym.tasks`) has one id per action mode: ``nbs_gym/NeuralBatchSampling-v1``
-(Box weights over loss strata), ``...Spatial-v1`` (a grid of locations) and ``...Discrete-v1``.
+(Box weights over loss strata), ``...Spatial-v1`` (a grid of locations), ``...Discrete-v1`` and
+``...Quantile-v1`` (the admitted share of the pool, lowest loss first).
 """
 
 from __future__ import annotations

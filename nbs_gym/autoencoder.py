@@ -161,7 +161,7 @@ def _grouped_forward(
                 op, geometry = torch.ops.mkldnn._convolution_pointwise, [layer.padding]
             x = op(x, weight, conv_bias, *geometry, layer.stride, layer.dilation, groups, activation, scalars, None)
         elif isinstance(layer, nn.ConvTranspose2d):
-            padding = cast(tuple[int, ...], layer.padding)  # a transposed convolution's padding is never a string
+            padding = cast("tuple[int, ...]", layer.padding)  # a transposed convolution's padding is never a string
             x = F.conv_transpose2d(x, weight, bias, layer.stride, padding, layer.output_padding, groups)
         else:
             x = F.conv2d(x, weight, conv_bias, layer.stride, layer.padding, groups=groups)

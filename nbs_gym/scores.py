@@ -45,8 +45,9 @@ _FILE = "reference_scores.json"
 def reference_scores(task: str) -> dict[str, dict[str, float]]:
     """``{sampler: {metric: mean score}}`` of a registered id's task version.
 
-    Every action mode of a version shares the table (uniform and oracle do not depend on it; ``random``
-    is the strata mode's).
+    Every action mode of a version shares the table: the oracle's episodes do not depend on the mode,
+    uniform's do in their random stream only (the same in distribution, not seed by seed); ``random``
+    is the strata mode's.
 
     Raises:
         ValueError: ``task`` is not a registered id, or its version has no reference scores.

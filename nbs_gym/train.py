@@ -141,8 +141,8 @@ class Args:
     env_id: str = DEFAULT_ENV_ID
     """Registered task id (nbs_gym/NeuralBatchSampling-v1, ...-v0, ...); its version fixes the dataset,
     episode and reward settings, which the flags below override. A plain id leaves the action mode to the
-    agent (dqn and qrdqn act in ...Discrete-v1, the others in the strata mode); a ...Spatial-... or
-    ...Discrete-... id fixes it."""
+    agent (dqn and qrdqn act in ...Discrete-v1, the others in the strata mode); a ...Spatial-...,
+    ...Discrete-... or ...Quantile-... id fixes it."""
     agent: str = "ppo"
     """Sampler: ppo, a2c, sac, td3, ddpg, dqn, the sb3-contrib ones when installed (recurrent_ppo, trpo,
     qrdqn, tqc, ars), the fixed rules uniform, random, hard_mining, curriculum, the published rules

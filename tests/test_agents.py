@@ -231,6 +231,8 @@ def test_samplers_in_the_quantile_mode_act_with_its_one_admitted_share(
     for sampler_class in (HardMiningSampler, CurriculumSampler):
         with pytest.raises(ValueError, match="cannot act in the quantile mode"):
             sampler_class(env)
+        with pytest.raises(AgentError, match=rf"agent '{sampler_class.name}' cannot act in Box.*strata or spatial"):
+            make_agent(sampler_class.name, env)
         with pytest.raises(AgentError, match="cannot act in action_mode='quantile'"):
             get_spec(sampler_class.name).resolve_action_mode("quantile")
     uniform.save(tmp_path / "agent.json")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -277,20 +279,36 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
     ]
     # A shell without job control starts background jobs with SIGINT ignored, and Python keeps an ignored
     # SIGINT ignored; the child gets the default disposition so that it sees Ctrl-C however pytest runs.
-    process = subprocess.Popen(
-        command,
-        cwd=REPO,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    # train prints the run directory once the run is set up, as the last thing before training starts.
-    assert process.stdout is not None
-    lines = [process.stdout.readline() for _ in range(2)]
-    assert lines[1].startswith(b"TensorBoard:"), (lines, process.stderr.read() if process.stderr else b"")
+    log = tmp_path / "stderr.txt"
+    with log.open("wb") as stderr_file:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    # train prints the run directory once the run is set up, as the last thing before training starts;
+    # the lines are read on a thread so that a run that never prints fails the test instead of hanging it.
+    stdout = process.stdout
+    assert stdout is not None
+    lines: queue.Queue[bytes] = queue.Queue()
+
+    def read_lines() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    threading.Thread(target=read_lines, daemon=True).start()
+    try:
+        started = [lines.get(timeout=300) for _ in range(2)]
+    except queue.Empty:
+        process.kill()
+        pytest.fail(f"train printed no run directory; stderr: {log.read_text()}")
+    assert started[1].startswith(b"TensorBoard:"), (started, log.read_text())
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    process.wait(timeout=120)
+    stderr = log.read_bytes()
     assert process.returncode == 130, stderr.decode()
     assert "--resume" in stderr.decode() and b"Traceback" not in stderr
     checkpoints = list((run_dir / "checkpoints").glob("agent_*_steps.zip"))
