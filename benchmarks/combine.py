@@ -26,7 +26,7 @@ from nbs_gym.compare import RATIO_COLUMNS, collect_runs, mean_ci
 from nbs_gym.io import write_text_atomic
 from nbs_gym.study import NORMALIZED_COLUMNS, normalized_within
 
-COLUMNS = ("predictor/pixel_f1_max", "predictor/pixel_aupro", "predictor/pixel_auroc")
+COLUMNS = RATIO_COLUMNS  # the values kept per seed: those the ratios are taken of
 
 
 def agent_values(folder: str, agent: str) -> dict[int, dict[str, float]]:
