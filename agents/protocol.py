@@ -22,13 +22,29 @@ no base class and no registration. A minimal sampler::
         def load(cls, path, env=None):
             ...
 
+The ``env`` a sampler is built on (and ``load`` receives) is what its ``learn`` trains on:
+
+* by default a Gymnasium env: the registered env wrapped in SB3's ``Monitor`` (``info["episode"]`` at
+  each episode's end), reset once with ``--seed`` and its action space seeded, so that ``learn`` may
+  call ``env.reset()`` with or without a seed and ``env.step(action)`` (the 5-tuple); with
+  ``--n-envs N > 1`` a ``gymnasium.vector.VectorEnv`` of N sub-environments (the batched one, or
+  ``SyncVectorEnv`` with ``--vec-env dummy``; its ``single_action_space`` is one sub-environment's);
+* with ``--checkpoint-freq`` or ``--checkpoint-minutes`` that env sits in a wrapper that saves the
+  sampler (``save``) to ``checkpoints/`` as the env steps; ``--resume`` loads the newest of those files
+  (or the final one) and calls ``learn`` with the steps left, counted from ``num_timesteps``;
+* an SB3 ``VecEnv`` (as SB3 algorithms take) when the class subclasses SB3's ``BaseAlgorithm`` or
+  sets ``env_api = "sb3"``.
+
 Optional attributes that ``nbs_gym.train`` reads when present:
+
+* ``env_api``: ``"gymnasium"`` (default) or ``"sb3"``, the training env above.
 
 * ``action_modes``: the env action modes the class supports (default: all of them).
 * ``default_action_mode``: the mode picked when the user does not set one (default ``"strata"``, or
   the first of ``action_modes`` when it lacks ``"strata"``).
 * ``file_suffix``: suffix of the file ``save`` writes (default ``".zip"``).
-* ``num_timesteps``: environment steps trained so far, used by ``--resume`` (default 0).
+* ``num_timesteps``: environment steps trained so far, used by ``--resume`` and to number checkpoints
+  (default 0).
 * ``prepare_env(env, dataset)``: called with each evaluation env (and its loaded dataset) before the
   sampler acts in it, for reference samplers that change the env's draw (``oracle``).
 

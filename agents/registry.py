@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
 
 import agents.published  # noqa: F401  (its samplers join BASELINES)
 from agents.baselines import BASELINES
@@ -30,7 +31,7 @@ from agents.protocol import load_sampler_class
 from nbs_gym.config import ACTION_MODES, ConfigError
 from nbs_gym.tasks import DEFAULT_ENV_ID, env_id_for
 
-__all__ = ["AGENTS", "ENV_ID_BY_MODE", "AgentError", "AgentSpec", "get_spec", "make_agent"]
+__all__ = ["AGENTS", "ENV_APIS", "ENV_ID_BY_MODE", "AgentError", "AgentSpec", "get_spec", "make_agent"]
 
 BOX_MODES: tuple[str, ...] = ("strata", "spatial", "quantile")
 ENV_ID_BY_MODE: dict[str, str] = {mode: env_id_for(DEFAULT_ENV_ID, mode) for mode in ACTION_MODES}
@@ -64,6 +65,9 @@ _ALGORITHMS: tuple[tuple[str, str, str, tuple[str, ...], str, str, dict[str, Any
 
 AgentKind = Literal["sb3", "baseline", "plugin"]
 
+ENV_APIS: tuple[str, ...] = ("gymnasium", "sb3")
+"""Values of a plug-in's ``env_api``: the training env it is built on (see :attr:`AgentSpec.env_api`)."""
+
 
 class AgentError(ValueError):
     """An unknown agent, an agent that cannot act in the requested mode, or bad hyperparameters."""
@@ -96,6 +100,18 @@ class AgentSpec:
     def file_suffix(self) -> str:
         """Suffix of the file the agent saves to (``.zip`` for SB3, ``.json`` for baselines)."""
         return str(getattr(self.agent_class, "file_suffix", ".zip"))
+
+    @property
+    def env_api(self) -> str:
+        """The training env the agent is built on: ``"sb3"`` (an SB3 ``VecEnv``) or ``"gymnasium"``.
+
+        SB3 algorithms (and plug-ins that subclass SB3's ``BaseAlgorithm``) and the built-in baselines
+        take a ``VecEnv``; any other plug-in gets a Gymnasium env (a ``gymnasium.vector.VectorEnv`` with
+        ``--n-envs > 1``) unless its class sets ``env_api = "sb3"``.
+        """
+        if self.kind != "plugin" or issubclass(self.agent_class, BaseAlgorithm):
+            return "sb3"
+        return str(getattr(self.agent_class, "env_api", "gymnasium"))
 
     def resolve_action_mode(self, requested: str | None) -> str:
         """The env action mode to use: ``requested``, or the agent's default when ``None``.
@@ -144,7 +160,9 @@ class AgentSpec:
             AgentError: The agent cannot act in the env's action space, or the constructor rejects
                 the hyperparameters (unknown name or invalid value).
         """
-        self.check_action_space(env.action_space, getattr(env, "observation_space", None))
+        # A Gymnasium vector env's spaces are batched; its single_* spaces are one sub-environment's.
+        action_space = getattr(env, "single_action_space", env.action_space)
+        self.check_action_space(action_space, getattr(env, "single_observation_space", env.observation_space))
         # A copy: SB3 writes into nested settings it is given (A2C adds its optimizer class to
         # policy_kwargs), and the caller's, saved with the run, must stay plain data.
         settings = copy.deepcopy({**self.defaults, **hyperparams})
@@ -206,6 +224,12 @@ def _plugin_spec(target: str) -> AgentSpec:
     if not (isinstance(suffix, str) and suffix.startswith(".") and len(suffix) > 1):
         raise AgentError(
             f"--agent {target}: class {sampler_class.__name__} has file_suffix {suffix!r}; expected '.ext'"
+        )
+    env_api = getattr(sampler_class, "env_api", "gymnasium")
+    if env_api not in ENV_APIS:
+        raise AgentError(
+            f"--agent {target}: class {sampler_class.__name__} has env_api {env_api!r}; expected one of "
+            f"{', '.join(map(repr, ENV_APIS))}"
         )
     default = str(getattr(sampler_class, "default_action_mode", "strata" if "strata" in modes else modes[0]))
     unknown = sorted(set(modes) - set(ACTION_MODES))

@@ -1,4 +1,5 @@
-"""Stable-Baselines3 callbacks of ``nbs_gym.train``: episode statistics and atomic checkpoints."""
+"""Stable-Baselines3 callbacks of ``nbs_gym.train`` (episode statistics, atomic checkpoints), and the env
+wrappers that checkpoint a plug-in sampler that steps a Gymnasium env itself."""
 
 from __future__ import annotations
 
@@ -8,15 +9,20 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsFloat
 
+import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.vector import VectorEnv, VectorWrapper
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm.auto import tqdm
 
 __all__ = [
     "AtomicCheckpointCallback",
+    "CheckpointSchedule",
+    "CheckpointingEnv",
+    "CheckpointingVectorEnv",
     "EpisodeStatsCallback",
     "StepProgressBar",
     "checkpoint_path",
@@ -87,6 +93,32 @@ class AtomicCheckpointCallback(BaseCallback):
         verbose: int = 0,
     ):
         super().__init__(verbose)
+        self.schedule = CheckpointSchedule(save_freq, save_dir, suffix, save_minutes)
+
+    def _on_training_start(self) -> None:
+        self.schedule.start(self.num_timesteps)
+
+    def _on_step(self) -> bool:
+        path = self.schedule.step(self.model, self.num_timesteps)
+        if path is not None and self.verbose >= 1:
+            print(f"checkpoint: {path}")
+        return True
+
+
+class CheckpointSchedule:
+    """When to checkpoint: every ``save_freq`` environment steps and every ``save_minutes``; and where.
+
+    Shared by :class:`AtomicCheckpointCallback` (SB3 algorithms) and :class:`CheckpointingEnv` /
+    :class:`CheckpointingVectorEnv` (plug-ins that step a Gymnasium env themselves).
+
+    Args:
+        save_freq: Environment steps between checkpoints, counted over all envs; 0 for none by steps.
+        save_dir: Folder of the checkpoints, created when needed.
+        suffix: File suffix of the agent's saved file.
+        save_minutes: Wall-clock minutes between checkpoints; 0 for none by time.
+    """
+
+    def __init__(self, save_freq: int, save_dir: str | os.PathLike[str], suffix: str, save_minutes: float = 0.0):
         if save_freq < 0:
             raise ValueError(f"save_freq: must be >= 0, got {save_freq}")
         if not save_minutes >= 0:
@@ -95,24 +127,82 @@ class AtomicCheckpointCallback(BaseCallback):
         self.save_minutes = save_minutes
         self.save_dir = Path(save_dir)
         self.suffix = suffix
-        self._next_save: float = save_freq
+        self._next_save: float = save_freq or math.inf
         self._next_time = math.inf
 
-    def _on_training_start(self) -> None:
-        # A resumed model starts past zero: the next checkpoint is the next multiple of save_freq.
-        self._schedule()
-
-    def _schedule(self) -> None:
-        self._next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq if self.save_freq else math.inf
+    def start(self, num_timesteps: int) -> None:
+        """Schedule from ``num_timesteps``: a resumed agent's next checkpoint is the next multiple of save_freq."""
+        self._next_save = (num_timesteps // self.save_freq + 1) * self.save_freq if self.save_freq else math.inf
         self._next_time = time.monotonic() + 60.0 * self.save_minutes if self.save_minutes else math.inf
 
-    def _on_step(self) -> bool:
-        if self.num_timesteps >= self._next_save or time.monotonic() >= self._next_time:
-            path = save_checkpoint(self.model, checkpoint_path(self.save_dir, self.num_timesteps, self.suffix))
-            self._schedule()
-            if self.verbose >= 1:
-                print(f"checkpoint: {path}")
-        return True
+    def step(self, agent: Any, num_timesteps: int) -> Path | None:
+        """Save ``agent`` (atomically) if a checkpoint is due at ``num_timesteps``; returns its path or ``None``."""
+        if num_timesteps < self._next_save and time.monotonic() < self._next_time:
+            return None
+        path = save_checkpoint(agent, checkpoint_path(self.save_dir, num_timesteps, self.suffix))
+        self.start(num_timesteps)
+        return path
+
+
+class CheckpointingEnv(gym.Wrapper):
+    """A Gymnasium env that checkpoints the sampler stepping it, for plug-ins outside SB3.
+
+    A plug-in's ``learn`` steps its env itself and receives no SB3 callbacks; this wrapper takes the
+    checkpoints instead. It counts the env steps taken through it from the sampler's ``num_timesteps``
+    at :meth:`attach`, and once a checkpoint is due it saves at the next ``reset``: at an episode's
+    boundary, where an episodic learner has taken in the episode just finished. The file is numbered by
+    the sampler's ``num_timesteps`` (the wrapper's count when it has none). Nothing is saved before
+    :meth:`attach`.
+    """
+
+    def __init__(self, env: gym.Env, schedule: CheckpointSchedule) -> None:
+        super().__init__(env)
+        self.schedule = schedule
+        self.num_timesteps = 0
+        self._agent: Any = None
+
+    def attach(self, agent: Any) -> None:
+        """Checkpoint ``agent`` from now on, counting from its ``num_timesteps`` (0 when it has none)."""
+        self._agent = agent
+        self.num_timesteps = int(getattr(agent, "num_timesteps", 0))
+        self.schedule.start(self.num_timesteps)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        if self._agent is not None and self.num_timesteps > 0:
+            self.schedule.step(self._agent, int(getattr(self._agent, "num_timesteps", self.num_timesteps)))
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        result = self.env.step(action)
+        self.num_timesteps += 1
+        return result
+
+
+class CheckpointingVectorEnv(VectorWrapper):
+    """:class:`CheckpointingEnv` for a Gymnasium vector env.
+
+    A step counts once per sub-environment. Sub-environments reset themselves (autoreset), so the
+    checkpoint is taken right after the step at which it is due, numbered by the wrapper's count.
+    """
+
+    def __init__(self, env: VectorEnv, schedule: CheckpointSchedule) -> None:
+        super().__init__(env)
+        self.schedule = schedule
+        self.num_timesteps = 0
+        self._agent: Any = None
+
+    def attach(self, agent: Any) -> None:
+        """Checkpoint ``agent`` from now on, counting from its ``num_timesteps`` (0 when it has none)."""
+        self._agent = agent
+        self.num_timesteps = int(getattr(agent, "num_timesteps", 0))
+        self.schedule.start(self.num_timesteps)
+
+    def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        result = self.env.step(actions)
+        self.num_timesteps += self.num_envs
+        if self._agent is not None:
+            self.schedule.step(self._agent, self.num_timesteps)
+        return result
 
 
 class PeriodicEvaluation(BaseCallback):

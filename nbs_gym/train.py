@@ -64,6 +64,7 @@ from rich.table import Table
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Figure, HParam, Image, Logger, configure
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
@@ -74,6 +75,9 @@ from agents.protocol import PluginError
 from agents.registry import AgentSpec, get_spec
 from nbs_gym.callbacks import (
     AtomicCheckpointCallback,
+    CheckpointingEnv,
+    CheckpointingVectorEnv,
+    CheckpointSchedule,
     EpisodeStatsCallback,
     PeriodicEvaluation,
     StepProgressBar,
@@ -113,6 +117,7 @@ _DEDICATED_ENV_KWARGS = {
 _RESUME_OVERRIDES = (
     "timesteps",
     "eval_episodes",
+    "eval_uniform",
     "eval_freq",
     "checkpoint_freq",
     "checkpoint_minutes",
@@ -182,6 +187,10 @@ class Args:
     hyperparams, ...); flags given on the command line win."""
     eval_episodes: int = 1
     """Evaluation episodes per sampler (the trained one and uniform)."""
+    eval_uniform: bool = True
+    """Also evaluate uniform sampling on the same evaluation seeds, as the run's reference
+    (--no-eval-uniform skips it, which halves the evaluation's cost when uniform's own runs are the
+    reference, as in nbs_gym.compare)."""
     checkpoint_freq: int = 10_000
     """Environment steps between checkpoints (SB3 agents); 0 disables checkpoints by steps."""
     eval_freq: int = 0
@@ -409,7 +418,8 @@ class _Run:
     classifier_config: ClassifierConfig
     dataset: AnomalyDataset
     run_dir: Path
-    vec_env: VecEnv
+    train_env: Any
+    """What the agent trains on: an SB3 ``VecEnv``, or for a plug-in a Gymnasium env or vector env."""
     agent: Any
     logger: Logger
 
@@ -426,7 +436,7 @@ class _Run:
         return self.run_dir / f"agent{self.suffix}"
 
     def close(self) -> None:
-        self.vec_env.close()
+        self.train_env.close()
         self.logger.close()
 
 
@@ -459,12 +469,19 @@ def _prepare(args: Args) -> _Run:
     dataset = load_dataset(data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels)
     _check_labeled_counts(args, env_config, dataset)
     env_id = spec.env_id(env_config.action_mode, task=args.env_id)
-    vec_env = _training_envs(args, env_id, {**env_kwargs, "dataset_object": dataset})
+    env_kwargs_with_data = {**env_kwargs, "dataset_object": dataset}
+    train_env: Any
+    if spec.env_api == "sb3":
+        train_env = _training_envs(args, env_id, env_kwargs_with_data)
+    else:
+        train_env = _gymnasium_training_env(args, run_dir, spec.file_suffix, env_id, env_kwargs_with_data)
     try:
-        agent = _load_agent(spec, args, run_dir, vec_env) if args.resume else _new_agent(spec, args, vec_env)
+        agent = _load_agent(spec, args, run_dir, train_env) if args.resume else _new_agent(spec, args, train_env)
     except BaseException:
-        vec_env.close()
+        train_env.close()
         raise
+    if isinstance(train_env, (CheckpointingEnv, CheckpointingVectorEnv)):
+        train_env.attach(agent)
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.resume:
         _clear_for_resumption(run_dir)
@@ -474,8 +491,14 @@ def _prepare(args: Args) -> _Run:
     saved = {key: value for key, value in dataclasses.asdict(args).items() if key not in _NOT_SAVED}
     header = "# Resolved arguments of nbs_gym.train; `--config` on this file repeats the run.\n"
     write_text_atomic(run_dir / CONFIG_FILE, header + yaml.safe_dump(saved, sort_keys=False))
-    vec_env.get_attr("split", indices=[0])[0].save(run_dir / "split.json")
-    return _Run(args, spec, env_id, env_kwargs, classifier_config, dataset, run_dir, vec_env, agent, logger)
+    _split_of(train_env).save(run_dir / "split.json")
+    return _Run(args, spec, env_id, env_kwargs, classifier_config, dataset, run_dir, train_env, agent, logger)
+
+
+def _split_of(env: Any) -> Any:
+    """The semi-supervised split of a training env (every sub-environment shares it)."""
+    inner = env.unwrapped
+    return inner.split if hasattr(inner, "split") else inner.get_attr("split")[0]
 
 
 def _check_labeled_counts(args: Args, config: EnvConfig, dataset: AnomalyDataset) -> None:
@@ -539,6 +562,33 @@ def _training_envs(args: Args, env_id: str, env_kwargs: dict[str, Any]) -> VecEn
     return vec_env
 
 
+def _gymnasium_training_env(
+    args: Args, run_dir: Path, suffix: str, env_id: str, env_kwargs: dict[str, Any]
+) -> gym.Env | gym.vector.VectorEnv:
+    """The Gymnasium env a plug-in trains on: the registered env in SB3's ``Monitor`` with ``--n-envs 1``,
+    else a ``gymnasium.vector.VectorEnv`` (the batched one, or ``SyncVectorEnv`` with ``--vec-env dummy``)
+    in ``RecordEpisodeStatistics``; either in a wrapper that checkpoints the plug-in as it steps the env
+    when ``--checkpoint-freq`` or ``--checkpoint-minutes`` is set.
+
+    The env is reset once with ``--seed`` (sub-environment ``i`` with ``seed + i``), and its action
+    space seeded, so that a plug-in that calls ``reset()`` without a seed still runs reproducibly.
+    """
+    schedule = CheckpointSchedule(args.checkpoint_freq, run_dir / "checkpoints", suffix, args.checkpoint_minutes)
+    checkpoints = bool(args.checkpoint_freq or args.checkpoint_minutes)
+    if args.n_envs == 1:
+        env: gym.Env = Monitor(gym.make(env_id, **env_kwargs))
+        env.reset(seed=args.seed)
+        env.action_space.seed(args.seed)
+        return CheckpointingEnv(env, schedule) if checkpoints else env
+    mode = "sync" if args.vec_env == "dummy" else "vector_entry_point"
+    venv: gym.vector.VectorEnv = gym.wrappers.vector.RecordEpisodeStatistics(
+        gym.make_vec(env_id, num_envs=args.n_envs, vectorization_mode=mode, **env_kwargs)
+    )
+    venv.reset(seed=args.seed)
+    venv.action_space.seed(args.seed)
+    return CheckpointingVectorEnv(venv, schedule) if checkpoints else venv
+
+
 def _classifier_config(args: Args) -> ClassifierConfig:
     settings = {"seed": args.seed, "device": args.device, **args.classifier_kwargs}
     try:
@@ -565,26 +615,26 @@ def _run_dir(args: Args) -> Path:
     return run_dir
 
 
-def _new_agent(spec: AgentSpec, args: Args, vec_env: VecEnv) -> Any:
+def _new_agent(spec: AgentSpec, args: Args, env: Any) -> Any:
     hyperparams = dict(args.hyperparams)
     if spec.kind == "sb3":
         hyperparams.setdefault("device", args.device)
-    return spec.build(vec_env, seed=args.seed, **hyperparams)
+    return spec.build(env, seed=args.seed, **hyperparams)
 
 
-def _load_agent(spec: AgentSpec, args: Args, run_dir: Path, vec_env: VecEnv) -> Any:
+def _load_agent(spec: AgentSpec, args: Args, run_dir: Path, env: Any) -> Any:
     """The run's final agent or its newest checkpoint, whichever has more steps; a new agent if neither.
 
     A file that does not load (a truncated or empty checkpoint) is skipped with a warning naming it, and
     the next newest is tried. On a tie the final agent wins: a checkpoint is taken before the step's
     transition reaches the replay buffer, so the final agent's buffer holds one transition more.
     """
-    final = _loaded(spec, args, run_dir / f"agent{spec.file_suffix}", vec_env)
+    final = _loaded(spec, args, run_dir / f"agent{spec.file_suffix}", env)
     checkpoint = None
     for path in checkpoints_newest_first(run_dir / "checkpoints"):
         if final is not None and _steps_in_name(path) <= _num_timesteps(final[1]):
             break  # no newer than the final agent
-        if (checkpoint := _loaded(spec, args, path, vec_env)) is not None:
+        if (checkpoint := _loaded(spec, args, path, env)) is not None:
             break
     found = [item for item in (final, checkpoint) if item is not None]
     if not found:
@@ -594,7 +644,7 @@ def _load_agent(spec: AgentSpec, args: Args, run_dir: Path, vec_env: VecEnv) -> 
             RunWarning,
             stacklevel=2,
         )
-        return _new_agent(spec, args, vec_env)
+        return _new_agent(spec, args, env)
     path, agent = max(found, key=lambda item: _num_timesteps(item[1]))
     print(f"resume: from {path} ({_num_timesteps(agent):,} steps)", file=sys.stderr)
     if getattr(agent, "replay_buffer", None) is not None and hasattr(agent, "load_replay_buffer"):
@@ -614,12 +664,12 @@ def _load_agent(spec: AgentSpec, args: Args, run_dir: Path, vec_env: VecEnv) -> 
     return agent
 
 
-def _loaded(spec: AgentSpec, args: Args, path: Path, vec_env: VecEnv) -> tuple[Path, Any] | None:
+def _loaded(spec: AgentSpec, args: Args, path: Path, env: Any) -> tuple[Path, Any] | None:
     """``(path, agent)`` loaded from ``path``; ``None`` if it is absent, or damaged (with a warning)."""
     if not path.is_file():
         return None
     try:
-        return path, spec.load(path, env=vec_env, device=args.device)
+        return path, spec.load(path, env=env, device=args.device)
     except Exception as error:  # SB3 raises whatever its zip, torch and pickle readers raise
         reason = f"{type(error).__name__}: {error}".strip().rstrip(":")
         warnings.warn(f"skipping {path}: it does not load ({reason})", RunWarning, stacklevel=2)
@@ -740,7 +790,9 @@ def _evaluate(run: _Run) -> dict[str, Any]:
     """Evaluate the agent and ``uniform``; write metrics.json and figures; log to TensorBoard."""
     args = run.args
     # --agent uniform is the baseline itself: evaluated once, its result stands for both.
-    samplers = {"uniform": None} if _is_uniform(run) else {"agent": run.agent, "uniform": None}
+    samplers: dict[str, Any] = {"agent": run.agent, "uniform": None} if args.eval_uniform else {"agent": run.agent}
+    if _is_uniform(run):
+        samplers = {"uniform": None}
     metrics: dict[str, Any] = {}
     for number, (key, sampler) in enumerate(samplers.items(), start=1):
         name = args.agent if key == "agent" else "uniform"
@@ -918,12 +970,14 @@ def _print_summary(run: _Run, metrics: dict[str, Any]) -> None:
     """The comparison table (what each column is), the classifier's own noise, and the files written."""
     name = run.args.agent.rpartition(":")[2]  # a plug-in's class name, not its whole module path
     uniform_only = _is_uniform(run)
+    with_uniform = "uniform" in metrics
     table = Table(title="evaluation on E: the anomaly classifier trained on L's loss profiles, scored on E")
     table.add_column("metric", no_wrap=True)
     if not uniform_only:
         table.add_column(name, justify="right")
-    table.add_column("uniform", justify="right")
-    if not uniform_only:
+    if with_uniform:
+        table.add_column("uniform", justify="right")
+    if with_uniform and not uniform_only:
         table.add_column(f"{name}\n− uniform", justify="right")
     rows: list[tuple[str, tuple[str, ...]]] = [
         (f"{source}/{metric}", (source, metric))
@@ -932,16 +986,17 @@ def _print_summary(run: _Run, metrics: dict[str, Any]) -> None:
     ]
     rows.append(("final_separation", ("final_separation",)))
     for label, path in rows:
-        agent_value, uniform_value = (_lookup(metrics[who], path) for who in ("agent", "uniform"))
-        if uniform_only:
-            table.add_row(label, f"{uniform_value:.4f}")
+        agent_value = _lookup(metrics["agent"], path)
+        if not with_uniform or uniform_only:
+            table.add_row(label, f"{agent_value:.4f}")
         else:
+            uniform_value = _lookup(metrics["uniform"], path)
             table.add_row(label, f"{agent_value:.4f}", f"{uniform_value:.4f}", f"{agent_value - uniform_value:+.4f}")
     console = Console()
     console.print(table)
     ensemble = run.classifier_config.ensemble
     noise = CLASSIFIER_NOISE_F1.get(ensemble) if run.classifier_config.kind == ClassifierConfig().kind else None
-    if noise is not None and not uniform_only:
+    if noise is not None and with_uniform and not uniform_only:
         networks = "1 network" if ensemble == 1 else f"an ensemble of {ensemble}"
         print(
             f"classifier noise: refitted on the same profiles, the predictor's pixel_f1_max varies by about "

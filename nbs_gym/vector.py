@@ -76,6 +76,7 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
             for i in range(num_envs)
         ]
         self.config = template.config
+        self.split = template.split  # one split for every sub-environment
         self.render_mode = render_mode
         self.num_envs = num_envs
         self.engine = BatchedAutoencoderTrainer(num_envs, template._snapshot_images.shape[1], self.config.autoencoder)

@@ -3,7 +3,9 @@
 The fault-injection tests run training through this script, which patches one function so that the
 process kills itself (no Python cleanup runs, as under ``kill -9`` or the OOM killer) at:
 
-``step=N``          the first env step at or past N (with no checkpoint yet, if --checkpoint-freq > N)
+``step=N``          the first env step at or past N (with no checkpoint yet, if --checkpoint-freq > N); for a
+                    plug-in that steps a Gymnasium env itself, the env step after N steps (needs
+                    --checkpoint-freq, whose wrapper counts the steps)
 ``checkpoint=K``    the K-th checkpoint save, after half its file is written, before it is moved into place
 ``evaluation``      the first classifier fit of the evaluation, after the agent's profiles are written
 """
@@ -28,13 +30,20 @@ def _die() -> None:
 
 def _kill_at_step(limit: int) -> None:
     on_step = nbs_gym.callbacks.EpisodeStatsCallback._on_step
+    env_step = nbs_gym.callbacks.CheckpointingEnv.step
 
     def patched(self: Any) -> bool:
         if self.num_timesteps >= limit:
             _die()
         return on_step(self)
 
+    def patched_env_step(self: Any, action: Any) -> Any:  # a plug-in that steps a Gymnasium env itself
+        if self.num_timesteps >= limit:
+            _die()
+        return env_step(self, action)
+
     nbs_gym.callbacks.EpisodeStatsCallback._on_step = patched
+    nbs_gym.callbacks.CheckpointingEnv.step = patched_env_step
 
 
 def _kill_in_checkpoint(number: int) -> None:

@@ -373,6 +373,37 @@ def test_plugin_action_modes_as_a_string_and_a_suffix_without_a_dot() -> None:
         get_spec(f"{__name__}:SuffixWithoutDot")
 
 
+class AsksForVecEnv(GoodPlugin):
+    env_api = "sb3"
+
+
+class UnknownEnvApi(GoodPlugin):
+    env_api = "rllib"
+
+
+def test_a_plugin_gets_a_gymnasium_env_unless_it_asks_for_sb3_s() -> None:
+    assert get_spec(f"{__name__}:GoodPlugin").env_api == "gymnasium"
+    assert get_spec(f"{__name__}:AsksForVecEnv").env_api == "sb3"
+    assert get_spec("ppo").env_api == "sb3" and get_spec("uniform").env_api == "sb3"
+    with pytest.raises(AgentError, match="UnknownEnvApi has env_api 'rllib'; expected one of 'gymnasium', 'sb3'"):
+        get_spec(f"{__name__}:UnknownEnvApi")
+
+
+def test_a_plugin_builds_on_a_gymnasium_vector_env_from_its_single_spaces() -> None:
+    envs = gym.make_vec(ENV_ID_BY_MODE["strata"], num_envs=2, vectorization_mode="vector_entry_point", **TINY)
+    try:
+        agent = make_agent(f"{__name__}:GoodPlugin", envs, seed=0)
+        assert isinstance(agent, GoodPlugin)
+    finally:
+        envs.close()
+    quantile = gym.make_vec(ENV_ID_BY_MODE["quantile"], num_envs=2, vectorization_mode="vector_entry_point", **TINY)
+    try:
+        with pytest.raises(AgentError, match="hard_mining.*cannot act in"):
+            make_agent("hard_mining", quantile)
+    finally:
+        quantile.close()
+
+
 def _spaces(n_groups: int, discrete: bool = False) -> HasSpaces:
     """An object with the spaces of an env of ``n_groups`` groups (what the samplers read)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -63,6 +64,18 @@ def test_custom_sampler(tmp_path: Path) -> None:
     output = run_example("custom_sampler", "--run-dir", "run", cwd=tmp_path)
     assert "predictor/pixel_auroc" in output
     assert (tmp_path / "run" / "agent.json").read_text().startswith('{"n_groups": 5')
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_bandit_sampler_learns_by_stepping_its_env_and_resumes(tmp_path: Path) -> None:
+    output = run_example("bandit_sampler", "--run-dir", "run", cwd=tmp_path)
+    assert "predictor/pixel_auroc" in output
+    bandit = json.loads((tmp_path / "run" / "agent.json").read_text())
+    assert sum(bandit["counts"]) == 8 and min(bandit["counts"]) >= 1  # 8 episodes, every arm played
+    assert len(list((tmp_path / "run" / "checkpoints").glob("agent_*_steps.json"))) == 4
+    (tmp_path / "run" / "metrics.json").unlink()  # as a run killed in its evaluation leaves it
+    run_example("bandit_sampler", "--resume", "run", cwd=tmp_path)
+    assert json.loads((tmp_path / "run" / "agent.json").read_text()) == bandit  # nothing left to train
     assert (tmp_path / "run" / "metrics.json").is_file()
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import gymnasium as gym
@@ -26,9 +27,10 @@ pytestmark = pytest.mark.slow
 KILLER = REPO / "tests" / "killing_train.py"
 
 
-def run_killed(fault: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run_killed(fault: str, *args: str, path: Sequence[Path] = ()) -> subprocess.CompletedProcess[str]:
     """``nbs_gym.train`` with ``args``, killed by SIGKILL at ``fault`` (see tests/killing_train.py)."""
-    environment = {**os.environ, **ONE_THREAD, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    folders = [REPO, REPO / "tests", *path]
+    environment = {**os.environ, **ONE_THREAD, "PYTHONPATH": os.pathsep.join(map(str, folders))}
     return subprocess.run(
         [sys.executable, str(KILLER), fault, *args], capture_output=True, text=True, cwd=REPO, env=environment
     )
@@ -77,6 +79,35 @@ def test_a_resumed_run_that_was_killed_before_its_first_checkpoint_equals_an_uni
     assert partial_files(killed_dir) == []
     assert run_train(*args, "--run-dir", str(whole_dir)).returncode == 0
     assert (killed_dir / "metrics.json").read_text() == (whole_dir / "metrics.json").read_text()
+
+
+BANDIT = ["--agent", "bandit_sampler:EpsilonGreedyBandit", "--timesteps", "32", "--checkpoint-freq", "8"]
+# TINY's episodes are 20 updates of 5 per env step: 4 env steps, so 32 steps are 8 episodes.
+
+
+def test_a_plugin_that_steps_its_gymnasium_env_trains_checkpoints_resumes_and_evaluates(tmp_path: Path) -> None:
+    examples = [REPO / "examples"]
+    killed_dir = tmp_path / "killed"
+    killed = run_killed("step=20", *BANDIT, *TINY, "--run-dir", str(killed_dir), path=examples)
+    assert killed.returncode == -9, killed.stderr
+    checkpoints = sorted(path.name for path in (killed_dir / "checkpoints").iterdir())
+    assert checkpoints == ["agent_16_steps.json", "agent_8_steps.json"]
+    assert json.loads((killed_dir / "checkpoints" / "agent_16_steps.json").read_text())["num_timesteps"] == 16
+
+    resumed = run_train("--resume", str(killed_dir), "--no-progress", path=examples)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resume: from {killed_dir / 'checkpoints' / 'agent_16_steps.json'} (16 steps)" in resumed.stderr
+    check_run_dir(killed_dir)
+    assert partial_files(killed_dir) == []
+    bandit = json.loads((killed_dir / "agent.json").read_text())
+    assert bandit["num_timesteps"] == 32 and sum(bandit["counts"]) == 8  # every episode of the budget counted
+
+    # The same seed gives the same run: the env is seeded before the plug-in's first unseeded reset.
+    first, second = tmp_path / "first", tmp_path / "second"
+    for run_dir in (first, second):
+        assert run_train(*BANDIT, *TINY, "--run-dir", str(run_dir), path=examples).returncode == 0
+    assert (first / "agent.json").read_text() == (second / "agent.json").read_text()
+    assert (first / "metrics.json").read_text() == (second / "metrics.json").read_text()
 
 
 def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning_naming_it(tmp_path: Path) -> None:
@@ -215,3 +246,17 @@ def test_the_uniform_agent_is_evaluated_once_and_shown_in_one_column(tmp_path: P
     assert not (run_dir / "profiles" / "agent").exists()
     # What the benchmarks that refit the classifier read: the agent's profiles, wherever they are.
     assert agent_profile_files(run_dir) == [run_dir / "profiles" / "uniform" / "episode_00000.npz"]
+
+
+def test_without_the_uniform_evaluation_the_agent_s_results_are_the_same(tmp_path: Path) -> None:
+    plugin = ["--agent", "test_train:ConstantSampler", "--timesteps", "0", *TINY]
+    alone, beside = tmp_path / "alone", tmp_path / "beside"
+    result = run_train(*plugin, "--no-eval-uniform", "--run-dir", str(alone))
+    assert result.returncode == 0, result.stderr
+    assert "evaluation 1/1: test_train:ConstantSampler" in result.stderr and "uniform" not in result.stderr
+    assert "− uniform" not in result.stdout and "predictor/pixel_f1_max" in result.stdout
+    assert not (alone / "profiles" / "uniform").exists()
+    assert run_train(*plugin, "--run-dir", str(beside)).returncode == 0
+    metrics = json.loads((alone / "metrics.json").read_text())
+    assert set(metrics) == {"agent"}
+    assert metrics["agent"] == json.loads((beside / "metrics.json").read_text())["agent"]

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +80,28 @@ class BareActionSampler(ConstantSampler):
         return super().predict(observation, state, episode_start, deterministic)[0]
 
 
-def run_train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, **ONE_THREAD, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+class VectorStepper(ConstantSampler):
+    """A plug-in that steps the Gymnasium vector env it gets with ``--n-envs > 1``, as a user's loop would."""
+
+    def __init__(self, env: Any, seed: int | None = None, value: float = 0.5) -> None:
+        if not isinstance(env.unwrapped, gym.vector.VectorEnv):
+            raise TypeError(f"expected a Gymnasium VectorEnv, got {type(env).__name__}")
+        super().__init__(type("Spaces", (), {"action_space": env.single_action_space}), seed, value)
+        self.env = env
+
+    def learn(self, total_timesteps: int, callback: Any = None, progress_bar: bool = False) -> VectorStepper:
+        self.env.reset()
+        for _ in range(total_timesteps // self.env.num_envs):
+            _, rewards, _, _, _ = self.env.step(np.full(self.env.action_space.shape, self.value, np.float32))
+            assert rewards.shape == (self.env.num_envs,)
+            self.num_timesteps += self.env.num_envs
+        return self
+
+
+def run_train(*args: str, timeout: float = 300, path: Sequence[Path] = ()) -> subprocess.CompletedProcess[str]:
+    """``python -m nbs_gym.train ARGS`` with the repo, ``tests/`` and ``path`` importable."""
+    folders = [REPO, REPO / "tests", *path]
+    environment = {**os.environ, **ONE_THREAD, "PYTHONPATH": os.pathsep.join(map(str, folders))}
     return subprocess.run(
         [sys.executable, "-m", "nbs_gym.train", *args],
         capture_output=True,
@@ -260,6 +281,17 @@ def test_several_envs_train_on_the_batched_vector_env(tmp_path: Path) -> None:
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     assert {"rollout/ep_rew_mean", "nbs/separation"} <= set(events.Tags()["scalars"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("vec_env", ["batched", "dummy"])
+def test_a_plugin_steps_a_gymnasium_vector_env_with_several_envs(vec_env: str, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    plugin = ["--agent", "test_train:VectorStepper", "--timesteps", "8", "--n-envs", "2", "--vec-env", vec_env]
+    result = run_train(*plugin, *TINY, "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    check_run_dir(run_dir)
+    assert json.loads((run_dir / "agent.json").read_text())["num_timesteps"] == 8
 
 
 @pytest.mark.slow
