@@ -113,11 +113,12 @@ _RUN_FLAGS = (
     "hyperparams",
     "classifier_kwargs",
     "device",
+    "n_envs",
     "eval_freq",
     "progress",
 )
 # Saved settings that do not change a run's results (evaluations during training leave it as it is).
-_COSMETIC = ("progress", "eval_freq")
+_COSMETIC = ("progress", "eval_freq", "eval_uniform")
 _NO_INTERVAL = "–"
 
 
@@ -408,6 +409,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument(
+        "--n-envs",
+        type=int,
+        metavar="N",
+        help="training envs of each learned agent (nbs_gym.train --n-envs; the batched vector env; default: 1)",
+    )
+    parser.add_argument(
         "--eval-freq",
         type=int,
         metavar="N",
@@ -473,8 +480,12 @@ def _plan(options: argparse.Namespace) -> list[_Plan]:
                     argv += [f"--{flag.replace('_', '-')}", getattr(options, flag)]
             if options.eval_freq is not None and get_spec(agent).kind == "sb3":
                 argv += ["--eval-freq", str(options.eval_freq)]
+            if options.n_envs is not None and get_spec(agent).kind == "sb3":
+                argv += ["--n-envs", str(options.n_envs)]
             if options.progress is False:
                 argv.append("--no-progress")
+            if agent != REFERENCE_AGENT:
+                argv.append("--no-eval-uniform")  # the reference's own runs are the table's uniform row
             plan = _Plan(agent, seed, run_dir, argv)
             args = train.parse_args(argv)
             _check_settings(args)

@@ -119,6 +119,9 @@ def test_runs_hold_what_the_comparison_asked_for(comparison: Path) -> None:
             assert config["eval_freq"] == 20
         else:
             assert run.curve is None and run.classifier_curve is None and config["eval_freq"] == 0
+        # uniform's own runs are the reference: no other run evaluates uniform again.
+        assert config["eval_uniform"] == (run.agent == "uniform")
+        assert (run.run_dir / "profiles" / "uniform").exists() == (run.agent == "uniform")
 
 
 def test_collect_reproduces_the_tables_without_running(comparison: Path, tmp_path: Path) -> None:
