@@ -65,11 +65,22 @@ def one_line_warnings() -> Iterator[None]:
         warnings.showwarning = original
 
 
-def run_resumable(body: Callable[[], int]) -> int:
-    """Run a resumable command's ``body`` and map its ways out to exit statuses.
+EXIT_INTERRUPTED = 130
+"""Exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it)."""
+
+RESUME_NOTE = "interrupted; run the same command again to resume"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, after the command saved what it could; the message (already printed) says how to go on."""
+
+
+def run_resumable(body: Callable[[], int], interrupted: str | None = RESUME_NOTE) -> int:
+    """Run a command's ``body`` and map its ways out to exit statuses: every command's one handler.
 
     ``--help`` (argparse's ``SystemExit``) returns its code, bad input (``ValueError``/``OSError``) is one
-    ``error:`` line and :data:`EXIT_BAD_INPUT`, Ctrl-C prints how to resume and returns 130.
+    ``error:`` line and :data:`EXIT_BAD_INPUT`, Ctrl-C prints ``interrupted`` (how to resume; ``None``:
+    nothing, for a body that says it itself) and returns :data:`EXIT_INTERRUPTED`. Warnings are one line.
     """
     try:
         with one_line_warnings():
@@ -79,5 +90,6 @@ def run_resumable(body: Callable[[], int]) -> int:
     except (ValueError, OSError) as error:
         return bad_input(str(error))
     except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        if interrupted is not None:
+            print(f"\n{interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED

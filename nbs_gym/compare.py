@@ -78,11 +78,13 @@ __all__ = [
     "RATIO_COLUMNS",
     "REFERENCE_AGENT",
     "AgentSummary",
+    "Comparison",
     "Interval",
-    "RunResult",
+    "FinishedRun",
     "collect_runs",
     "main",
     "mean_ci",
+    "run",
     "run_dir_name",
     "summarize",
     "write_results",
@@ -181,8 +183,8 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> Interval
 
 
 @dataclass(frozen=True)
-class RunResult:
-    """One finished ``nbs_gym.train`` run of a comparison.
+class FinishedRun:
+    """One finished ``nbs_gym.train`` run of a comparison, as its run directory holds it.
 
     Attributes:
         agent: The ``--agent`` of the run.
@@ -235,21 +237,76 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    options = _parse(argv)
-    out = Path(options.out)
-    if options.collect:
-        runs = collect_runs(out / "runs", agents=options.agents, seeds=options.seeds)
+    run(_parse(argv))
+    return 0
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The settings of one comparison: ``python -m nbs_gym.compare``'s flags, as :func:`run` takes them.
+
+    ``None`` is a flag not given (``nbs_gym.train``'s default). ``env_kwargs``, ``hyperparams`` and
+    ``classifier_kwargs`` are ``KEY=VALUE`` strings as on the command line (``hyperparams`` entries may be
+    ``AGENT.KEY=VALUE``). Without ``collect``, ``agents`` defaults to ppo, a2c, uniform, random and
+    ``seeds`` to 0, 1, 2; with it, both select among the runs found (``None``: all).
+
+    Raises:
+        UsageError: An agent or seed given twice, a negative seed, or a run-defining setting with ``collect``.
+    """
+
+    out: str | Path
+    agents: Sequence[str] | None = None
+    seeds: Sequence[int] | None = None
+    collect: bool | None = None
+    timesteps: int | None = None
+    env_id: str | None = None
+    dataset: str | None = None
+    env_kwargs: Sequence[str] | None = None
+    hyperparams: Sequence[str] | None = None
+    classifier_kwargs: Sequence[str] | None = None
+    device: str | None = None
+    n_envs: int | None = None
+    eval_freq: int | None = None
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.collect:
+            given = [name for name in _RUN_FLAGS if getattr(self, name) is not None]
+            if given:
+                raise UsageError(f"--{given[0].replace('_', '-')}: has no effect with --collect, which only reads runs")
+        else:
+            object.__setattr__(self, "agents", list(self.agents or ["ppo", "a2c", "uniform", "random"]))
+            object.__setattr__(self, "seeds", list(self.seeds) if self.seeds is not None else [0, 1, 2])
+        for name in ("agents", "seeds"):
+            values = list(getattr(self, name) or [])
+            repeated = sorted({value for value in values if values.count(value) > 1}, key=str)
+            if repeated:
+                raise UsageError(f"--{name}: {repeated[0]} given twice")
+        if any(seed < 0 for seed in self.seeds or []):
+            raise UsageError("--seeds: must be integers >= 0")
+
+
+def run(settings: Comparison) -> list[AgentSummary]:
+    """Make (or resume) every run of ``settings`` with :func:`nbs_gym.train.run`, or only collect the
+    finished ones, then write and print the tables and figures; returns the per-agent summaries.
+
+    Raises:
+        ValueError: A bad setting, a run folder made with other settings, or a run that failed on its
+            settings (named); nothing after it runs.
+        KeyboardInterrupt: Ctrl-C; the same settings again resume where it stopped.
+    """
+    out = Path(settings.out)
+    if settings.collect:
+        runs = collect_runs(out / "runs", agents=settings.agents, seeds=settings.seeds)
     else:
-        plans = _plan(options)
-        status = _execute(plans, options)
-        if status:
-            return status
+        plans = _plan(settings)
+        _execute(plans, settings)
         runs = [_read_run(plan.run_dir) for plan in plans]
     summaries = summarize(runs)
     written = write_results(summaries, runs, out)
     print(_markdown_tables(summaries))
     print("wrote " + ", ".join(str(path) for path in written))
-    return 0
+    return summaries
 
 
 def run_dir_name(agent: str, seed: int) -> str:
@@ -260,7 +317,7 @@ def run_dir_name(agent: str, seed: int) -> str:
 
 def collect_runs(
     runs_dir: str | Path, agents: Sequence[str] | None = None, seeds: Sequence[int] | None = None
-) -> list[RunResult]:
+) -> list[FinishedRun]:
     """Every finished run (one with ``metrics.json``) directly under ``runs_dir``, optionally filtered.
 
     Agent and seed come from each run's ``config.yaml``, not from the folder name.
@@ -281,7 +338,7 @@ def collect_runs(
     return runs
 
 
-def summarize(runs: Sequence[RunResult], confidence: float = CONFIDENCE) -> list[AgentSummary]:
+def summarize(runs: Sequence[FinishedRun], confidence: float = CONFIDENCE) -> list[AgentSummary]:
     """Table rows: per agent, mean and CI of each column, and the per-seed ratios to the reference.
 
     Rows are :data:`REFERENCE_AGENT` first, then the other agents by name.
@@ -289,7 +346,7 @@ def summarize(runs: Sequence[RunResult], confidence: float = CONFIDENCE) -> list
     Raises:
         ValueError: Two runs of one agent share a seed.
     """
-    by_agent: dict[str, dict[int, RunResult]] = {}
+    by_agent: dict[str, dict[int, FinishedRun]] = {}
     for run in runs:
         seeds = by_agent.setdefault(run.agent, {})
         if run.seed in seeds:
@@ -323,7 +380,7 @@ def summarize(runs: Sequence[RunResult], confidence: float = CONFIDENCE) -> list
     return summaries
 
 
-def write_results(summaries: Sequence[AgentSummary], runs: Sequence[RunResult], out: str | Path) -> list[Path]:
+def write_results(summaries: Sequence[AgentSummary], runs: Sequence[FinishedRun], out: str | Path) -> list[Path]:
     """Write ``results.{md,csv,json}``, ``learning_curves.png`` and ``metrics.png`` to ``out``; returns the paths."""
     out = Path(out)
     header = _settings(runs)
@@ -363,7 +420,7 @@ def write_results(summaries: Sequence[AgentSummary], runs: Sequence[RunResult], 
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parse(argv: Sequence[str] | None) -> Comparison:
     parser = Parser(
         prog="python -m nbs_gym.compare",
         description="Train and evaluate several batch samplers over several seeds with nbs_gym.train, then "
@@ -424,22 +481,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, help="show a progress bar while training (default: on)"
     )
-    options = parser.parse_args(argv)
-    if options.collect:
-        given = [name for name in _RUN_FLAGS if getattr(options, name) is not None]
-        if given:
-            raise UsageError(f"--{given[0].replace('_', '-')}: has no effect with --collect, which only reads runs")
-    else:
-        options.agents = options.agents or ["ppo", "a2c", "uniform", "random"]
-        options.seeds = options.seeds if options.seeds is not None else [0, 1, 2]
-    for name in ("agents", "seeds"):
-        values = getattr(options, name) or []
-        repeated = sorted({value for value in values if values.count(value) > 1}, key=str)
-        if repeated:
-            raise UsageError(f"--{name}: {repeated[0]} given twice")
-    if any(seed < 0 for seed in options.seeds or []):
-        raise UsageError("--seeds: must be integers >= 0")
-    return options
+    return Comparison(**vars(parser.parse_args(argv)))
 
 
 @dataclass(frozen=True)
@@ -449,21 +491,22 @@ class _Plan:
     agent: str
     seed: int
     run_dir: Path
-    argv: list[str]
+    args: train.Args
 
 
-def _plan(options: argparse.Namespace) -> list[_Plan]:
+def _plan(options: Comparison) -> list[_Plan]:
     """Validate every run's arguments, and every finished run's settings, before anything runs.
 
     Raises:
         ValueError: A bad agent or flag, or a run folder made with other settings.
     """
-    for agent in options.agents:
+    agents, seeds = list(options.agents or []), list(options.seeds or [])  # set by Comparison without collect
+    for agent in agents:
         get_spec(agent)
-    hyperparams = _hyperparams_by_agent(options.agents, options.hyperparams or [])
+    hyperparams = _hyperparams_by_agent(agents, options.hyperparams or [])
     plans = []
-    for agent in options.agents:
-        for seed in options.seeds:
+    for agent in agents:
+        for seed in seeds:
             run_dir = Path(options.out) / "runs" / run_dir_name(agent, seed)
             argv = ["--agent", agent, "--seed", str(seed), "--run-dir", str(run_dir)]
             if options.timesteps is not None:
@@ -486,8 +529,8 @@ def _plan(options: argparse.Namespace) -> list[_Plan]:
                 argv.append("--no-progress")
             if agent != REFERENCE_AGENT:
                 argv.append("--no-eval-uniform")  # the reference's own runs are the table's uniform row
-            plan = _Plan(agent, seed, run_dir, argv)
             args = train.parse_args(argv)
+            plan = _Plan(agent, seed, run_dir, args)
             _check_settings(args)
             _check_existing(plan, args)
             plans.append(plan)
@@ -545,41 +588,45 @@ def _check_existing(plan: _Plan, args: train.Args) -> None:
         raise ValueError(f"{config_path}: not valid YAML ({reason}); remove the run folder to redo it") from error
     if not isinstance(saved, dict):
         raise ValueError(f"{config_path}: expected a mapping of settings; remove the run folder to redo it")
-    expected = {
-        key: value for key, value in dataclasses.asdict(args).items() if key not in ("config", "resume", "run_dir")
-    }
-    for key in sorted(set(saved) | set(expected)):
-        if key not in _COSMETIC and saved.get(key) != expected.get(key):
+    try:
+        made = train.resume_args(plan.run_dir)  # the run's arguments, as --resume would continue it
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{config_path}: {error}; remove the run folder to redo it") from error
+    for item in dataclasses.fields(train.Args):
+        key = item.name
+        if key in (*_COSMETIC, "config", "resume", "run_dir"):
+            continue
+        if getattr(made, key) != getattr(args, key):
             raise ValueError(
-                f"{plan.run_dir}: made with {key}={saved.get(key)!r}, this comparison asks for "
-                f"{expected.get(key)!r}; use another --out or remove that folder"
+                f"{plan.run_dir}: made with {key}={getattr(made, key)!r}, this comparison asks for "
+                f"{getattr(args, key)!r}; use another --out or remove that folder"
             )
 
 
-def _execute(plans: Sequence[_Plan], options: argparse.Namespace) -> int:
-    """Make every unfinished run; returns 0, or the exit status of the run that failed."""
+def _execute(plans: Sequence[_Plan], options: Comparison) -> None:
+    """Make every unfinished run with :func:`nbs_gym.train.run`.
+
+    Raises:
+        ValueError: A run that failed on its settings (named); the runs after it are not made.
+        KeyboardInterrupt: Ctrl-C; the interrupted run resumes when the comparison is run again.
+    """
     for index, plan in enumerate(plans, start=1):
         label = f"[{index}/{len(plans)}] {plan.agent} seed {plan.seed}"
         if (plan.run_dir / "metrics.json").is_file():
             print(f"{label}: done already ({plan.run_dir})")
             continue
-        argv = plan.argv
+        args = plan.args
         if (plan.run_dir / train.CONFIG_FILE).is_file():
             if _resumable(plan.run_dir):
                 print(f"{label}: continuing the interrupted run in {plan.run_dir}")
                 # The rest of the settings are in the run's config.yaml, checked equal to this comparison's.
-                argv = ["--resume", str(plan.run_dir), *(["--no-progress"] if options.progress is False else [])]
+                args = train.resume_args(plan.run_dir, **({"progress": False} if options.progress is False else {}))
             else:
                 print(f"{label}: restarting {plan.run_dir}, interrupted before its first checkpoint")
                 shutil.rmtree(plan.run_dir)
         else:
             print(f"{label}: training in {plan.run_dir}")
-        status = train.main(argv)
-        if status == 130:
-            print("interrupted; run the same command again to resume", file=sys.stderr)
-        if status:
-            return status
-    return 0
+        train.run(args)
 
 
 def _resumable(run_dir: Path) -> bool:
@@ -590,7 +637,7 @@ def _resumable(run_dir: Path) -> bool:
 # ---------------------------------------------------------------------------------------------- reading runs
 
 
-def _read_run(run_dir: Path) -> RunResult:
+def _read_run(run_dir: Path) -> FinishedRun:
     """A finished run's agent, seed, table values and learning curve.
 
     Raises:
@@ -607,7 +654,7 @@ def _read_run(run_dir: Path) -> RunResult:
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     curve, classifier_curve = (_read_curve(events, tag) for tag in (CURVE_TAG, CLASSIFIER_CURVE_TAG))
-    return RunResult(agent, seed, run_dir, config, values, curve, classifier_curve, normalized)
+    return FinishedRun(agent, seed, run_dir, config, values, curve, classifier_curve, normalized)
 
 
 def _lookup(tree: dict[str, Any], column: str) -> Any:
@@ -630,7 +677,7 @@ def _read_curve(events: EventAccumulator, tag: str) -> tuple[np.ndarray, np.ndar
 # ---------------------------------------------------------------------------------------------- tables
 
 
-def _settings(runs: Sequence[RunResult]) -> dict[str, Any]:
+def _settings(runs: Sequence[FinishedRun]) -> dict[str, Any]:
     """What the runs share, read from their configs, so that --collect writes the same header."""
 
     def distinct(key: str) -> list[Any]:
@@ -751,7 +798,7 @@ def _json_float(value: float) -> float | None:
 # ---------------------------------------------------------------------------------------------- figures
 
 
-def _learning_curve_figure(summaries: Sequence[AgentSummary], runs: Sequence[RunResult]) -> Figure:
+def _learning_curve_figure(summaries: Sequence[AgentSummary], runs: Sequence[FinishedRun]) -> Figure:
     """Mean ± CI over seeds of each agent's training curve; a fixed rule's evaluated level as a dashed band.
 
     A second panel shows the classifier's F1-max over training where runs logged it (``--eval-freq``).
@@ -818,7 +865,7 @@ def _mean_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nda
     )
 
 
-def _metrics_figure(summaries: Sequence[AgentSummary], runs: Sequence[RunResult]) -> Figure:
+def _metrics_figure(summaries: Sequence[AgentSummary], runs: Sequence[FinishedRun]) -> Figure:
     """One panel per column: a bar per agent (mean, CI error bar) and each seed's value as a dot."""
     n_columns = 3
     n_rows = math.ceil(len(COLUMNS) / n_columns)

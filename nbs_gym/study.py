@@ -293,22 +293,23 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return options
 
 
-def _compare_argv(options: argparse.Namespace, name: str) -> list[str]:
-    argv = ["--out", str(options.out / name), "--agents", *options.agents, "--seeds", *map(str, options.seeds)]
+def _comparison(options: argparse.Namespace, name: str) -> compare.Comparison:
+    """The comparison of the study's samplers and seeds on dataset ``name``."""
+    selection = {"out": options.out / name, "agents": options.agents, "seeds": options.seeds}
     if options.collect:
-        return [*argv, "--collect"]
-    spec = dataset_spec(name, options.out, options.mvtec)
-    argv += (["--dataset", spec] if spec else []) + ["--device", options.device]
-    if options.timesteps is not None:
-        argv += ["--timesteps", str(options.timesteps)]
-    if options.env_id is not None:
-        argv += ["--env-id", options.env_id]
-    if options.eval_freq is not None:
-        argv += ["--eval-freq", str(options.eval_freq)]
-    for flag in ("env_kwargs", "hyperparams", "classifier_kwargs"):
-        if getattr(options, flag):
-            argv += [f"--{flag.replace('_', '-')}", *getattr(options, flag)]
-    return [*argv, "--progress" if options.progress else "--no-progress"]
+        return compare.Comparison(**selection, collect=True)
+    return compare.Comparison(
+        **selection,
+        dataset=dataset_spec(name, options.out, options.mvtec) or None,
+        device=options.device,
+        timesteps=options.timesteps,
+        env_id=options.env_id,
+        eval_freq=options.eval_freq,
+        env_kwargs=options.env_kwargs or None,
+        hyperparams=options.hyperparams or None,
+        classifier_kwargs=options.classifier_kwargs or None,
+        progress=options.progress,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -320,9 +321,7 @@ def _run(argv: Sequence[str] | None) -> int:
     options = _parse(argv)
     for name in options.datasets:
         print(f"== {name}", flush=True)
-        status = compare.main(_compare_argv(options, name))
-        if status:
-            return status
+        compare.run(_comparison(options, name))
     written = write_report(options.out, options.datasets)
     print("wrote " + ", ".join(str(path) for path in written))
     return 0

@@ -87,7 +87,7 @@ from nbs_gym.callbacks import (
     save_checkpoint,
 )
 from nbs_gym.classifier import ClassifierConfig, evaluate, evaluation_masks, fit_predictor, score_maps
-from nbs_gym.cli import Parser, bad_input, check_device, one_line_warnings
+from nbs_gym.cli import Interrupted, Parser, check_device, run_resumable
 from nbs_gym.config import EnvConfig
 from nbs_gym.data import AnomalyDataset, load_dataset, make_split
 from nbs_gym.data.split import labeled_shortfall
@@ -99,7 +99,17 @@ from nbs_gym.scores import normalized_scores
 from nbs_gym.tasks import DEFAULT_ENV_ID, parse_env_id, task_config
 from nbs_gym.vector import SB3VecEnv
 
-__all__ = ["Args", "RunWarning", "agent_profile_files", "main", "parse_args", "planned_end"]
+__all__ = [
+    "Args",
+    "RunResult",
+    "RunWarning",
+    "agent_profile_files",
+    "main",
+    "parse_args",
+    "planned_end",
+    "resume_args",
+    "run",
+]
 
 DEFAULT_TIMESTEPS = 10_000
 """Env steps of a run by default: 50 episodes of the v1 task (200 env steps of 5 updates each)."""
@@ -241,49 +251,110 @@ class Args:
             raise ValueError(f"--env-kwargs {clashes[0]}: use {_DEDICATED_ENV_KWARGS[clashes[0]]} instead")
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished :func:`run` gives back.
+
+    Attributes:
+        run_dir: The run directory (every file the run wrote is in it).
+        metrics: The content of its ``metrics.json``: ``"agent"`` (and ``"uniform"`` unless the run was
+            made with ``eval_uniform=False``) -> the classifier's metrics on E.
+        num_timesteps: Env steps the agent has trained for.
+    """
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    num_timesteps: int
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``python -m nbs_gym.train`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    with one_line_warnings():
-        return _main(argv)
+    # run() says how to go on when it is interrupted; nothing is added to that.
+    return run_resumable(lambda: _main(argv), interrupted=None)
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    run(parse_args(argv))
+    return 0
+
+
+def run(args: Args, *, report: bool = True) -> RunResult:
+    """Train and evaluate one run, as ``python -m nbs_gym.train`` does with the same arguments.
+
+    Validates every setting before any work, trains (or resumes, with ``args.resume``), checkpoints,
+    evaluates the agent (and ``uniform``) with the anomaly classifier on E and writes the run directory.
+
+    Args:
+        args: The run's arguments (:func:`parse_args` makes them from a command line, :func:`resume_args`
+            for a run directory).
+        report: Print where the run writes, the comparison table and the files written (stdout), and
+            the evaluation's progress (stderr).
+
+    Raises:
+        ValueError: A bad setting (named), or a sampler whose predictions the env cannot take
+            (:class:`agents.protocol.PluginError`, naming where the trained agent is).
+        OSError: A file that cannot be read or written.
+        nbs_gym.cli.Interrupted: Ctrl-C; during training a checkpoint is saved first. Its message (also
+            printed on stderr) says how to continue.
+    """
     try:
-        args = parse_args(argv)
-        run = _prepare(args)
-    except SystemExit as exit_request:  # --help
-        return int(exit_request.code or 0)
-    except (ValueError, OSError) as error:
-        return bad_input(str(error))
+        prepared = _prepare(args)
     except KeyboardInterrupt:
-        print("\ninterrupted before training started", file=sys.stderr)
-        return 130
-    print(f"run directory: {run.run_dir}\nTensorBoard:   tensorboard --logdir {run.run_dir}", flush=True)
+        raise _interrupted("interrupted before training started") from None
+    if report:
+        print(f"run directory: {prepared.run_dir}\nTensorBoard:   tensorboard --logdir {prepared.run_dir}", flush=True)
     phase = "training"
     try:
         try:
-            _train(run)
+            _train(prepared)
         except KeyboardInterrupt:
             phase = "checkpoint"
-            steps = _num_timesteps(run.agent)
-            path = save_checkpoint(run.agent, checkpoint_path(run.checkpoint_dir, steps, run.suffix))
-            print(f"\ninterrupted: checkpoint {path}; continue with --resume {run.run_dir}", file=sys.stderr)
-            return 130
+            steps = _num_timesteps(prepared.agent)
+            path = save_checkpoint(prepared.agent, checkpoint_path(prepared.checkpoint_dir, steps, prepared.suffix))
+            raise _interrupted(f"interrupted: checkpoint {path}; continue with --resume {prepared.run_dir}") from None
         phase = "evaluation"
-        metrics = _evaluate(run)
+        metrics = _evaluate(prepared, report)
     except PluginError as error:  # a sampler whose predictions the env cannot take
-        return bad_input(f"{error}; the trained agent is in {run.run_dir}")
+        raise PluginError(f"{error}; the trained agent is in {prepared.run_dir}") from error
+    except Interrupted:
+        raise
     except KeyboardInterrupt:
         if phase == "checkpoint":
-            message = f"interrupted again while saving a checkpoint; --resume {run.run_dir} continues from the last one"
+            message = (
+                f"interrupted again while saving a checkpoint; --resume {prepared.run_dir} continues from the last one"
+            )
         else:
-            message = f"interrupted during evaluation; --resume {run.run_dir} evaluates the trained agent again"
-        print(f"\n{message}", file=sys.stderr)
-        return 130
+            message = f"interrupted during evaluation; --resume {prepared.run_dir} evaluates the trained agent again"
+        raise _interrupted(message) from None
     finally:
-        run.close()
-    _print_summary(run, metrics)
-    return 0
+        prepared.close()
+    if report:
+        _print_summary(prepared, metrics)
+    return RunResult(prepared.run_dir, metrics, _num_timesteps(prepared.agent))
+
+
+def _interrupted(message: str) -> Interrupted:
+    """An :class:`Interrupted` with ``message``, printed on stderr first."""
+    print(f"\n{message}", file=sys.stderr, flush=True)
+    return Interrupted(message)
+
+
+def resume_args(run_dir: str | Path, **overrides: Any) -> Args:
+    """The arguments that continue the run in ``run_dir``: its ``config.yaml``, with ``overrides``.
+
+    Raises:
+        ValueError: ``run_dir`` holds no readable config, or an override that ``--resume`` does not allow.
+    """
+    fixed = sorted(set(overrides) - set(_RESUME_OVERRIDES))
+    if fixed:
+        allowed = ", ".join(_flag(name) for name in _RESUME_OVERRIDES)
+        raise ValueError(f"{_flag(fixed[0])}: cannot change when resuming; only {allowed} can")
+    values = _read_config(Path(run_dir) / CONFIG_FILE, "--resume") | {"run_dir": str(run_dir)}
+    # Runs saved before task versions existed ran v0, whose defaults they relied on.
+    values.setdefault("env_id", "nbs_gym/NeuralBatchSampling-v0")
+    for name in ("dataset", "n_labeled_anomalous_per_type", "n_labeled_normal"):
+        values.setdefault(name, None)
+    return Args(**(values | {"resume": str(run_dir)} | overrides))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Args:
@@ -302,15 +373,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
     if "config" in given:
         values |= _read_config(Path(given["config"]), "--config")
     if "resume" in given:
-        fixed = sorted(set(given) - {"resume", *_RESUME_OVERRIDES})
-        if fixed:
-            allowed = ", ".join(_flag(name) for name in _RESUME_OVERRIDES)
-            raise ValueError(f"{_flag(fixed[0])}: cannot change when resuming; only {allowed} can")
-        values = _read_config(Path(given["resume"]) / CONFIG_FILE, "--resume") | {"run_dir": given["resume"]}
-        # Runs saved before task versions existed ran v0, whose defaults they relied on.
-        values.setdefault("env_id", "nbs_gym/NeuralBatchSampling-v0")
-        for name in ("dataset", "n_labeled_anomalous_per_type", "n_labeled_normal"):
-            values.setdefault(name, None)
+        overrides = {key: value for key, value in given.items() if key != "resume"}
+        return resume_args(given["resume"], **overrides)
     return Args(**(values | given))
 
 
@@ -786,7 +850,7 @@ def _rollout_steps(agent: BaseAlgorithm) -> int:
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
-def _evaluate(run: _Run) -> dict[str, Any]:
+def _evaluate(run: _Run, report: bool = True) -> dict[str, Any]:
     """Evaluate the agent and ``uniform``; write metrics.json and figures; log to TensorBoard."""
     args = run.args
     # --agent uniform is the baseline itself: evaluated once, its result stands for both.
@@ -797,12 +861,13 @@ def _evaluate(run: _Run) -> dict[str, Any]:
     for number, (key, sampler) in enumerate(samplers.items(), start=1):
         name = args.agent if key == "agent" else "uniform"
         steps = run.env_kwargs.get("episode_length", task_config(args.env_id).episode_length)
-        print(
-            f"evaluation {number}/{len(samplers)}: {name}, {args.eval_episodes} episode(s) of {steps:,} updates, "
-            "then the anomaly classifier on each episode's loss profiles ...",
-            file=sys.stderr,
-            flush=True,
-        )
+        if report:
+            print(
+                f"evaluation {number}/{len(samplers)}: {name}, {args.eval_episodes} episode(s) of {steps:,} updates, "
+                "then the anomaly classifier on each episode's loss profiles ...",
+                file=sys.stderr,
+                flush=True,
+            )
         start = time.perf_counter()
         env = _evaluation_env(run, run.run_dir / "profiles" / key)
         try:
@@ -819,7 +884,8 @@ def _evaluate(run: _Run) -> dict[str, Any]:
         metrics[key] = _score(run, key, episodes)
         if _on_reference_settings(run):
             metrics[key]["normalized"] = normalized_scores(run.env_id, metrics[key])
-        print(f"evaluation {number}/{len(samplers)}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        if report:
+            print(f"evaluation {number}/{len(samplers)}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     if "agent" not in metrics:
         metrics = {"agent": metrics["uniform"], **metrics}
     write_text_atomic(run.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")

@@ -20,7 +20,7 @@ from scipy import stats
 from nbs_gym.compare import (
     COLUMNS,
     RATIO_COLUMNS,
-    RunResult,
+    FinishedRun,
     collect_runs,
     main,
     mean_ci,
@@ -228,8 +228,8 @@ def test_mean_ci_degenerate_cases() -> None:
         mean_ci([])
 
 
-def fake_run(agent: str, seed: int, value: float) -> RunResult:
-    return RunResult(
+def fake_run(agent: str, seed: int, value: float) -> FinishedRun:
+    return FinishedRun(
         agent, seed, Path(f"runs/{agent}__{seed}"), {"dataset": "synthetic"}, dict.fromkeys(COLUMNS, value), None
     )
 
@@ -292,9 +292,9 @@ def test_normalised_scores_are_averaged_per_agent_and_reported_in_every_table() 
     from nbs_gym.compare import _csv_table, _markdown_tables
     from nbs_gym.scores import REFERENCE_METRICS
 
-    def scored(agent: str, seed: int, score: float) -> RunResult:
+    def scored(agent: str, seed: int, score: float) -> FinishedRun:
         run = fake_run(agent, seed, 0.5)
-        return RunResult(*dataclasses.astuple(run)[:-1], normalized=dict.fromkeys(REFERENCE_METRICS, score))
+        return FinishedRun(*dataclasses.astuple(run)[:-1], normalized=dict.fromkeys(REFERENCE_METRICS, score))
 
     runs = [scored("uniform", 0, -0.1), scored("uniform", 1, 0.1), scored("ppo", 0, 0.4), scored("ppo", 1, 0.8)]
     runs.append(fake_run("random", 0, 0.5))  # a run without normalised scores: its agent gets none

@@ -24,8 +24,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from agents.baselines import UniformSampler
 from nbs_gym.callbacks import EpisodeStatsCallback
+from nbs_gym.cli import Interrupted
 from nbs_gym.tasks import TASK_SETTINGS
-from nbs_gym.train import _prepare, main, parse_args, validated_settings
+from nbs_gym.train import RunResult, main, parse_args, resume_args, run, validated_settings
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -189,15 +190,33 @@ def test_resume_continues_to_the_requested_timesteps(ppo_run: Path, tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_resume_drops_the_previous_evaluation_before_training(ppo_run: Path, tmp_path: Path) -> None:
+def test_resume_drops_the_previous_evaluation_before_training(
+    ppo_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run_dir = tmp_path / "resumed"
     shutil.copytree(ppo_run, run_dir)
-    run = _prepare(parse_args(["--resume", str(run_dir), "--timesteps", "80", "--no-progress"]))
-    try:  # an interruption from here on must not leave the 40-step metrics beside an 80-step config
-        assert not (run_dir / "metrics.json").exists() and not list((run_dir / "profiles").rglob("episode_*.npz"))
-        assert (run_dir / "agent.zip").is_file() and (run_dir / "checkpoints" / "agent_40_steps.zip").is_file()
-    finally:
-        run.close()
+
+    def interrupted(self: PPO, *args: Any, **kwargs: Any) -> PPO:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PPO, "learn", interrupted)  # Ctrl-C as training starts again
+    with pytest.raises(Interrupted, match=f"continue with --resume {run_dir}"):
+        run(resume_args(run_dir, timesteps=80, progress=False))
+    # The interruption must not leave the 40-step metrics beside an 80-step config.
+    assert not (run_dir / "metrics.json").exists() and not list((run_dir / "profiles").rglob("episode_*.npz"))
+    assert (run_dir / "agent.zip").is_file() and (run_dir / "checkpoints" / "agent_40_steps.zip").is_file()
+    assert "timesteps: 80" in (run_dir / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_the_run_api_returns_what_the_command_writes(ppo_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "again"
+    args = parse_args([*PPO_TINY, *TINY, "--checkpoint-freq", "20", "--run-dir", str(run_dir)])
+    result = run(args, report=False)
+    assert isinstance(result, RunResult) and result.run_dir == run_dir and result.num_timesteps == 40
+    assert result.metrics == json.loads((run_dir / "metrics.json").read_text())
+    assert set(result.metrics) == {"agent", "uniform"}
+    assert (run_dir / "config.yaml").read_text() == (ppo_run / "config.yaml").read_text()  # the CLI's settings
 
 
 @pytest.mark.slow
