@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nbs_gym.classifier import ClassifierConfig, evaluate, fit_predictor
+from nbs_gym.classifier import ClassifierConfig
+from nbs_gym.evaluation import evaluate_profiles
 from nbs_gym.profiles import load_profiles
 from nbs_gym.train import agent_profile_files
 
@@ -48,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         scores = []
         for repeat in range(args.classifier_seeds):
             config = ClassifierConfig(seed=repeat * args.ensemble, ensemble=args.ensemble, device="cpu")
-            predictor = fit_predictor(profiles, config)
-            result = evaluate(profiles, predictor)["predictor"]
+            result = evaluate_profiles(profiles, config).metrics["predictor"]
             scores.append([result[m] for m in METRICS])
         values = np.array(scores)
         spreads.append(values.std(axis=0, ddof=1))

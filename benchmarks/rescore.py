@@ -20,8 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from nbs_gym.classifier import ClassifierConfig, evaluate, fit_predictor
+from nbs_gym.classifier import ClassifierConfig
 from nbs_gym.compare import collect_runs, summarize, write_results
+from nbs_gym.evaluation import evaluate_profiles
 from nbs_gym.io import write_text_atomic
 from nbs_gym.profiles import load_profiles
 from nbs_gym.train import agent_profile_files
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             result = stored["predictor"]
         else:
             profiles = load_profiles(agent_profile_files(run.run_dir)[0])
-            result = evaluate(profiles, fit_predictor(profiles, config))["predictor"]
+            result = evaluate_profiles(profiles, config).metrics["predictor"]
             result = {name: float(result[name]) for name in SCORES}
             write_text_atomic(cache, json.dumps({"config": config.to_dict(), "predictor": result}, indent=2) + "\n")
         values = dict(run.values)

@@ -18,8 +18,9 @@ import gymnasium as gym
 import numpy as np
 
 import nbs_gym  # noqa: F401  (registers the env ids)
-from nbs_gym.classifier import ClassifierConfig, evaluate, fit_predictor
+from nbs_gym.classifier import ClassifierConfig, fit_predictor
 from nbs_gym.classify import format_table
+from nbs_gym.evaluation import evaluate
 from nbs_gym.profiles import load_profiles
 
 QUICK = {"episode_length": 20, "profile_length": 4, "image_size": 32, "patch_size": 8, "batch_size": 8}

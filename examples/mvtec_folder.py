@@ -21,10 +21,11 @@ import gymnasium as gym
 import numpy as np
 
 import nbs_gym  # noqa: F401  (registers the env ids)
-from nbs_gym.classifier import ClassifierConfig, evaluate, fit_predictor
+from nbs_gym.classifier import ClassifierConfig
 from nbs_gym.classify import format_table
 from nbs_gym.data import load_dataset, write_mvtec_folder
 from nbs_gym.data.synthetic import generate_synthetic
+from nbs_gym.evaluation import evaluate_profiles
 from nbs_gym.profiles import load_profiles
 
 QUICK = {"episode_length": 20, "profile_length": 4, "image_size": 32, "patch_size": 8, "batch_size": 8}
@@ -47,7 +48,7 @@ def classify_folder(path: Path, profile_dir: Path, quick: bool) -> dict[str, dic
     env.close()
     profiles = load_profiles(info["profile_path"])
     config = ClassifierConfig(kind="per_pixel" if quick else "dilated_cnn", seed=0, device="cpu")
-    return evaluate(profiles, fit_predictor(profiles, config))
+    return evaluate_profiles(profiles, config).metrics
 
 
 def main(argv: list[str] | None = None) -> int:

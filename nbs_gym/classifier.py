@@ -14,14 +14,13 @@ snapshot, and outputs an anomaly probability per pixel. Two kinds:
     standardised log-losses, stored as a 1x1 convolution.
 
 The semi-supervised protocol: :func:`fit_predictor` reads only L's loss maps and masks
-(:meth:`LossProfiles.labeled_profiles`); :func:`evaluation_masks` is the one function that reads the
-evaluation set E's masks (from the dataset itself, never from the profile file), and :func:`evaluate`
-scores E with the predictor and two label-free baselines.
+(:meth:`LossProfiles.labeled_profiles`); :func:`score_maps` gives E's anomaly maps of the predictor and
+two label-free baselines, and :func:`score_metrics` scores maps against masks. E's masks are read in
+one place, :mod:`nbs_gym.evaluation`, which puts these together.
 
 Example (``profiles`` from :func:`nbs_gym.profiles.load_profiles`)::
 
     predictor = fit_predictor(profiles, ClassifierConfig(seed=0))
-    metrics = evaluate(profiles, predictor)  # {"predictor": {...}, "final_loss": ..., "mean_profile": ...}
     probabilities = predictor.predict(profiles.evaluation_profiles())  # (n_E, H, W)
 """
 
@@ -44,9 +43,7 @@ from torch import nn
 
 from nbs_gym.autoencoder import resolve_device
 from nbs_gym.config import ConfigError
-from nbs_gym.data import load_dataset
 from nbs_gym.data.base import GOOD
-from nbs_gym.env import dataset_fingerprint
 from nbs_gym.io import write_atomic
 from nbs_gym.metrics import segmentation_metrics
 from nbs_gym.profiles import LossProfiles
@@ -61,8 +58,6 @@ __all__ = [
     "EarlyStopping",
     "Predictor",
     "PredictorKind",
-    "evaluate",
-    "evaluation_masks",
     "fit_predictor",
     "score_maps",
     "score_metrics",
@@ -348,59 +343,6 @@ def fit_predictor(profiles: LossProfiles, config: ClassifierConfig | None = None
         network = _Ensemble([member for member, _ in fits])
         training = {"kind": "dilated_cnn_ensemble", "members": [summary for _, summary in fits]}
     return Predictor(config, network, mean, std, profiles.profile_length, training)
-
-
-def evaluation_masks(profiles: LossProfiles) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Masks and defect types of the evaluation set E, read from the dataset the profiles came from.
-
-    The dataset is reloaded from the run's data config stored in the profiles' metadata and must be
-    the very dataset of the run (same image fingerprint). This is the only place E's masks are read.
-
-    Args:
-        profiles: The loss profiles of one episode.
-
-    Returns:
-        ``(masks, defect_types)``: ``(n_E, H, W)`` bool and one type per image, in E's probe order.
-
-    Raises:
-        ProfileFileError: The metadata lacks the data config, or the dataset reloaded from it is not
-            the one the profiles were recorded on.
-    """
-    try:
-        data = profiles.metadata["config"]["data"]
-        expected = profiles.metadata["dataset_fingerprint"]
-        spec, image_size, seed, channels = (
-            data["dataset"],
-            data["image_size"],
-            data["dataset_seed"],
-            data["channels"],
-        )
-    except (KeyError, TypeError) as error:
-        raise profiles.error(f"metadata: no dataset config to reload E's masks from (missing {error})") from error
-    dataset = load_dataset(spec, image_size=image_size, seed=seed, channels=channels)
-    found = dataset_fingerprint(dataset)
-    if found != expected:
-        raise profiles.error(
-            f"dataset_fingerprint: the profiles were recorded on a dataset with fingerprint {expected}, but "
-            f"{spec!r} (image_size={image_size}, seed={seed}) now loads as {found}; the profile file comes "
-            "from another dataset or the dataset changed since the run"
-        )
-    evaluation = np.asarray(profiles.split.evaluation, dtype=np.int64)
-    return dataset.masks[evaluation], tuple(dataset.defect_types[i] for i in evaluation)
-
-
-def evaluate(profiles: LossProfiles, predictor: Predictor) -> dict[str, dict[str, Any]]:
-    """Segmentation metrics on E of the predictor and of the :data:`BASELINES`, on the same profiles.
-
-    Args:
-        profiles: The loss profiles of one episode.
-        predictor: A predictor trained on these (or compatible) profiles.
-
-    Returns:
-        ``{"predictor": m, "final_loss": m, "mean_profile": m}``, see :func:`score_metrics`.
-    """
-    masks, defect_types = evaluation_masks(profiles)
-    return score_metrics(score_maps(profiles, predictor), masks, defect_types)
 
 
 def score_maps(profiles: LossProfiles, predictor: Predictor) -> dict[str, np.ndarray]:

@@ -22,15 +22,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from nbs_gym.classifier import (
-    PREDICTOR_KINDS,
-    ClassifierConfig,
-    evaluation_masks,
-    fit_predictor,
-    score_maps,
-    score_metrics,
-)
+from nbs_gym.classifier import PREDICTOR_KINDS, ClassifierConfig
 from nbs_gym.cli import Parser, bad_input, check_device, one_line_warnings
+from nbs_gym.evaluation import evaluate_profiles
 from nbs_gym.figures import profile_figure, segmentation_figure
 from nbs_gym.profiles import LossProfiles, load_profiles, write_atomic
 
@@ -99,14 +93,12 @@ def format_table(metrics: dict[str, dict[str, Any]]) -> str:
 
 def _classify(profiles: LossProfiles, path: Path, config: ClassifierConfig, out: Path, figures: bool) -> dict[str, Any]:
     """Train, evaluate, write the outputs; returns the metrics and the paths written."""
-    # E's masks are loaded first only to fail fast on a mismatched dataset; training never sees them.
-    masks, defect_types = evaluation_masks(profiles)
-    predictor = fit_predictor(profiles, config)
-    scores = score_maps(profiles, predictor)
     # Degenerate subsets warn inside the metrics; "once" shows each message once, not once per subset.
     with warnings.catch_warnings():
         warnings.simplefilter("once")
-        metrics = score_metrics(scores, masks, defect_types)
+        evaluation = evaluate_profiles(profiles, config)
+    predictor, scores, metrics = evaluation.predictor, evaluation.maps, evaluation.metrics
+    masks, defect_types = evaluation.masks, evaluation.defect_types
     report = {"profile_file": str(path), "classifier": config.to_dict(), "training": predictor.training, **metrics}
     text = json.dumps(report, indent=2) + "\n"
     metrics_path = out / "metrics.json"

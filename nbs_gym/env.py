@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 from collections import deque
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from gymnasium import spaces
 
 from nbs_gym.autoencoder import AutoencoderTrainer
 from nbs_gym.config import ConfigError, EnvConfig
-from nbs_gym.data import AnomalyDataset, SemiSupervisedSplit, load_dataset, make_split
+from nbs_gym.data import AnomalyDataset, SemiSupervisedSplit, dataset_fingerprint, load_dataset, make_split
 from nbs_gym.profiles import LossProfiles
 from nbs_gym.separation import SeparationTracker, separation, separation_pixels, snapshot_features
 
@@ -743,10 +742,3 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
                 "initial_separation": float(self._initial_separation),
             },
         )
-
-
-def dataset_fingerprint(dataset: AnomalyDataset) -> str:
-    """A short digest of a dataset's images and masks, stored in profile files to catch a mismatched dataset."""
-    digest = hashlib.sha1(np.ascontiguousarray(dataset.images).tobytes())
-    digest.update(np.packbits(dataset.masks).tobytes())
-    return digest.hexdigest()[:16]

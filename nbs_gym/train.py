@@ -86,12 +86,13 @@ from nbs_gym.callbacks import (
     replay_buffer_path,
     save_checkpoint,
 )
-from nbs_gym.classifier import ClassifierConfig, evaluate, evaluation_masks, fit_predictor, score_maps
+from nbs_gym.classifier import ClassifierConfig
 from nbs_gym.cli import Interrupted, Parser, check_device, run_resumable
 from nbs_gym.config import EnvConfig
 from nbs_gym.data import AnomalyDataset, load_dataset, make_split
 from nbs_gym.data.split import labeled_shortfall
 from nbs_gym.env import NeuralBatchSamplingEnv
+from nbs_gym.evaluation import Evaluation, evaluate_profiles
 from nbs_gym.figures import profile_figure, segmentation_figure
 from nbs_gym.io import remove_temporaries, write_text_atomic
 from nbs_gym.profiles import LossProfiles, load_profiles
@@ -807,7 +808,7 @@ def _evaluate_now(run: _Run, sampler: Any) -> dict[str, float]:
         finally:
             env.close()
         profiles = load_profiles(episode.profile_path)
-    result = evaluate(profiles, fit_predictor(profiles, run.classifier_config))
+    result = evaluate_profiles(profiles, run.classifier_config, run.dataset).metrics
     tag = "eval/during_training"
     scalars = {f"{tag}/predictor/{metric}": float(result["predictor"][metric]) for metric in _SUMMARY_METRICS}
     return {**scalars, f"{tag}/final_separation": episode.final_separation}
@@ -945,11 +946,11 @@ def _score(run: _Run, key: str, episodes: list[_Episode]) -> dict[str, Any]:
     per_episode = []
     for index, episode in enumerate(episodes):
         profiles = load_profiles(episode.profile_path)
-        predictor = fit_predictor(profiles, run.classifier_config)
-        result = evaluate(profiles, predictor)
+        evaluation = evaluate_profiles(profiles, run.classifier_config, run.dataset)
+        result = evaluation.metrics
         per_episode.append({"predictor": result["predictor"], "final_loss": result["final_loss"]})
         if index == 0:
-            _draw_figures(run, key, profiles, predictor, episode.frame)
+            _draw_figures(run, key, profiles, evaluation, episode.frame)
     summary: dict[str, Any] = _mean_tree(per_episode)
     summary["final_separation"] = float(np.mean([episode.final_separation for episode in episodes]))
     summary["episodes"] = [
@@ -973,7 +974,7 @@ def _mean_tree(trees: list[Any]) -> Any:
     return first
 
 
-def _draw_figures(run: _Run, key: str, profiles: LossProfiles, predictor: Any, frame: np.ndarray) -> None:
+def _draw_figures(run: _Run, key: str, profiles: LossProfiles, evaluation: Evaluation, frame: np.ndarray) -> None:
     """PNG figures under ``figures/`` and the same in TensorBoard, logged at the next dump."""
     folder = run.run_dir / "figures"
     loss_maps, masks = profiles.labeled_profiles()
@@ -984,13 +985,12 @@ def _draw_figures(run: _Run, key: str, profiles: LossProfiles, predictor: Any, f
         title=f"{key}: loss profiles of L",
         path=folder / f"{key}_profiles.png",
     )
-    evaluation_masks_, defect_types = evaluation_masks(profiles)
-    maps = score_maps(profiles, predictor)
+    maps = evaluation.maps
     segmentation = segmentation_figure(
         profiles.images[profiles.n_labeled :],
-        evaluation_masks_,
+        evaluation.masks,
         {"predictor": maps["predictor"], "final loss": maps["final_loss"]},
-        defect_types=defect_types,
+        defect_types=evaluation.defect_types,
         path=folder / f"{key}_segmentation.png",
     )
     run.logger.record(f"eval/{key}/profiles", Figure(profile, close=False), exclude=_TB_EXCLUDE)

@@ -18,17 +18,18 @@ from sklearn.linear_model import LogisticRegression
 
 import nbs_gym  # noqa: F401  (registers the env ids)
 from nbs_gym import classifier
+from nbs_gym import evaluation as evaluation_module
 from nbs_gym.classifier import (
     ClassifierConfig,
     ClassifierWarning,
     Predictor,
-    evaluate,
-    evaluation_masks,
     fit_predictor,
     score_maps,
 )
 from nbs_gym.classify import TABLE_METRICS, main
 from nbs_gym.config import ConfigError
+from nbs_gym.data import load_dataset
+from nbs_gym.evaluation import evaluate, evaluate_profiles, evaluation_masks
 from nbs_gym.figures import profile_figure, segmentation_figure
 from nbs_gym.metrics import MetricWarning, pixel_auroc, segmentation_metrics
 from nbs_gym.profiles import LossProfiles, ProfileFileError, load_profiles
@@ -119,8 +120,10 @@ def test_training_never_reads_evaluation_masks(profiles: LossProfiles, monkeypat
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("training reached for the dataset, where E's masks are")
 
-    monkeypatch.setattr(classifier, "load_dataset", forbidden)
-    monkeypatch.setattr(classifier, "evaluation_masks", forbidden)
+    # The classifier's module cannot reach the dataset at all; only nbs_gym.evaluation reads E's masks.
+    assert not hasattr(classifier, "load_dataset") and not hasattr(classifier, "evaluation_masks")
+    monkeypatch.setattr(evaluation_module, "load_dataset", forbidden)
+    monkeypatch.setattr(evaluation_module, "evaluation_masks", forbidden)
     predictor = fit_predictor(profiles, TINY)
     # Whatever E holds, the predictor trained on L is the same.
     loss_maps = profiles.loss_maps.copy()
@@ -271,6 +274,21 @@ def test_fingerprint_mismatch_is_an_error(profiles: LossProfiles) -> None:
     other = dataclasses.replace(profiles, metadata={**profiles.metadata, "dataset_fingerprint": "0" * 16})
     with pytest.raises(ProfileFileError, match="another dataset"):
         evaluation_masks(other)
+
+
+def test_a_loaded_dataset_gives_the_same_evaluation_and_must_be_the_profiles_own(profiles: LossProfiles) -> None:
+    data = profiles.metadata["config"]["data"]
+    dataset = load_dataset(data["dataset"], image_size=data["image_size"], seed=data["dataset_seed"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)
+        given, reloaded = (evaluate_profiles(profiles, TINY, dataset=d) for d in (dataset, None))
+    assert given.metrics == reloaded.metrics
+    assert set(given.maps) == set(SCORERS) and given.masks.shape == given.maps["predictor"].shape
+    np.testing.assert_array_equal(given.maps["predictor"], score_maps(profiles, given.predictor)["predictor"])
+    assert given.defect_types == evaluation_masks(profiles)[1]
+    other = load_dataset(data["dataset"], image_size=data["image_size"], seed=data["dataset_seed"] + 1)
+    with pytest.raises(ProfileFileError, match="the dataset given has fingerprint"):
+        evaluate_profiles(profiles, TINY, dataset=other)
 
 
 @pytest.mark.slow

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GOOD", "AnomalyDataset", "DatasetError", "check_int"]
+__all__ = ["GOOD", "AnomalyDataset", "DatasetError", "check_int", "dataset_fingerprint"]
 
 GOOD = "good"
 """Defect type of a normal image."""
@@ -155,3 +156,10 @@ def check_int(value: object, name: str, minimum: int) -> None:
     """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise DatasetError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def dataset_fingerprint(dataset: AnomalyDataset) -> str:
+    """A short digest of a dataset's images and masks, stored in profile files to catch a mismatched dataset."""
+    digest = hashlib.sha1(np.ascontiguousarray(dataset.images).tobytes())
+    digest.update(np.packbits(dataset.masks).tobytes())
+    return digest.hexdigest()[:16]
