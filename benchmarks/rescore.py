@@ -24,10 +24,11 @@ from nbs_gym.classifier import ClassifierConfig
 from nbs_gym.compare import collect_runs, summarize, write_results
 from nbs_gym.evaluation import evaluate_profiles
 from nbs_gym.io import write_text_atomic
+from nbs_gym.metrics import METRIC_NAMES
 from nbs_gym.profiles import load_profiles
 from nbs_gym.train import agent_profile_files
 
-SCORES = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
+SCORES = METRIC_NAMES
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,7 @@ from nbs_gym.autoencoder import resolve_device
 from nbs_gym.config import ConfigError
 from nbs_gym.data.base import GOOD
 from nbs_gym.io import write_atomic
-from nbs_gym.metrics import segmentation_metrics
+from nbs_gym.metrics import METRIC_NAMES, segmentation_metrics
 from nbs_gym.profiles import LossProfiles
 
 __all__ = [
@@ -81,7 +81,7 @@ PREDICTOR_FORMAT_VERSION = 1
 _LOSS_FLOOR = 6e-8
 _STD_FLOOR = 1e-6
 # Metrics reported per defect type (the F1 threshold is a property of the whole set, not of a type).
-_PER_TYPE_METRICS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
+_PER_TYPE_METRICS = METRIC_NAMES
 # Images per forward pass at inference: bounds memory on large images without slowing small sets.
 _PREDICT_CHUNK = 16
 

@@ -26,11 +26,12 @@ from nbs_gym.classifier import PREDICTOR_KINDS, ClassifierConfig
 from nbs_gym.cli import Parser, bad_input, check_device, one_line_warnings
 from nbs_gym.evaluation import evaluate_profiles
 from nbs_gym.figures import profile_figure, segmentation_figure
+from nbs_gym.metrics import METRIC_NAMES
 from nbs_gym.profiles import LossProfiles, load_profiles, write_atomic
 
 __all__ = ["TABLE_METRICS", "format_table", "main", "newest_profile_file"]
 
-TABLE_METRICS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
+TABLE_METRICS = METRIC_NAMES
 """Columns of the printed table."""
 
 

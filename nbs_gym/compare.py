@@ -49,7 +49,6 @@ import inspect
 import io
 import json
 import math
-import re
 import shutil
 import sys
 from collections.abc import Iterable, Sequence
@@ -69,7 +68,8 @@ from nbs_gym import train
 from nbs_gym.callbacks import latest_checkpoint
 from nbs_gym.cli import Parser, UsageError, run_resumable
 from nbs_gym.figures import save_figure
-from nbs_gym.io import write_text_atomic
+from nbs_gym.io import path_safe, write_text_atomic
+from nbs_gym.metrics import METRIC_NAMES, metric_at
 from nbs_gym.scores import REFERENCE_METRICS
 
 __all__ = [
@@ -91,7 +91,7 @@ __all__ = [
 ]
 
 SOURCES = ("predictor", "final_loss")
-METRICS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
+METRICS = METRIC_NAMES
 COLUMNS: tuple[str, ...] = (*(f"{source}/{metric}" for source in SOURCES for metric in METRICS), "final_separation")
 """Table columns: ``<scorer>/<metric>`` keys of a run's ``metrics.json["agent"]``, then its final separation."""
 REFERENCE_AGENT = "uniform"
@@ -311,8 +311,7 @@ def run(settings: Comparison) -> list[AgentSummary]:
 
 def run_dir_name(agent: str, seed: int) -> str:
     """Folder of one run under ``OUT/runs``: ``<agent>__<seed>``, the agent name made path-safe."""
-    safe = re.sub(r"[^\w.-]+", "-", agent)
-    return f"{safe}__{seed}"
+    return f"{path_safe(agent)}__{seed}"
 
 
 def collect_runs(
@@ -646,7 +645,7 @@ def _read_run(run_dir: Path) -> FinishedRun:
     try:
         config = yaml.safe_load((run_dir / train.CONFIG_FILE).read_text(encoding="utf-8"))
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["agent"]
-        values = {column: float(_lookup(metrics, column)) for column in COLUMNS}
+        values = {column: float(metric_at(metrics, column)) for column in COLUMNS}
         normalized = {metric: float(value) for metric, value in metrics.get("normalized", {}).items()}
         agent, seed = str(config["agent"]), int(config["seed"])
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as error:
@@ -655,13 +654,6 @@ def _read_run(run_dir: Path) -> FinishedRun:
     events.Reload()
     curve, classifier_curve = (_read_curve(events, tag) for tag in (CURVE_TAG, CLASSIFIER_CURVE_TAG))
     return FinishedRun(agent, seed, run_dir, config, values, curve, classifier_curve, normalized)
-
-
-def _lookup(tree: dict[str, Any], column: str) -> Any:
-    value: Any = tree
-    for key in column.split("/"):
-        value = value[key]
-    return value
 
 
 def _read_curve(events: EventAccumulator, tag: str) -> tuple[np.ndarray, np.ndarray] | None:

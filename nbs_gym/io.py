@@ -64,3 +64,9 @@ def remove_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
             path.unlink()
             removed.append(path)
     return removed
+
+
+def path_safe(name: str) -> str:
+    """``name`` with every run of characters other than letters, digits, ``.``, ``_`` and ``-`` as one ``-``
+    (an agent's ``module:Class``, a dataset's ``synthetic:fabric?...``), for folder names."""
+    return re.sub(r"[^\w.-]+", "-", name)

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -40,7 +41,9 @@ from scipy import ndimage
 from sklearn.metrics import auc, precision_recall_curve, roc_auc_score
 
 __all__ = [
+    "METRIC_NAMES",
     "TOPK_FRACTION",
+    "metric_at",
     "ImageReduction",
     "MetricWarning",
     "image_auroc",
@@ -52,6 +55,9 @@ __all__ = [
 
 ImageReduction = Literal["max", "mean", "topk_mean"]
 """How :func:`image_auroc` turns an anomaly map into one image score."""
+
+METRIC_NAMES: tuple[str, ...] = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
+"""The metrics every table and report shows, per scorer and per defect type (keys of :func:`segmentation_metrics`)."""
 
 TOPK_FRACTION = 0.01
 """Fraction of each map's highest pixels averaged by the ``"topk_mean"`` reduction (at least one)."""
@@ -369,3 +375,11 @@ def _normalised_area(fpr: NDArray[np.float64], pro: NDArray[np.float64], fpr_lim
         fpr_inside = np.append(fpr_inside, fpr_limit)
         pro_inside = np.append(pro_inside, pro_at_limit)
     return float(auc(fpr_inside, pro_inside) / fpr_limit)
+
+
+def metric_at(tree: Mapping[str, Any], path: str | Sequence[str]) -> Any:
+    """The value of a nested metrics mapping at ``path``: ``"predictor/pixel_f1_max"`` or its parts."""
+    value: Any = tree
+    for key in path.split("/") if isinstance(path, str) else path:
+        value = value[key]
+    return value

@@ -94,7 +94,8 @@ from nbs_gym.data.split import labeled_shortfall
 from nbs_gym.env import NeuralBatchSamplingEnv
 from nbs_gym.evaluation import Evaluation, evaluate_profiles
 from nbs_gym.figures import profile_figure, segmentation_figure
-from nbs_gym.io import remove_temporaries, write_text_atomic
+from nbs_gym.io import path_safe, remove_temporaries, write_text_atomic
+from nbs_gym.metrics import METRIC_NAMES, metric_at
 from nbs_gym.profiles import LossProfiles, load_profiles
 from nbs_gym.scores import normalized_scores
 from nbs_gym.tasks import DEFAULT_ENV_ID, parse_env_id, task_config
@@ -135,7 +136,7 @@ _RESUME_OVERRIDES = (
     "progress",
     "device",
 )
-_SUMMARY_METRICS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
+_SUMMARY_METRICS = METRIC_NAMES
 _TB_EXCLUDE = ("stdout", "log", "json", "csv")
 _METAVARS = {"agent": "NAME|MODULE:CLASS", "run_dir": "DIR", "config": "FILE", "resume": "RUN_DIR"}
 # Arguments that locate a run rather than define it: config.yaml leaves them out.
@@ -672,7 +673,7 @@ def _run_dir(args: Args) -> Path:
         version, _ = parse_env_id(args.env_id)
         dataset = args.dataset or task_config(args.env_id).data.dataset
         name = "__".join([args.agent, version, dataset, str(args.seed), time.strftime("%Y%m%d-%H%M%S")])
-        run_dir = Path("runs") / re.sub(r"[^\w.-]+", "-", name)
+        run_dir = Path("runs") / path_safe(name)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--run-dir {run_dir}: is a file, not a folder")
     if (run_dir / CONFIG_FILE).exists():
@@ -1052,11 +1053,11 @@ def _print_summary(run: _Run, metrics: dict[str, Any]) -> None:
     ]
     rows.append(("final_separation", ("final_separation",)))
     for label, path in rows:
-        agent_value = _lookup(metrics["agent"], path)
+        agent_value = float(metric_at(metrics["agent"], path))
         if not with_uniform or uniform_only:
             table.add_row(label, f"{agent_value:.4f}")
         else:
-            uniform_value = _lookup(metrics["uniform"], path)
+            uniform_value = float(metric_at(metrics["uniform"], path))
             table.add_row(label, f"{agent_value:.4f}", f"{uniform_value:.4f}", f"{agent_value - uniform_value:+.4f}")
     console = Console()
     console.print(table)
@@ -1094,13 +1095,6 @@ def agent_profile_files(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     return [run_dir / episode["profiles"] for episode in metrics["agent"]["episodes"]]
-
-
-def _lookup(tree: dict[str, Any], path: tuple[str, ...]) -> float:
-    value: Any = tree
-    for key in path:
-        value = value[key]
-    return float(value)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ from sklearn.metrics import roc_auc_score
 
 from nbs_gym import metrics
 from nbs_gym.metrics import (
+    METRIC_NAMES,
     MetricWarning,
     image_auroc,
+    metric_at,
     pixel_aupro,
     pixel_auroc,
     pixel_f1_max,
@@ -334,3 +336,18 @@ def test_docstring_examples_run() -> None:
     result = doctest.testmod(metrics)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_metric_at_reads_a_nested_value_by_a_slash_path_or_its_parts() -> None:
+    tree = {"predictor": {"pixel_f1_max": 0.5, "per_defect_type": {"hole": {"pixel_auroc": 0.9}}}}
+    assert metric_at(tree, "predictor/pixel_f1_max") == 0.5
+    assert metric_at(tree, ("predictor", "per_defect_type", "hole", "pixel_auroc")) == 0.9
+    with pytest.raises(KeyError):
+        metric_at(tree, "final_loss/pixel_f1_max")
+
+
+def test_every_reported_metric_name_is_a_key_of_segmentation_metrics() -> None:
+    masks = np.zeros((2, 8, 8), dtype=bool)
+    masks[0, 2:4, 2:4] = True
+    scores = np.random.default_rng(0).random((2, 8, 8)) + masks
+    assert set(METRIC_NAMES) <= set(segmentation_metrics(scores, masks))
