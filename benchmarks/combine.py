@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nbs_gym.compare import RATIO_COLUMNS, collect_runs, mean_ci
 from nbs_gym.io import write_text_atomic
+from nbs_gym.reporting import RATIO_COLUMNS, collect_runs, mean_ci
 from nbs_gym.study import NORMALIZED_COLUMNS, normalized_within
 
 COLUMNS = RATIO_COLUMNS  # the values kept per seed: those the ratios are taken of

@@ -56,12 +56,12 @@ import yaml
 
 from agents.baselines import BASELINES, OracleSampler
 from nbs_gym.classifier import ClassifierConfig, fit_predictor, score_maps, score_metrics
-from nbs_gym.compare import bracketed, mean_ci, plus_minus
 from nbs_gym.config import EnvConfig
 from nbs_gym.data import load_dataset
 from nbs_gym.env import NeuralBatchSamplingEnv
 from nbs_gym.io import write_text_atomic
 from nbs_gym.profiles import load_profiles
+from nbs_gym.reporting import bracketed, mean_ci, plus_minus
 from nbs_gym.scores import REFERENCE_METRICS
 from nbs_gym.tasks import parse_env_id, task_config
 from nbs_gym.train import EVAL_SEED_OFFSET

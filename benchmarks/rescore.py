@@ -21,11 +21,11 @@ from pathlib import Path
 import yaml
 
 from nbs_gym.classifier import ClassifierConfig
-from nbs_gym.compare import collect_runs, summarize, write_results
 from nbs_gym.evaluation import evaluate_profiles
 from nbs_gym.io import write_text_atomic
 from nbs_gym.metrics import METRIC_NAMES
 from nbs_gym.profiles import load_profiles
+from nbs_gym.reporting import collect_runs, summarize, write_results
 from nbs_gym.train import agent_profile_files
 
 SCORES = METRIC_NAMES

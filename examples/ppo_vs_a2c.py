@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nbs_gym import compare
+from nbs_gym import compare, reporting
 
 METRIC = "predictor/pixel_f1_max"
 FULL = [
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     if status:
         return status
 
-    runs = compare.collect_runs(out / "runs", agents=["ppo", "a2c"])
-    rows = {row.agent: row.columns[METRIC] for row in compare.summarize(runs)}
-    print(f"\n{METRIC}, mean [{compare.CONFIDENCE:.0%} CI] over seeds:")
+    runs = reporting.collect_runs(out / "runs", agents=["ppo", "a2c"])
+    rows = {row.agent: row.columns[METRIC] for row in reporting.summarize(runs)}
+    print(f"\n{METRIC}, mean [{reporting.CONFIDENCE:.0%} CI] over seeds:")
     for agent, interval in rows.items():
         print(f"  {agent}: {interval.mean:.4f} [{interval.low:.4f}, {interval.high:.4f}]")
     ppo, a2c = rows["ppo"], rows["a2c"]

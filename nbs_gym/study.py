@@ -47,10 +47,10 @@ from scipy import stats
 
 from nbs_gym import compare
 from nbs_gym.cli import Parser, UsageError, run_resumable
-from nbs_gym.compare import RATIO_COLUMNS, REFERENCE_AGENT, Interval, bracketed, markdown_rows, plus_minus
 from nbs_gym.data import write_mvtec_folder
 from nbs_gym.data.synthetic import generate_synthetic
 from nbs_gym.io import write_text_atomic
+from nbs_gym.reporting import RATIO_COLUMNS, REFERENCE_AGENT, Interval, bracketed, markdown_rows, plus_minus
 
 __all__ = [
     "AGENTS",

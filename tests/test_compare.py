@@ -17,12 +17,12 @@ import yaml
 from matplotlib.image import imread
 from scipy import stats
 
-from nbs_gym.compare import (
+from nbs_gym.compare import main
+from nbs_gym.reporting import (
     COLUMNS,
     RATIO_COLUMNS,
     FinishedRun,
     collect_runs,
-    main,
     mean_ci,
     summarize,
     write_results,
@@ -289,7 +289,7 @@ def test_two_runs_of_one_agent_and_seed_are_an_error() -> None:
 
 
 def test_normalised_scores_are_averaged_per_agent_and_reported_in_every_table() -> None:
-    from nbs_gym.compare import _csv_table, _markdown_tables
+    from nbs_gym.reporting import csv_table, markdown_tables
     from nbs_gym.scores import REFERENCE_METRICS
 
     def scored(agent: str, seed: int, score: float) -> FinishedRun:
@@ -302,7 +302,7 @@ def test_normalised_scores_are_averaged_per_agent_and_reported_in_every_table() 
     assert rows["ppo"].normalized[REFERENCE_METRICS[0]].mean == pytest.approx(0.6)
     assert rows["uniform"].normalized[REFERENCE_METRICS[0]].mean == pytest.approx(0.0)
     assert rows["random"].normalized == {}
-    tables = _markdown_tables(list(rows.values()))
+    tables = markdown_tables(list(rows.values()))
     assert "Normalised score" in tables and "0.600 [" in tables
-    header = _csv_table(list(rows.values())).splitlines()[0]
+    header = csv_table(list(rows.values())).splitlines()[0]
     assert f"{REFERENCE_METRICS[0]}_normalized_mean" in header

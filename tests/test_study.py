@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nbs_gym.compare import COLUMNS, RATIO_COLUMNS
 from nbs_gym.data import load_dataset
+from nbs_gym.reporting import COLUMNS, RATIO_COLUMNS
 from nbs_gym.study import AGENTS, MVTEC_FOLDER_SEED, main, normalized_within
 
 # Every test here trains or runs commands end to end: the fast tier (-m "not slow") leaves them out.
