@@ -13,6 +13,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import nbs_gym
 from nbs_gym.config import ConfigError, EnvConfig
+from nbs_gym.env import NeuralBatchSamplingEnv
 from nbs_gym.profiles import load_profiles
 from nbs_gym.separation import profile_separation
 
@@ -493,3 +494,18 @@ def test_each_id_is_its_task_versions_settings_and_v0_the_config_defaults(env_id
         assert config == EnvConfig.from_kwargs(action_mode=mode, device="cpu")
     with pytest.raises(ConfigError, match="unknown id"):
         parse_env_id(env_id.replace(version, "v99"))
+
+
+def test_the_docstring_s_info_table_names_every_info_key(tmp_path: Path) -> None:
+    doc = NeuralBatchSamplingEnv.__doc__ or ""
+    table = doc.split("## Info", 1)[1].split("##", 1)[0]
+    documented = {line.split("|")[1].strip() for line in table.splitlines() if line.strip().startswith("| ")}
+    documented -= {"key", ""}
+    env = make(reward_baseline="uniform_twin", profile_dir=tmp_path)
+    _, info = env.reset(seed=0)
+    seen = set(info)
+    terminated = False
+    while not terminated:
+        _, _, terminated, _, info = env.step(env.action_space.sample())
+        seen |= set(info)
+    assert seen == documented
