@@ -46,8 +46,8 @@ import numpy as np
 from gymnasium import spaces
 
 from nbs_gym.data import AnomalyDataset, load_dataset
-from nbs_gym.env import OBS_BOUND
 from nbs_gym.io import write_atomic
+from nbs_gym.spaces import ObservationLayout, action_space
 
 __all__ = [
     "BASELINES",
@@ -114,11 +114,12 @@ class BaselineSampler:
         self.seed = seed
         self.num_timesteps = 0
         self.discrete = isinstance(self.action_space, spaces.Discrete)
-        shape = self.observation_space.shape
-        if shape is None or len(shape) != 1 or shape[0] < 6 or shape[0] % 3:
-            raise ValueError(f"{self.name}: expected an observation of shape (3 * S + 3,), got {shape}")
-        self.obs_dim = int(shape[0])
-        self.n_groups = self.obs_dim // 3 - 1
+        try:
+            self.layout = ObservationLayout.of(self.observation_space)
+        except ValueError as error:
+            raise ValueError(f"{self.name}: {error}") from None
+        self.obs_dim = self.layout.size
+        self.n_groups = self.layout.n_groups
         if isinstance(self.action_space, spaces.Discrete):
             expected = f"Discrete({self.n_groups + 1})"
             fits = int(self.action_space.n) == self.n_groups + 1
@@ -205,13 +206,10 @@ class BaselineSampler:
         if not issubclass(sampler_class, cls):
             raise ValueError(f"{path}: holds a {sampler_class.__name__}, not a {cls.__name__}")
         if env is None:
-            action_space: spaces.Space[Any] = (
-                spaces.Discrete(n_groups + 1)
-                if discrete
-                else spaces.Box(-1.0, 1.0, shape=(1 if quantile else n_groups,), dtype=np.float32)
-            )
-            observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(3 * n_groups + 3,), dtype=np.float32)
-            return sampler_class(_Spaces(action_space, observation_space), seed=seed, **params)
+            mode = "discrete" if discrete else "quantile" if quantile else "strata"
+            layout = ObservationLayout(n_groups)
+            spaces_only = _Spaces(action_space(mode, n_groups), layout.observation_space())
+            return sampler_class(spaces_only, seed=seed, **params)
         return sampler_class(env, seed=seed, **params)
 
     # Subclasses implement one rule per action kind, vectorised over observation rows.
@@ -229,10 +227,10 @@ class BaselineSampler:
         raise NotImplementedError
 
     def _levels(self, rows: np.ndarray) -> np.ndarray:
-        return rows[:, : self.n_groups]
+        return rows[:, self.layout.levels]
 
     def _progress(self, rows: np.ndarray) -> np.ndarray:
-        return rows[:, 3 * self.n_groups]
+        return rows[:, self.layout.progress]
 
     def _loss_rank(self, rows: np.ndarray) -> np.ndarray:
         """``(n, S)`` loss rank of each group scaled to [-1, 1]: -1 lowest loss, +1 highest."""

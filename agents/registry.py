@@ -29,6 +29,7 @@ import agents.published  # noqa: F401  (its samplers join BASELINES)
 from agents.baselines import BASELINES
 from agents.protocol import load_sampler_class
 from nbs_gym.config import ACTION_MODES, ConfigError
+from nbs_gym.spaces import ObservationLayout
 from nbs_gym.tasks import DEFAULT_ENV_ID, env_id_for
 
 __all__ = ["AGENTS", "ENV_APIS", "ENV_ID_BY_MODE", "AgentError", "AgentSpec", "get_spec", "make_agent"]
@@ -144,8 +145,11 @@ class AgentSpec:
         if isinstance(action_space, spaces.Discrete):
             fits = "discrete" in self.action_modes
         else:
-            shape = getattr(observation_space, "shape", None)
-            quantile = action_space.shape == (1,) and shape is not None and len(shape) == 1 and shape[0] > 6
+            try:
+                groups = ObservationLayout.of(observation_space).n_groups
+            except ValueError:  # no observation space given (or not the env's): only Discrete from Box
+                groups = 0
+            quantile = action_space.shape == (1,) and groups > 1
             fits = "quantile" in self.action_modes if quantile else bool({"strata", "spatial"} & set(self.action_modes))
         if not fits:
             raise AgentError(

@@ -22,6 +22,7 @@ from gymnasium import spaces
 
 from nbs_gym import train
 from nbs_gym.io import write_text_atomic
+from nbs_gym.spaces import ObservationLayout
 
 SETTINGS = ["episode_length=40", "profile_length=5", "image_size=32", "patch_size=8"]
 QUICK = ["episode_length=20", "profile_length=4", "image_size=32", "patch_size=8", "batch_size=8"]
@@ -31,7 +32,8 @@ class SlowLearnerSampler:
     """Favour the groups whose loss fell least since the previous snapshot.
 
     Normal texture is learnt quickly; patches that stay hard to reconstruct are where defects hide.
-    Reads observation entries ``S .. 2S-1`` (the change of each group's log-loss level).
+    Reads the observation's ``level_changes`` (the change of each group's log-loss level since the
+    previous snapshot; :class:`nbs_gym.spaces.ObservationLayout` says where each entry is).
 
     Args:
         env: The env whose action space the sampler acts in (strata or spatial mode).
@@ -45,6 +47,7 @@ class SlowLearnerSampler:
     def __init__(self, env: Any, seed: int | None = None, strength: float = 1.0) -> None:
         self.action_space = env.action_space
         self.n_groups = int(self.action_space.shape[0])
+        self.changes = ObservationLayout(self.n_groups).level_changes
         self.strength = float(strength)
         self.num_timesteps = 0
 
@@ -54,7 +57,7 @@ class SlowLearnerSampler:
     def predict(
         self, observation: np.ndarray, state: Any = None, episode_start: Any = None, deterministic: bool = False
     ) -> tuple[np.ndarray, Any]:
-        change = np.asarray(observation, dtype=np.float32)[..., self.n_groups : 2 * self.n_groups]
+        change = np.asarray(observation, dtype=np.float32)[..., self.changes]
         centred = change - change.mean(axis=-1, keepdims=True)
         scale = np.maximum(np.abs(centred).max(axis=-1, keepdims=True), 1e-6)
         return (self.strength * centred / scale).astype(np.float32), state

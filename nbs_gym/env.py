@@ -19,6 +19,7 @@ from nbs_gym.config import ConfigError, EnvConfig
 from nbs_gym.data import AnomalyDataset, SemiSupervisedSplit, dataset_fingerprint, load_dataset, make_split
 from nbs_gym.profiles import LossProfiles
 from nbs_gym.separation import SeparationTracker, separation, separation_pixels, snapshot_features
+from nbs_gym.spaces import ObservationLayout, action_space
 
 # The info["rewards"] term that is the reward, by (reward_baseline, reward_mode).
 _REWARD_TERM = {
@@ -28,9 +29,8 @@ _REWARD_TERM = {
     ("uniform_twin", "terminal"): "final_paired_separation",
 }
 
-# Observation values are log10-losses, their changes, shares and progress; the bound only guards
-# against overflow (a loss of exactly zero), real values stay within about [-10, 1].
-OBS_BOUND = 20.0
+# Observation values are log10-losses, their changes, shares and progress (nbs_gym.spaces); the floor
+# only guards against a loss of exactly zero, real values stay within about [-10, 1].
 _LOSS_FLOOR = 1e-12
 
 PatchDraw = Callable[[np.random.Generator, int], np.ndarray]
@@ -244,14 +244,9 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
         self._build_groups()
         self._build_separation_pixels()
 
-        n_groups = cfg.n_groups
-        if cfg.action_mode == "discrete":
-            self.action_space: spaces.Space[Any] = spaces.Discrete(n_groups + 1)
-        elif cfg.action_mode == "quantile":
-            self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
-        else:
-            self.action_space = spaces.Box(-1.0, 1.0, shape=(n_groups,), dtype=np.float32)
-        self.observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(3 * n_groups + 3,), dtype=np.float32)
+        self.layout = ObservationLayout(cfg.n_groups)
+        self.action_space: spaces.Space[Any] = action_space(cfg.action_mode, cfg.n_groups)
+        self.observation_space = self.layout.observation_space()
 
         self._snapshot_at = {step: k for k, step in enumerate(cfg.snapshot_steps)}
         self._episode = -1
@@ -686,13 +681,14 @@ class NeuralBatchSamplingEnv(gym.Env[np.ndarray, Any]):
             shares = np.sum(self._recent_counts, axis=0) / (len(self._recent_counts) * self.config.batch_size)
         else:
             shares = np.zeros(len(self._group_sizes))
-        extra = [
-            self._step_count / self.config.episode_length,
-            np.log10(max(self._batch_loss, _LOSS_FLOOR)),
-            np.log10(max(float(self._patch_loss.mean()), _LOSS_FLOOR)),
-        ]
-        observation = np.concatenate([levels, levels - self._levels_at_snapshot, shares, extra])
-        return np.clip(observation, -OBS_BOUND, OBS_BOUND).astype(np.float32)
+        return self.layout.assemble(
+            levels,
+            levels - self._levels_at_snapshot,
+            shares,
+            progress=self._step_count / self.config.episode_length,
+            batch_log_loss=float(np.log10(max(self._batch_loss, _LOSS_FLOOR))),
+            pool_log_loss=float(np.log10(max(float(self._patch_loss.mean()), _LOSS_FLOOR))),
+        )
 
     def _info(self, snapshot: bool, rewards: dict[str, float] | None = None) -> dict[str, Any]:
         info = {

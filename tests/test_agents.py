@@ -248,7 +248,7 @@ def test_a_sampler_whose_spaces_do_not_fit_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"does not fit the observation's 4 groups; expected a Box of shape \(4,\)"):
         UniformSampler(Spaces())
     Spaces.observation_space = spaces.Box(-20.0, 20.0, (7,), dtype=np.float32)
-    with pytest.raises(ValueError, match=r"expected an observation of shape \(3 \* S \+ 3,\), got \(7,\)"):
+    with pytest.raises(ValueError, match=r"expected an observation of shape \(3 \* S \+ 3,\) with S >= 1, got \(7,\)"):
         UniformSampler(Spaces())
 
 
