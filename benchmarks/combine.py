@@ -101,6 +101,10 @@ def main() -> None:
     source.add_argument("--oracle", help="compare folder holding oracle runs")
     source.add_argument("--oracle-cells", help="headroom cell prefix, e.g. docs/headroom/cells/v1__clean__e1")
     parser.add_argument("--rows", nargs="+", required=True, metavar="LABEL=FOLDER:AGENT")
+    parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds, in every row and reference")
+    parser.add_argument(
+        "--versus", metavar="LABEL", help="also each row's per-seed F1-max ratio to this row's (e.g. the best rule)"
+    )
     parser.add_argument("--out", type=Path, help="JSON file to write (the table is printed either way)")
     args = parser.parse_args()
     rows = {}
@@ -114,8 +118,30 @@ def main() -> None:
         rows[label] = agent_values(folder, agent)
     uniform = agent_values(args.uniform, "uniform")
     oracle = agent_values(args.oracle, "oracle") if args.oracle else cell_values(args.oracle_cells)
+    if args.seeds is not None:
+        keep = set(args.seeds)
+        rows = {label: {s: v for s, v in by_seed.items() if s in keep} for label, by_seed in rows.items()}
+        uniform = {s: v for s, v in uniform.items() if s in keep}
+        oracle = {s: v for s, v in oracle.items() if s in keep}
+    if args.versus is not None and args.versus not in rows:
+        parser.error(f"--versus {args.versus}: not a label of --rows ({', '.join(rows)})")
     table = combine(rows, uniform, oracle)
     print(markdown(table))
+    if args.versus is not None:
+        print()
+        print(f"| sampler | F1-max ratio to {args.versus} [95 % CI] | seeds above / below |")
+        print("|---|---|---|")
+        reference = rows[args.versus]
+        column = RATIO_COLUMNS[0]
+        for label, by_seed in rows.items():
+            if label == args.versus:
+                continue
+            seeds = sorted(set(by_seed) & set(reference))
+            ratios = [by_seed[seed][column] / reference[seed][column] for seed in seeds]
+            interval = mean_ci(ratios)
+            above, below = sum(r > 1 for r in ratios), sum(r < 1 for r in ratios)
+            table[label]["f1_ratio_to_" + args.versus] = interval.to_dict()
+            print(f"| {label} | {interval.mean:.3f} [{interval.low:.3f}, {interval.high:.3f}] | {above} / {below} |")
     if args.out is not None:
         record = {"command": shlex.join(["python", "benchmarks/combine.py", *sys.argv[1:]]), "rows": table}
         write_text_atomic(args.out, json.dumps(record, indent=1) + "\n")
