@@ -8,28 +8,32 @@ Examples::
     python -m nbs_gym.train --agent mypackage.samplers:MySampler --hyperparams learning_rate=0.01
     python -m nbs_gym.train --resume runs/ppo__synthetic__0__20250101-120000 --timesteps 80000
 
-After training, the sampler (deterministic) and the ``uniform`` baseline each run ``--eval-episodes``
-episodes under the same env seeds; the anomaly classifier is trained on each episode's loss profiles
-with the same seed and scored on the evaluation set E. A run directory holds:
+After training, the sampler (deterministic) and the ``uniform`` baseline (unless ``--no-eval-uniform``)
+each run ``--eval-episodes`` episodes under the same env seeds; the anomaly classifier is trained on
+each episode's loss profiles with the same seed and scored on the evaluation set E. A run directory
+holds:
 
 =====================================  ==========================================================
 ``config.yaml``                        the resolved arguments; ``--config`` on it repeats the run
 ``split.json``                         the semi-supervised split
 ``events.out.tfevents.*``              TensorBoard: SB3's scalars, ``nbs/*``, ``eval/*``, figures
 ``checkpoints/agent_<N>_steps.zip``    checkpoints every --checkpoint-freq steps, every
-                                       --checkpoint-minutes and at Ctrl-C (SB3 agents)
-``agent.zip`` / ``agent.json``         the trained agent (SB3 / built-in baseline)
+                                       --checkpoint-minutes and at Ctrl-C (SB3 agents; a plug-in's
+                                       at the episode boundary after each is due, in its suffix)
+``agent.zip`` / ``agent.json``         the trained agent (SB3 / built-in baseline; a plug-in's suffix)
 ``*_replay_buffer.pkl``                off-policy agents' replay buffer, beside the newest checkpoint
                                        and the trained agent, so that ``--resume`` continues with it
 ``profiles/{agent,uniform}/*.npz``     loss profiles of the evaluation episodes
 ``figures/*.png``                      loss profiles of L and segmentations of E, per sampler
-``metrics.json``                       ``{"agent": ..., "uniform": ...}``: classifier metrics on E, and
+``metrics.json``                       ``{"agent": ..., "uniform": ...}`` (no ``"uniform"`` with
+                                       ``--no-eval-uniform``): classifier metrics on E, and
                                        (on a task's own settings) the normalised scores
                                        (``nbs_gym.scores``: 0 = uniform, 1 = oracle)
 =====================================  ==========================================================
 
 Exit status: 0 done, 2 bad arguments (one ``error:`` line on stderr), 130 interrupted (Ctrl-C saves
-a checkpoint first). ``--resume RUN_DIR`` continues a run however it stopped, even killed: from the
+a checkpoint first). From Python, :func:`run` does the same with typed :class:`Args` and returns a
+:class:`RunResult`. ``--resume RUN_DIR`` continues a run however it stopped, even killed: from the
 newest checkpoint (or trained agent) that loads, skipping damaged ones with a warning naming them, or
 from step 0 when it has none; its evaluation replaces the run's ``metrics.json`` and profile files and
 leaves other files (``nbs_gym.classify``'s outputs beside the profiles) alone.
