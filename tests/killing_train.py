@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import nbs_gym.callbacks
+import nbs_gym.evaluation
 import nbs_gym.train
 
 
@@ -68,7 +69,7 @@ def _kill_in_evaluation() -> None:
     def patched(*args: Any, **kwargs: Any) -> Any:
         _die()
 
-    nbs_gym.train.fit_predictor = patched
+    nbs_gym.evaluation.fit_predictor = patched
 
 
 if __name__ == "__main__":
