@@ -496,6 +496,7 @@ def test_each_id_is_its_task_versions_settings_and_v0_the_config_defaults(env_id
         parse_env_id(env_id.replace(version, "v99"))
 
 
+@pytest.mark.slow  # a whole episode with the twin: the full tier
 def test_the_docstring_s_info_table_names_every_info_key(tmp_path: Path) -> None:
     doc = NeuralBatchSamplingEnv.__doc__ or ""
     table = doc.split("## Info", 1)[1].split("##", 1)[0]
