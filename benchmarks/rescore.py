@@ -28,8 +28,6 @@ from nbs_gym.profiles import load_profiles
 from nbs_gym.reporting import collect_runs, summarize, write_results
 from nbs_gym.train import agent_profile_files
 
-SCORES = METRIC_NAMES
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -51,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             profiles = load_profiles(agent_profile_files(run.run_dir)[0])
             result = evaluate_profiles(profiles, config).metrics["predictor"]
-            result = {name: float(result[name]) for name in SCORES}
+            result = {name: float(result[name]) for name in METRIC_NAMES}
             write_text_atomic(cache, json.dumps({"config": config.to_dict(), "predictor": result}, indent=2) + "\n")
         values = dict(run.values)
-        for name in SCORES:
+        for name in METRIC_NAMES:
             values[f"predictor/{name}"] = float(result[name])
         print(f"{run.agent} seed {run.seed}: predictor F1-max {result['pixel_f1_max']:.4f}", flush=True)
         # The tables' header reads the classifier settings from each run's config: those of the new scores.

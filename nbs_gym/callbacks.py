@@ -144,7 +144,26 @@ class CheckpointSchedule:
         return path
 
 
-class CheckpointingEnv(gym.Wrapper):
+class _StepCounter:
+    """The step count and the sampler of a checkpointing wrapper, shared by the single and vector kinds."""
+
+    schedule: CheckpointSchedule
+    num_timesteps: int
+    _agent: Any
+
+    def _count_for(self, schedule: CheckpointSchedule) -> None:
+        self.schedule = schedule
+        self.num_timesteps = 0
+        self._agent = None
+
+    def attach(self, agent: Any) -> None:
+        """Checkpoint ``agent`` from now on, counting from its ``num_timesteps`` (0 when it has none)."""
+        self._agent = agent
+        self.num_timesteps = int(getattr(agent, "num_timesteps", 0))
+        self.schedule.start(self.num_timesteps)
+
+
+class CheckpointingEnv(_StepCounter, gym.Wrapper):
     """A Gymnasium env that checkpoints the sampler stepping it, for plug-ins outside SB3.
 
     A plug-in's ``learn`` steps its env itself and receives no SB3 callbacks; this wrapper takes the
@@ -157,15 +176,7 @@ class CheckpointingEnv(gym.Wrapper):
 
     def __init__(self, env: gym.Env, schedule: CheckpointSchedule) -> None:
         super().__init__(env)
-        self.schedule = schedule
-        self.num_timesteps = 0
-        self._agent: Any = None
-
-    def attach(self, agent: Any) -> None:
-        """Checkpoint ``agent`` from now on, counting from its ``num_timesteps`` (0 when it has none)."""
-        self._agent = agent
-        self.num_timesteps = int(getattr(agent, "num_timesteps", 0))
-        self.schedule.start(self.num_timesteps)
+        self._count_for(schedule)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         if self._agent is not None and self.num_timesteps > 0:
@@ -178,7 +189,7 @@ class CheckpointingEnv(gym.Wrapper):
         return result
 
 
-class CheckpointingVectorEnv(VectorWrapper):
+class CheckpointingVectorEnv(_StepCounter, VectorWrapper):
     """:class:`CheckpointingEnv` for a Gymnasium vector env.
 
     A step counts once per sub-environment. Sub-environments reset themselves (autoreset), so the
@@ -187,15 +198,7 @@ class CheckpointingVectorEnv(VectorWrapper):
 
     def __init__(self, env: VectorEnv, schedule: CheckpointSchedule) -> None:
         super().__init__(env)
-        self.schedule = schedule
-        self.num_timesteps = 0
-        self._agent: Any = None
-
-    def attach(self, agent: Any) -> None:
-        """Checkpoint ``agent`` from now on, counting from its ``num_timesteps`` (0 when it has none)."""
-        self._agent = agent
-        self.num_timesteps = int(getattr(agent, "num_timesteps", 0))
-        self.schedule.start(self.num_timesteps)
+        self._count_for(schedule)
 
     def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         result = self.env.step(actions)

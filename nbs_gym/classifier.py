@@ -81,7 +81,6 @@ PREDICTOR_FORMAT_VERSION = 1
 _LOSS_FLOOR = 6e-8
 _STD_FLOOR = 1e-6
 # Metrics reported per defect type (the F1 threshold is a property of the whole set, not of a type).
-_PER_TYPE_METRICS = METRIC_NAMES
 # Images per forward pass at inference: bounds memory on large images without slowing small sets.
 _PREDICT_CHUNK = 16
 
@@ -379,7 +378,7 @@ def score_metrics(
         for defect in sorted(set(defect_types) - {GOOD}):
             subset = (types == defect) | (types == GOOD)
             subset_metrics = segmentation_metrics(maps[subset], masks[subset])
-            per_type[defect] = {key: subset_metrics[key] for key in _PER_TYPE_METRICS}
+            per_type[defect] = {key: subset_metrics[key] for key in METRIC_NAMES}
         metrics["per_defect_type"] = per_type
         results[name] = metrics
     return results

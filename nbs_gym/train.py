@@ -140,7 +140,6 @@ _RESUME_OVERRIDES = (
     "progress",
     "device",
 )
-_SUMMARY_METRICS = METRIC_NAMES
 _TB_EXCLUDE = ("stdout", "log", "json", "csv")
 _METAVARS = {"agent": "NAME|MODULE:CLASS", "run_dir": "DIR", "config": "FILE", "resume": "RUN_DIR"}
 # Arguments that locate a run rather than define it: config.yaml leaves them out.
@@ -815,7 +814,7 @@ def _evaluate_now(run: _Run, sampler: Any) -> dict[str, float]:
         profiles = load_profiles(episode.profile_path)
     result = evaluate_profiles(profiles, run.classifier_config, run.dataset).metrics
     tag = "eval/during_training"
-    scalars = {f"{tag}/predictor/{metric}": float(result["predictor"][metric]) for metric in _SUMMARY_METRICS}
+    scalars = {f"{tag}/predictor/{metric}": float(result["predictor"][metric]) for metric in METRIC_NAMES}
     return {**scalars, f"{tag}/final_separation": episode.final_separation}
 
 
@@ -1009,7 +1008,7 @@ def _log_evaluation(run: _Run, metrics: dict[str, Any]) -> None:
     for key, result in metrics.items():
         scalars[f"eval/{key}/final_separation"] = result["final_separation"]
         for source in ("predictor", "final_loss"):
-            for metric in _SUMMARY_METRICS:
+            for metric in METRIC_NAMES:
                 scalars[f"eval/{key}/{source}/{metric}"] = result[source][metric]
     for name, value in scalars.items():
         run.logger.record(name, value)
@@ -1051,9 +1050,7 @@ def _print_summary(run: _Run, metrics: dict[str, Any]) -> None:
     if with_uniform and not uniform_only:
         table.add_column(f"{name}\n− uniform", justify="right")
     rows: list[tuple[str, tuple[str, ...]]] = [
-        (f"{source}/{metric}", (source, metric))
-        for source in ("predictor", "final_loss")
-        for metric in _SUMMARY_METRICS
+        (f"{source}/{metric}", (source, metric)) for source in ("predictor", "final_loss") for metric in METRIC_NAMES
     ]
     rows.append(("final_separation", ("final_separation",)))
     for label, path in rows:
