@@ -6,9 +6,12 @@ Examples::
     python -m nbs_gym.compare --agents ppo uniform --seeds 0 1 --timesteps 4000 --out results/quick \\
         --env-kwargs episode_length=50 --hyperparams ppo.n_steps=50 ppo.batch_size=25
     python -m nbs_gym.compare --out results/fabric --collect        # tables and plots of the runs there
+    python -m nbs_gym.compare --agents ppo uniform --seeds 0 1 2 3 --out results/fabric --backend ray
 
-Each (agent, seed) is one ``python -m nbs_gym.train`` run, made in this process into
-``OUT/runs/<agent>__<seed>/``. A run whose ``metrics.json`` exists is finished and skipped, and an
+Each (agent, seed) is one ``python -m nbs_gym.train`` run in ``OUT/runs/<agent>__<seed>/``, made in this
+process one after another, or with ``--backend ray`` as one Ray task each, as many at once as a local Ray
+or the cluster at ``--address`` holds (``--cpus-per-run``, ``--gpus-per-run``; :mod:`nbs_gym.backends`,
+docs/USAGE.md). A run whose ``metrics.json`` exists is finished and skipped, and an
 interrupted one continues from its checkpoint, so that the same command resumes an interrupted
 comparison; a finished run made with other settings is an error rather than silently mixed in.
 ``--collect`` runs nothing and aggregates every finished run under ``OUT/runs`` (``--agents`` and
@@ -37,15 +40,14 @@ Written to ``OUT`` (atomically):
 
 Confidence intervals are Student t over seeds (n - 1 degrees of freedom); with one seed there is none,
 shown as "–". Exit status: 0 done, 2 bad arguments or run folders (one ``error:`` line on stderr; a
-failing run prints its own), 130 interrupted (run the same command again to resume).
+failing run prints its own; on Ray, runs that failed while the others finished, each named with its
+error), 130 interrupted (run the same command again to resume).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,11 +57,12 @@ import yaml
 
 from agents.registry import get_spec
 from nbs_gym import train
-from nbs_gym.callbacks import latest_checkpoint
+from nbs_gym.backends import BACKENDS, Backend, InProcess, RayBackend, RunFailure, RunPlan
 from nbs_gym.cli import Parser, UsageError, run_resumable
 from nbs_gym.reporting import (
     REFERENCE_AGENT,
     AgentSummary,
+    FinishedRun,
     collect_runs,
     markdown_tables,
     read_run,
@@ -68,7 +71,7 @@ from nbs_gym.reporting import (
     write_results,
 )
 
-__all__ = ["Comparison", "main", "run"]
+__all__ = ["Comparison", "RunsFailed", "add_backend_flags", "backend_of", "main", "plan", "report", "run"]
 
 # Flags that define runs; --collect only reads runs, so giving one with it is a mistake worth reporting.
 _RUN_FLAGS = (
@@ -81,10 +84,12 @@ _RUN_FLAGS = (
     "device",
     "n_envs",
     "eval_freq",
+    "checkpoint_freq",
     "progress",
 )
-# Saved settings that do not change a run's results (evaluations during training leave it as it is).
-_COSMETIC = ("progress", "eval_freq", "eval_uniform")
+# Saved settings that do not change a run's results (evaluations during training and checkpoints leave
+# it as it is).
+_COSMETIC = ("progress", "eval_freq", "eval_uniform", "checkpoint_freq")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    run(_parse(argv))
+    settings, backend = _parse(argv)
+    run(settings, backend)
     return 0
 
 
@@ -123,6 +129,7 @@ class Comparison:
     device: str | None = None
     n_envs: int | None = None
     eval_freq: int | None = None
+    checkpoint_freq: int | None = None
     progress: bool | None = None
 
     def __post_init__(self) -> None:
@@ -142,33 +149,121 @@ class Comparison:
             raise UsageError("--seeds: must be integers >= 0")
 
 
-def run(settings: Comparison) -> list[AgentSummary]:
-    """Make (or resume) every run of ``settings`` with :func:`nbs_gym.train.run`, or only collect the
-    finished ones, then write and print the tables and figures; returns the per-agent summaries.
+class RunsFailed(ValueError):
+    """Runs of a grid that failed while the others finished (the Ray backend), each reported with its error
+    as it failed; the message names them."""
+
+    def __init__(self, failures: Sequence[RunFailure]) -> None:
+        self.failures = list(failures)
+        listed = ", ".join(failure.plan.label for failure in self.failures)
+        super().__init__(
+            f"{len(self.failures)} run(s) failed, each with its error above ({listed}); the same command "
+            "again retries them and keeps the finished ones"
+        )
+
+
+def run(settings: Comparison, backend: Backend | None = None) -> list[AgentSummary]:
+    """Make (or resume) every run of ``settings`` with ``backend``, or only collect the finished ones,
+    then write and print the tables and figures; returns the per-agent summaries.
+
+    Args:
+        settings: The comparison.
+        backend: Where the runs are made (default :class:`nbs_gym.backends.InProcess`, one after another
+            in this process; :class:`nbs_gym.backends.RayBackend` for Ray tasks).
 
     Raises:
         ValueError: A bad setting, a run folder made with other settings, or a run that failed on its
-            settings (named); nothing after it runs.
+            settings (named); in process, nothing after it runs.
+        RunsFailed: Runs that failed on Ray while the others finished; the tables of those that
+            finished are written first.
         KeyboardInterrupt: Ctrl-C; the same settings again resume where it stopped.
     """
     out = Path(settings.out)
     if settings.collect:
         runs = collect_runs(out / "runs", agents=settings.agents, seeds=settings.seeds)
-    else:
-        plans = _plan(settings)
-        _execute(plans, settings)
-        runs = [read_run(plan.run_dir) for plan in plans]
-    summaries = summarize(runs)
-    written = write_results(summaries, runs, out)
+        return report(runs, out)
+    plans = plan(settings)
+    backend = backend or InProcess()
+    backend.start()
+    failures = backend.execute(plans, progress=settings.progress is not False)
+    failed = {failure.plan.run_dir for failure in failures}
+    summaries = report([read_run(item.run_dir) for item in plans if item.run_dir not in failed], out)
+    if failures:
+        raise RunsFailed(failures)
+    return summaries
+
+
+def report(runs: Sequence[FinishedRun], out: str | Path) -> list[AgentSummary]:
+    """Write and print the tables and figures of finished ``runs`` into ``out``; returns the summaries."""
+    if not runs:
+        return []
+    summaries = summarize(list(runs))
+    written = write_results(summaries, list(runs), Path(out))
     print(markdown_tables(summaries))
     print("wrote " + ", ".join(str(path) for path in written))
     return summaries
 
 
+def backend_of(options: argparse.Namespace) -> Backend:
+    """The backend that ``--backend``, ``--address``, ``--cpus-per-run``, ``--gpus-per-run`` and
+    ``--max-retries`` ask for (``add_backend_flags``'s flags).
+
+    Raises:
+        UsageError: A Ray flag without ``--backend ray``.
+        ValueError: Ray is not installed, or a bad figure.
+    """
+    if options.backend != "ray":
+        given = [
+            name
+            for name in ("address", "cpus_per_run", "gpus_per_run", "max_retries")
+            if getattr(options, name) is not None
+        ]
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')}: only with --backend ray")
+        return InProcess()
+    resources = {name: getattr(options, name) for name in ("cpus_per_run", "gpus_per_run", "max_retries")}
+    return RayBackend(address=options.address, **{key: value for key, value in resources.items() if value is not None})
+
+
+def add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of :func:`backend_of` (shared by ``nbs_gym.compare`` and ``nbs_gym.study``)."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="inprocess",
+        help="where the runs are made: inprocess (one after another, the default) or ray (one Ray task each, "
+        "as many at once as the cluster's CPUs and GPUs hold; the ray extra)",
+    )
+    parser.add_argument(
+        "--address",
+        metavar="ADDR",
+        default=None,
+        help="with --backend ray: a running Ray cluster (auto, HOST:PORT, ray://HOST:PORT); default: a local "
+        "Ray with this machine's cores",
+    )
+    parser.add_argument(
+        "--cpus-per-run", type=float, metavar="X", default=None, help="with --backend ray: CPUs per run (default: 1)"
+    )
+    parser.add_argument(
+        "--gpus-per-run",
+        type=float,
+        metavar="X",
+        default=None,
+        help="with --backend ray: GPUs per run, a fraction shares a GPU, e.g. 0.25 (default: 0)",
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        metavar="N",
+        default=None,
+        help="with --backend ray: times a run whose worker died is run again, from its last checkpoint (default: 3)",
+    )
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def _parse(argv: Sequence[str] | None) -> Comparison:
+def _parse(argv: Sequence[str] | None) -> tuple[Comparison, Backend]:
     parser = Parser(
         prog="python -m nbs_gym.compare",
         description="Train and evaluate several batch samplers over several seeds with nbs_gym.train, then "
@@ -227,27 +322,33 @@ def _parse(argv: Sequence[str] | None) -> Comparison:
         "classifier's learning curve beside the reward's in learning_curves.png (default: none)",
     )
     parser.add_argument(
+        "--checkpoint-freq",
+        type=int,
+        metavar="N",
+        help="env steps between checkpoints of each run (nbs_gym.train --checkpoint-freq; default: train's)",
+    )
+    parser.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, help="show a progress bar while training (default: on)"
     )
-    return Comparison(**vars(parser.parse_args(argv)))
+    add_backend_flags(parser)
+    options = vars(parser.parse_args(argv))
+    backend_options = argparse.Namespace(
+        **{name: options.pop(name) for name in ("backend", "address", "cpus_per_run", "gpus_per_run", "max_retries")}
+    )
+    settings = Comparison(**options)
+    if settings.collect and backend_options.backend != "inprocess":
+        raise UsageError("--backend: has no effect with --collect, which only reads runs")
+    return settings, backend_of(backend_options)
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """One run to make (or skip): its folder and the ``nbs_gym.train`` arguments that define it."""
-
-    agent: str
-    seed: int
-    run_dir: Path
-    args: train.Args
-
-
-def _plan(options: Comparison) -> list[_Plan]:
-    """Validate every run's arguments, and every finished run's settings, before anything runs.
+def plan(options: Comparison) -> list[RunPlan]:
+    """Every run of ``options``, each validated (and each finished run's settings checked) before any runs.
 
     Raises:
         ValueError: A bad agent or flag, or a run folder made with other settings.
     """
+    if options.collect:
+        raise ValueError("a comparison with collect=True makes no runs")
     agents, seeds = list(options.agents or []), list(options.seeds or [])  # set by Comparison without collect
     for agent in agents:
         get_spec(agent)
@@ -273,31 +374,18 @@ def _plan(options: Comparison) -> list[_Plan]:
                 argv += ["--eval-freq", str(options.eval_freq)]
             if options.n_envs is not None and get_spec(agent).kind == "sb3":
                 argv += ["--n-envs", str(options.n_envs)]
+            if options.checkpoint_freq is not None:
+                argv += ["--checkpoint-freq", str(options.checkpoint_freq)]
             if options.progress is False:
                 argv.append("--no-progress")
             if agent != REFERENCE_AGENT:
                 argv.append("--no-eval-uniform")  # the reference's own runs are the table's uniform row
             args = train.parse_args(argv)
-            plan = _Plan(agent, seed, run_dir, args)
-            _check_settings(args)
-            _check_existing(plan, args)
-            plans.append(plan)
+            item = RunPlan(f"{agent} seed {seed}", run_dir, args)
+            train.check_settings(args)
+            _check_existing(item, args)
+            plans.append(item)
     return plans
-
-
-def _check_settings(args: train.Args) -> None:
-    """The settings a run would reject only once it starts: env and classifier settings, hyperparameter names.
-
-    Raises:
-        ValueError: The first bad setting, named.
-    """
-    spec, *_ = train.validated_settings(args)
-    parameters = inspect.signature(spec.agent_class).parameters.values()
-    if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
-        names = {parameter.name for parameter in parameters}
-        unknown = sorted(set(args.hyperparams) - names)
-        if unknown:
-            raise ValueError(f"--hyperparams {unknown[0]}: agent {args.agent!r} takes no such setting")
 
 
 def _hyperparams_by_agent(agents: Sequence[str], entries: Sequence[str]) -> dict[str, list[str]]:
@@ -320,7 +408,7 @@ def _hyperparams_by_agent(agents: Sequence[str], entries: Sequence[str]) -> dict
     return by_agent
 
 
-def _check_existing(plan: _Plan, args: train.Args) -> None:
+def _check_existing(plan: RunPlan, args: train.Args) -> None:
     """A run folder left by an earlier comparison must have been made with ``args``.
 
     Raises:
@@ -349,37 +437,6 @@ def _check_existing(plan: _Plan, args: train.Args) -> None:
                 f"{plan.run_dir}: made with {key}={getattr(made, key)!r}, this comparison asks for "
                 f"{getattr(args, key)!r}; use another --out or remove that folder"
             )
-
-
-def _execute(plans: Sequence[_Plan], options: Comparison) -> None:
-    """Make every unfinished run with :func:`nbs_gym.train.run`.
-
-    Raises:
-        ValueError: A run that failed on its settings (named); the runs after it are not made.
-        KeyboardInterrupt: Ctrl-C; the interrupted run resumes when the comparison is run again.
-    """
-    for index, plan in enumerate(plans, start=1):
-        label = f"[{index}/{len(plans)}] {plan.agent} seed {plan.seed}"
-        if (plan.run_dir / "metrics.json").is_file():
-            print(f"{label}: done already ({plan.run_dir})")
-            continue
-        args = plan.args
-        if (plan.run_dir / train.CONFIG_FILE).is_file():
-            if _resumable(plan.run_dir):
-                print(f"{label}: continuing the interrupted run in {plan.run_dir}")
-                # The rest of the settings are in the run's config.yaml, checked equal to this comparison's.
-                args = train.resume_args(plan.run_dir, **({"progress": False} if options.progress is False else {}))
-            else:
-                print(f"{label}: restarting {plan.run_dir}, interrupted before its first checkpoint")
-                shutil.rmtree(plan.run_dir)
-        else:
-            print(f"{label}: training in {plan.run_dir}")
-        train.run(args)
-
-
-def _resumable(run_dir: Path) -> bool:
-    """Whether ``nbs_gym.train --resume`` can continue the run: it has a checkpoint or a saved agent."""
-    return latest_checkpoint(run_dir / "checkpoints") is not None or any(run_dir.glob("agent.*"))
 
 
 if __name__ == "__main__":

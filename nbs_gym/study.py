@@ -9,7 +9,8 @@ Examples::
 
 Each dataset is one ``python -m nbs_gym.compare`` into ``OUT/<dataset>/`` (its tables, learning curves and
 bar charts are written there), so an interrupted study resumes where it stopped and finished runs are
-never redone. Datasets, by name (the first four are the default, the v1 study's):
+never redone. With ``--backend ray`` every dataset's runs are submitted as one grid of Ray tasks (the
+flags as ``nbs_gym.compare``'s; docs/USAGE.md). Datasets, by name (the first four are the default, the v1 study's):
 
 ==============  ================================================================================
 ``fabric``      the task's own dataset: v1's stain-contaminated ``fabric``, v0's clean ``synthetic``
@@ -35,6 +36,7 @@ paired bootstrap interval over the seeds. ``OUT/study.json`` holds the same for 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import warnings
@@ -46,11 +48,20 @@ import numpy as np
 from scipy import stats
 
 from nbs_gym import compare
+from nbs_gym.backends import RayBackend
 from nbs_gym.cli import Parser, UsageError, run_resumable
 from nbs_gym.data import write_mvtec_folder
 from nbs_gym.data.synthetic import generate_synthetic
 from nbs_gym.io import write_text_atomic
-from nbs_gym.reporting import RATIO_COLUMNS, REFERENCE_AGENT, Interval, bracketed, markdown_rows, plus_minus
+from nbs_gym.reporting import (
+    RATIO_COLUMNS,
+    REFERENCE_AGENT,
+    Interval,
+    bracketed,
+    markdown_rows,
+    plus_minus,
+    read_run,
+)
 
 __all__ = [
     "AGENTS",
@@ -280,8 +291,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument("--eval-freq", type=int, metavar="N", help="passed on to nbs_gym.compare: the classifier's "
                         "learning curves of the learned agents (default: none)")  # fmt: skip
+    parser.add_argument("--checkpoint-freq", type=int, metavar="N", help="passed on to nbs_gym.compare: env steps "
+                        "between checkpoints of each run (default: train's)")  # fmt: skip
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    compare.add_backend_flags(parser)
     options = parser.parse_args(argv)
+    if options.collect and options.backend != "inprocess":
+        raise UsageError("--backend: has no effect with --collect, which only reads runs")
     if options.mvtec is not None and not options.mvtec.is_dir():
         raise UsageError(f"--mvtec: {options.mvtec} is not a folder")
     if options.datasets is None:
@@ -305,6 +321,7 @@ def _comparison(options: argparse.Namespace, name: str) -> compare.Comparison:
         timesteps=options.timesteps,
         env_id=options.env_id,
         eval_freq=options.eval_freq,
+        checkpoint_freq=options.checkpoint_freq,
         env_kwargs=options.env_kwargs or None,
         hyperparams=options.hyperparams or None,
         classifier_kwargs=options.classifier_kwargs or None,
@@ -319,12 +336,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     options = _parse(argv)
-    for name in options.datasets:
-        print(f"== {name}", flush=True)
-        compare.run(_comparison(options, name))
+    backend = compare.backend_of(options)
+    if isinstance(backend, RayBackend):
+        _run_on_ray(options, backend)
+    else:
+        for name in options.datasets:
+            print(f"== {name}", flush=True)
+            compare.run(_comparison(options, name), backend)
     written = write_report(options.out, options.datasets)
     print("wrote " + ", ".join(str(path) for path in written))
     return 0
+
+
+def _run_on_ray(options: argparse.Namespace, backend: RayBackend) -> None:
+    """Every dataset's runs as one grid of Ray tasks (planned, and so checked, before any starts); then
+    each dataset's tables.
+
+    Raises:
+        compare.RunsFailed: Runs that failed while the others finished; the report of the rest is written.
+    """
+    comparisons = {name: _comparison(options, name) for name in options.datasets}
+    plans = {
+        name: [dataclasses.replace(plan, label=f"{name}: {plan.label}") for plan in compare.plan(comparison)]
+        for name, comparison in comparisons.items()
+    }
+    backend.start()
+    failures = backend.execute([plan for group in plans.values() for plan in group], progress=options.progress)
+    failed = {failure.plan.run_dir for failure in failures}
+    for name, comparison in comparisons.items():
+        print(f"== {name}", flush=True)
+        compare.report([read_run(plan.run_dir) for plan in plans[name] if plan.run_dir not in failed], comparison.out)
+    if failures:
+        reported = [name for name in options.datasets if (options.out / name / "results.json").is_file()]
+        if reported:
+            write_report(options.out, reported)
+        raise compare.RunsFailed(failures)
 
 
 if __name__ == "__main__":
