@@ -23,9 +23,10 @@ import numpy as np
 
 from nbs_gym.classifier import ClassifierConfig, Predictor, fit_predictor, score_maps, score_metrics
 from nbs_gym.data import AnomalyDataset, dataset_fingerprint, load_dataset
+from nbs_gym.metrics import segmentation_metrics
 from nbs_gym.profiles import LossProfiles
 
-__all__ = ["Evaluation", "evaluate", "evaluate_profiles", "evaluation_masks"]
+__all__ = ["Evaluation", "evaluate", "evaluate_profiles", "evaluation_masks", "validation_metrics"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Evaluation:
         masks: E's ground truth ``(n_E, H, W)``, in E's probe order.
         defect_types: E's defect type per image (``"good"`` for a normal one).
         metrics: Scorer -> metrics on E (:func:`nbs_gym.classifier.score_metrics`).
+        validation: The predictor's metrics on the images of L it held out (:func:`validation_metrics`);
+            ``None`` when it held none out.
     """
 
     predictor: Predictor
@@ -45,6 +48,7 @@ class Evaluation:
     masks: np.ndarray
     defect_types: tuple[str, ...]
     metrics: dict[str, dict[str, Any]]
+    validation: dict[str, Any] | None = None
 
 
 def evaluation_masks(
@@ -113,4 +117,29 @@ def evaluate_profiles(
     masks, defect_types = evaluation_masks(profiles, dataset)
     predictor = fit_predictor(profiles, config)
     maps = score_maps(profiles, predictor)
-    return Evaluation(predictor, maps, masks, defect_types, score_metrics(maps, masks, defect_types))
+    metrics = score_metrics(maps, masks, defect_types)
+    return Evaluation(predictor, maps, masks, defect_types, metrics, validation_metrics(profiles, predictor))
+
+
+def validation_metrics(profiles: LossProfiles, predictor: Predictor) -> dict[str, Any] | None:
+    """The predictor's pixel AUROC, AUPRO and F1-max (and image AUROC) on the images of L that its
+    training held out for early stopping: a score of an episode's profiles that reads no mask of E, as a
+    hyperparameter search needs (``nbs_gym.tune``). ``"images"`` counts them.
+
+    Returns ``None`` when nothing was held out (``kind="per_pixel"`` or ``validation_fraction=0``; for an
+    ensemble, no image that every member held out).
+    Optimistic as a test score (the classifier stopped at its best epoch on these images), and noisier
+    than E's metrics (a few images), but the same for every sampler compared.
+    """
+    fits = predictor.training.get("members", [predictor.training])  # an ensemble: the images none trained on
+    held_out = np.asarray(
+        sorted(set.intersection(*(set(fit.get("validation_images", [])) for fit in fits))), dtype=np.int64
+    )
+    if held_out.size == 0:
+        return None
+    loss_maps, masks = profiles.labeled_profiles()
+    images = profiles.images[: profiles.n_labeled][held_out] if predictor.config.use_image else None
+    scores = predictor.predict(loss_maps[:, held_out], images)
+    metrics: dict[str, Any] = dict(segmentation_metrics(scores, masks[held_out]))
+    metrics["images"] = int(held_out.size)
+    return metrics

@@ -66,6 +66,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Figure, HParam, Image, Logger, configure
 from stable_baselines3.common.monitor import Monitor
@@ -283,7 +284,7 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def run(args: Args, *, report: bool = True) -> RunResult:
+def run(args: Args, *, report: bool = True, callbacks: Sequence[BaseCallback] = ()) -> RunResult:
     """Train and evaluate one run, as ``python -m nbs_gym.train`` does with the same arguments.
 
     Validates every setting before any work, trains (or resumes, with ``args.resume``), checkpoints,
@@ -294,6 +295,9 @@ def run(args: Args, *, report: bool = True) -> RunResult:
             for a run directory).
         report: Print where the run writes, the comparison table and the files written (stdout), and
             the evaluation's progress (stderr).
+        callbacks: More SB3 callbacks for an SB3 agent's ``learn`` (after the run's own: episode
+            statistics, checkpoints, evaluations, progress); other agents ignore them. A hyperparameter
+            search reports the reward to its scheduler with one (:mod:`nbs_gym.tune`).
 
     Raises:
         ValueError: A bad setting (named), or a sampler whose predictions the env cannot take
@@ -311,7 +315,7 @@ def run(args: Args, *, report: bool = True) -> RunResult:
     phase = "training"
     try:
         try:
-            _train(prepared)
+            _train(prepared, callbacks)
         except KeyboardInterrupt:
             phase = "checkpoint"
             steps = _num_timesteps(prepared.agent)
@@ -525,7 +529,23 @@ def validated_settings(args: Args) -> tuple[AgentSpec, dict[str, Any], EnvConfig
     for name in ("dataset", "n_labeled_anomalous_per_type", "n_labeled_normal"):
         if getattr(args, name) is not None:
             env_kwargs[name] = getattr(args, name)
-    return spec, env_kwargs, task_config(args.env_id, **env_kwargs), _classifier_config(args)
+    return spec, env_kwargs, task_config(args.env_id, **env_kwargs), classifier_config(args)
+
+
+def check_settings(args: Args) -> None:
+    """Check the settings a run would reject only once it starts: env and classifier settings, hyperparameter
+    names (for a grid or a search to reject before any run starts).
+
+    Raises:
+        ValueError: The first bad setting, named.
+    """
+    spec, *_ = validated_settings(args)
+    parameters = inspect.signature(spec.agent_class).parameters.values()
+    if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        names = {parameter.name for parameter in parameters}
+        unknown = sorted(set(args.hyperparams) - names)
+        if unknown:
+            raise ValueError(f"--hyperparams {unknown[0]}: agent {args.agent!r} takes no such setting")
 
 
 def _prepare(args: Args) -> _Run:
@@ -658,7 +678,12 @@ def _gymnasium_training_env(
     return CheckpointingVectorEnv(venv, schedule) if checkpoints else venv
 
 
-def _classifier_config(args: Args) -> ClassifierConfig:
+def classifier_config(args: Args) -> ClassifierConfig:
+    """The anomaly classifier's settings of a run: ``--classifier-kwargs`` over seed and device.
+
+    Raises:
+        ValueError: An unknown setting (the accepted ones listed).
+    """
     settings = {"seed": args.seed, "device": args.device, **args.classifier_kwargs}
     try:
         return ClassifierConfig(**settings)
@@ -753,7 +778,7 @@ def _num_timesteps(agent: Any) -> int:
     return int(getattr(agent, "num_timesteps", 0))
 
 
-def _train(run: _Run) -> None:
+def _train(run: _Run, extra_callbacks: Sequence[BaseCallback] = ()) -> None:
     """Log the hyperparameters, train up to ``--timesteps``, save the agent."""
     args, agent = run.args, run.agent
     run.logger.record("hyperparameters", _markdown_table(_hparams(run)), exclude=_TB_EXCLUDE)
@@ -781,6 +806,7 @@ def _train(run: _Run) -> None:
                 callbacks.append(PeriodicEvaluation(args.eval_freq, lambda model: _evaluate_now(run, model)))
             if args.progress:
                 callbacks.append(StepProgressBar(start, end))
+            callbacks.extend(extra_callbacks)
             learn_kwargs: dict[str, Any] = (
                 {"log_interval": _log_interval(run)} if isinstance(agent, OnPolicyAlgorithm) else {}
             )
@@ -953,6 +979,8 @@ def _score(run: _Run, key: str, episodes: list[_Episode]) -> dict[str, Any]:
         evaluation = evaluate_profiles(profiles, run.classifier_config, run.dataset)
         result = evaluation.metrics
         per_episode.append({"predictor": result["predictor"], "final_loss": result["final_loss"]})
+        if evaluation.validation is not None:  # L's held-out images: what nbs_gym.tune scores a trial by
+            per_episode[-1]["validation"] = evaluation.validation
         if index == 0:
             _draw_figures(run, key, profiles, evaluation, episode.frame)
     summary: dict[str, Any] = _mean_tree(per_episode)

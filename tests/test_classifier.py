@@ -29,7 +29,7 @@ from nbs_gym.classifier import (
 from nbs_gym.classify import TABLE_METRICS, main
 from nbs_gym.config import ConfigError
 from nbs_gym.data import load_dataset
-from nbs_gym.evaluation import evaluate, evaluate_profiles, evaluation_masks
+from nbs_gym.evaluation import evaluate, evaluate_profiles, evaluation_masks, validation_metrics
 from nbs_gym.figures import profile_figure, segmentation_figure
 from nbs_gym.metrics import MetricWarning, pixel_auroc, segmentation_metrics
 from nbs_gym.profiles import LossProfiles, ProfileFileError, load_profiles
@@ -174,6 +174,24 @@ def test_training_restores_the_best_validation_epoch(profiles: LossProfiles) -> 
     assert 1 <= training["best_epoch"] <= training["epochs"] <= 5
     scores = predictor.predict(loss_maps[:, held_out])
     assert pixel_auroc(scores, masks[held_out]) == pytest.approx(training["best_validation_auroc"], abs=1e-6)
+
+
+def test_the_validation_score_is_the_predictor_on_l_s_held_out_images_only(profiles: LossProfiles) -> None:
+    predictor = fit_predictor(profiles, TINY)
+    held_out = np.array(predictor.training["validation_images"])
+    loss_maps, masks = profiles.labeled_profiles()
+    validation = validation_metrics(profiles, predictor)
+    assert validation is not None and validation["images"] == len(held_out) > 0
+    expected = segmentation_metrics(predictor.predict(loss_maps[:, held_out]), masks[held_out])
+    assert {key: validation[key] for key in expected} == expected
+    assert validation["pixel_auroc"] == pytest.approx(predictor.training["best_validation_auroc"], abs=1e-6)
+    # Nothing held out, no score: the per-pixel regression trains on all of L.
+    assert validation_metrics(profiles, fit_predictor(profiles, dataclasses.replace(TINY, kind="per_pixel"))) is None
+    # An ensemble is scored on the images that none of its members trained on.
+    ensemble = fit_predictor(profiles, dataclasses.replace(TINY, ensemble=2))
+    shared = set.intersection(*(set(member["validation_images"]) for member in ensemble.training["members"]))
+    scored = validation_metrics(profiles, ensemble)
+    assert (scored is None and not shared) or (scored is not None and scored["images"] == len(shared))
 
 
 def test_per_pixel_predictor_is_the_balanced_logistic_regression(profiles: LossProfiles) -> None:

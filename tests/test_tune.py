@@ -1,0 +1,157 @@
+"""``python -m nbs_gym.tune``: a tiny search finishes, resumes after being stopped, and writes a config train reads."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nbs_gym import train, tune
+from nbs_gym.tune import check_space, default_space_path, load_space
+
+pytest.importorskip("ray.tune")
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--timesteps", "16", "--checkpoint-freq", "8", "--grace-period", "8",
+    "--env-kwargs", "episode_length=20", "profile_length=4", "image_size=32", "patch_size=8", "batch_size=8",
+    "--hyperparams", "batch_size=4", "--classifier-kwargs", "max_epochs=3", "--device", "cpu",
+]  # fmt: skip
+# Episodes of 20 updates of 5 per env step: 4 env steps; 16 steps are 4 episodes.
+SPACE = "learning_rate: {loguniform: [1.0e-4, 1.0e-3]}\nn_steps: {choice: [4, 8]}\n"
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def tune_command(out: Path, space: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "nbs_gym.tune", "--out", str(out), "--space", str(space), *TINY, *extra]
+
+
+@pytest.mark.slow
+def test_a_search_stopped_after_its_first_trial_resumes_and_writes_a_config_train_reads(tmp_path: Path) -> None:
+    space = tmp_path / "space.yml"
+    space.write_text(SPACE)
+    out = tmp_path / "search"
+    command = tune_command(out, space, "--trials", "3", "--max-concurrent", "1", "--scheduler", "fifo")
+    environment = {**os.environ, **ONE_THREAD}
+    search = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("trials/*/metrics.json")) and search.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)  # polls for the first finished trial; the signal waits on it, not on a fixed time
+    search.send_signal(signal.SIGINT)
+    output = search.communicate(timeout=300)[0].decode()
+    assert search.returncode == 130, output
+    assert "run the same command again to resume" in output
+    first = {path.parent.name: path.stat().st_mtime_ns for path in out.glob("trials/*/metrics.json")}
+    assert len(first) == 1
+
+    resumed = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming the search" in resumed.stderr
+    finished = {path.parent.name: path.stat().st_mtime_ns for path in out.glob("trials/*/metrics.json")}
+    assert len(finished) == 3 and all(finished[trial] == mtime for trial, mtime in first.items())  # kept, not redone
+    table = (out / "trials.md").read_text()
+    assert table.count("| scored |") == 3
+
+    best = yaml.safe_load((out / "best.yml").read_text())
+    assert set(best["hyperparams"]) == {"batch_size", "learning_rate", "n_steps"}
+    run_dir = tmp_path / "best_run"
+    args = train.parse_args(["--config", str(out / "best.yml"), "--run-dir", str(run_dir), "--no-progress"])
+    assert args.hyperparams == best["hyperparams"] and args.env_kwargs == best["env_kwargs"]
+    assert train.main(["--config", str(out / "best.yml"), "--run-dir", str(run_dir), "--no-progress"]) == 0
+    assert (run_dir / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_under_asha_a_trial_is_scored_exactly_when_it_trained_to_the_end(tmp_path: Path) -> None:
+    space = tmp_path / "space.yml"
+    space.write_text(SPACE)
+    out = tmp_path / "search"
+    result = subprocess.run(
+        tune_command(out, space, "--trials", "3", "--max-concurrent", "1"),
+        cwd=REPO,
+        env={**os.environ, **ONE_THREAD},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    with (out / "trials.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 3 and rows[0]["status"] == "scored"  # best first
+    for row in rows:
+        scored = row["status"] == "scored"
+        assert row["status"] in ("scored", "stopped")
+        assert (int(row["timesteps"]) == 16) == scored  # ASHA stops a trailing trial at its 8-step rung
+        assert (out / "trials" / row["trial"] / "metrics.json").is_file() == scored
+        assert math.isfinite(float(row["score"])) == scored
+
+
+def test_the_shipped_spaces_name_settings_their_agents_take() -> None:
+    for agent in ("ppo", "a2c"):
+        path = default_space_path(agent)
+        assert path is not None
+        space = load_space(path)
+        check_space(space, train.parse_args(["--agent", agent]))
+        assert space.hyperparams and space.env
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("lr: {loguniform: [1.0e-4, 1.0e-3]}\n", ": lr: agent 'ppo' takes no such setting"),
+        ("env.no_such: {choice: [1, 2]}\n", ": env.no_such: the env has no such setting"),
+        ("env.decision_interval: {choice: [5, 7]}\n", ": with decision_interval=7: "),
+        ("learning_rate: {normal: [0, 1]}\n", "learning_rate: unknown distribution 'normal'"),
+        ("learning_rate: {loguniform: [1e-4, 1e-3]}\n", "(YAML reads 1e-5 as text: write 1.0e-5)"),
+        ("learning_rate: {loguniform: [0.0, 1.0]}\n", "loguniform needs low > 0"),
+        ("n_steps: {randint: [8, 4]}\n", "randint needs low < high"),
+        ("[1, 2]\n", "expected a mapping of SETTING"),
+    ],
+)
+def test_a_bad_search_space_is_one_error_line_and_starts_nothing(
+    text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space = tmp_path / "space.yml"
+    space.write_text(text)
+    assert tune.main(["--out", str(tmp_path / "out"), "--space", str(space)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --space {space}: ") and message in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--address", "127.0.0.1:9"], "error: --address 127.0.0.1:9: no Ray cluster answers there"),
+        (["--classifier-kwargs", "kind=per_pixel"], "needs kind=dilated_cnn with validation_fraction > 0"),
+        (["--agent", "uniform"], "--space: no shipped search space for agent 'uniform'"),
+        (["--hyperparams", "learning_rate=0.1"], "learning_rate is searched, so --hyperparams cannot fix it"),
+        (["--trials", "0"], "--trials: must be >= 1"),
+    ],
+)
+def test_bad_flags_are_one_error_line_and_start_nothing(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert tune.main(["--out", str(tmp_path / "out"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_ray_the_search_is_one_error_line_naming_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert tune.main(["--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        "error: nbs_gym.tune needs Ray Tune, which is not installed; "
+        "pip install -e \".[ray]\" (or pip install 'ray[tune]' optuna)\n"
+    )
