@@ -310,11 +310,15 @@ def run(args: Args, *, report: bool = True, callbacks: Sequence[BaseCallback] = 
         prepared = _prepare(args)
     except KeyboardInterrupt:
         raise _interrupted("interrupted before training started") from None
-    if report:
-        print(f"run directory: {prepared.run_dir}\nTensorBoard:   tensorboard --logdir {prepared.run_dir}", flush=True)
     phase = "training"
     try:
         try:
+            # Printed inside the handler, so that Ctrl-C right after it still checkpoints and says how to go on.
+            if report:
+                print(
+                    f"run directory: {prepared.run_dir}\nTensorBoard:   tensorboard --logdir {prepared.run_dir}",
+                    flush=True,
+                )
             _train(prepared, callbacks)
         except KeyboardInterrupt:
             phase = "checkpoint"

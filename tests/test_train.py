@@ -358,7 +358,11 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
         pytest.fail(f"train printed no run directory; stderr: {log.read_text()}")
     assert started[1].startswith(b"TensorBoard:"), (started, log.read_text())
     process.send_signal(signal.SIGINT)
-    process.wait(timeout=120)
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"train did not stop within 120 s of Ctrl-C; stderr: {log.read_text()}")
     stderr = log.read_bytes()
     assert process.returncode == 130, stderr.decode()
     assert "--resume" in stderr.decode() and b"Traceback" not in stderr
