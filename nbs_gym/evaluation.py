@@ -127,7 +127,8 @@ def validation_metrics(profiles: LossProfiles, predictor: Predictor) -> dict[str
     hyperparameter search needs (``nbs_gym.tune``). ``"images"`` counts them.
 
     Returns ``None`` when nothing was held out (``kind="per_pixel"`` or ``validation_fraction=0``; for an
-    ensemble, no image that every member held out).
+    ensemble, no image that every member held out) or nothing anomalous was (an ensemble's shared
+    held-out images may all be normal).
     Optimistic as a test score (the classifier stopped at its best epoch on these images), and noisier
     than E's metrics (a few images), but the same for every sampler compared.
     """
@@ -135,9 +136,9 @@ def validation_metrics(profiles: LossProfiles, predictor: Predictor) -> dict[str
     held_out = np.asarray(
         sorted(set.intersection(*(set(fit.get("validation_images", [])) for fit in fits))), dtype=np.int64
     )
-    if held_out.size == 0:
-        return None
     loss_maps, masks = profiles.labeled_profiles()
+    if held_out.size == 0 or not masks[held_out].any():
+        return None
     images = profiles.images[: profiles.n_labeled][held_out] if predictor.config.use_image else None
     scores = predictor.predict(loss_maps[:, held_out], images)
     metrics: dict[str, Any] = dict(segmentation_metrics(scores, masks[held_out]))
