@@ -1,7 +1,9 @@
 """One table from runs of several ``nbs_gym.compare`` folders: ratios to uniform and normalised scores.
 
-A sampler row is ``LABEL=FOLDER:AGENT``: the finished runs of ``AGENT`` under ``FOLDER/runs``. Each row is
-paired seed by seed with the ``uniform`` runs of ``--uniform`` (a compare folder) and with an oracle,
+A sampler row is ``LABEL=SOURCE:AGENT``: the finished runs of ``AGENT`` under ``SOURCE/runs``, where a
+source may also be ``FILE.json:ROW`` (a row of an earlier ``--out``, for runs whose folders are gone) and
+sources of different seeds join with ``+`` (:func:`source_values`). Each row is
+paired seed by seed with the ``uniform`` runs of ``--uniform`` (a source too) and with an oracle,
 either the ``oracle`` runs of a compare folder or headroom cells (``benchmarks/headroom.py``), whose
 evaluation episodes are the same. Ratios are per seed, then averaged with a Student-t 95 % interval (as
 ``nbs_gym.compare``); the normalised score is ``nbs_gym.study.normalized_within``'s (0 = uniform,
@@ -32,6 +34,32 @@ COLUMNS = RATIO_COLUMNS  # the values kept per seed: those the ratios are taken 
 def agent_values(folder: str, agent: str) -> dict[int, dict[str, float]]:
     """Seed -> column -> value of ``agent``'s finished runs under ``folder/runs``."""
     return {run.seed: run.values for run in collect_runs(Path(folder) / "runs", agents=[agent])}
+
+
+def source_values(source: str, agent: str) -> dict[int, dict[str, float]]:
+    """Seed -> column -> value from ``SOURCE[+SOURCE...]``: each a compare folder (``agent``'s runs there),
+    or ``FILE.json:ROW``, a row of an earlier ``--out`` of this script (its per-seed values, or with
+    ``agent`` ``uniform`` that row's uniform values), for runs whose folders are gone. The sources must
+    hold different seeds.
+
+    Raises:
+        ValueError: A seed in two sources, or a missing row.
+    """
+    merged: dict[int, dict[str, float]] = {}
+    for part in source.split("+"):
+        file, colon, row = part.rpartition(":")
+        if colon and file.endswith(".json"):
+            rows = json.loads(Path(file).read_text())["rows"]
+            if row not in rows:
+                raise ValueError(f"{part}: no row {row!r} (rows: {', '.join(rows)})")
+            values = {int(seed): v for seed, v in rows[row]["uniform" if agent == "uniform" else "values"].items()}
+        else:
+            values = agent_values(part, agent)
+        shared = sorted(set(values) & set(merged))
+        if shared:
+            raise ValueError(f"{source}: seed {shared[0]} is in two of its sources")
+        merged |= values
+    return merged
 
 
 def cell_values(prefix: str) -> dict[int, dict[str, float]]:
@@ -96,11 +124,13 @@ def markdown(table: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--uniform", required=True, help="compare folder whose uniform runs are the reference")
+    parser.add_argument(
+        "--uniform", required=True, metavar="SOURCE", help="compare folder whose uniform runs are the reference"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--oracle", help="compare folder holding oracle runs")
     source.add_argument("--oracle-cells", help="headroom cell prefix, e.g. docs/headroom/cells/v1__clean__e1")
-    parser.add_argument("--rows", nargs="+", required=True, metavar="LABEL=FOLDER:AGENT")
+    parser.add_argument("--rows", nargs="+", required=True, metavar="LABEL=SOURCE:AGENT")
     parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds, in every row and reference")
     parser.add_argument(
         "--versus", metavar="LABEL", help="also each row's per-seed F1-max ratio to this row's (e.g. the best rule)"
@@ -112,11 +142,11 @@ def main() -> None:
         label, _, target = entry.partition("=")
         folder, _, agent = target.rpartition(":")
         if not label or not folder or not agent:
-            parser.error(f"--rows: expected LABEL=FOLDER:AGENT, got {entry!r}")
+            parser.error(f"--rows: expected LABEL=SOURCE:AGENT, got {entry!r}")
         if label in ("uniform", "oracle"):
             parser.error(f"--rows: {label!r} names a reference; give the row another label")
-        rows[label] = agent_values(folder, agent)
-    uniform = agent_values(args.uniform, "uniform")
+        rows[label] = source_values(folder, agent)
+    uniform = source_values(args.uniform, "uniform")
     oracle = agent_values(args.oracle, "oracle") if args.oracle else cell_values(args.oracle_cells)
     if args.seeds is not None:
         keep = set(args.seeds)
