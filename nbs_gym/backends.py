@@ -81,7 +81,7 @@ class Backend(Protocol):
     """Makes every unfinished run of a grid."""
 
     def start(self) -> None:
-        """Get ready to make runs (for Ray: start or join it); called after the grid is planned.
+        """Get ready to make runs (for Ray: start or join it); :meth:`execute` calls it when a run is left.
 
         Raises:
             ValueError: The backend cannot start (one line naming the setting at fault).
@@ -274,9 +274,14 @@ class RayBackend:
                         failures.append(failure)
                         bar.write(f"error: {plan.label}: {failure.error}", file=sys.stderr)
                     else:
-                        if archive is not None:
-                            unpack_run(archive, plan.run_dir)
-                        bar.write(f"{plan.label}: {action}")
+                        try:
+                            if archive is not None:
+                                unpack_run(archive, plan.run_dir)
+                        except (OSError, ValueError, tarfile.TarError) as error:
+                            failures.append(RunFailure(plan, f"returning the run folder: {error}"))
+                            bar.write(f"error: {plan.label}: returning the run folder: {error}", file=sys.stderr)
+                        else:
+                            bar.write(f"{plan.label}: {action}")
                     bar.update()
             except KeyboardInterrupt:
                 for reference in pending:
@@ -353,7 +358,7 @@ def run_on_worker(plan: RunPlan, marker: str | None, driver_cwd: str, threads: i
     shared = marker is not None and (plan.run_dir.parent / marker).is_file()
     if shared:
         here = os.getcwd()
-        os.chdir(driver_cwd)
+        os.chdir(driver_cwd if Path(driver_cwd).is_dir() else here)
         try:
             return make_run(plan, progress=False, report=False), None
         finally:

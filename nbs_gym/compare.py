@@ -183,9 +183,7 @@ def run(settings: Comparison, backend: Backend | None = None) -> list[AgentSumma
         runs = collect_runs(out / "runs", agents=settings.agents, seeds=settings.seeds)
         return report(runs, out)
     plans = plan(settings)
-    backend = backend or InProcess()
-    backend.start()
-    failures = backend.execute(plans, progress=settings.progress is not False)
+    failures = (backend or InProcess()).execute(plans, progress=settings.progress is not False)
     failed = {failure.plan.run_dir for failure in failures}
     summaries = report([read_run(item.run_dir) for item in plans if item.run_dir not in failed], out)
     if failures:

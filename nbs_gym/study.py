@@ -360,14 +360,13 @@ def _run_on_ray(options: argparse.Namespace, backend: RayBackend) -> None:
         name: [dataclasses.replace(plan, label=f"{name}: {plan.label}") for plan in compare.plan(comparison)]
         for name, comparison in comparisons.items()
     }
-    backend.start()
     failures = backend.execute([plan for group in plans.values() for plan in group], progress=options.progress)
     failed = {failure.plan.run_dir for failure in failures}
     for name, comparison in comparisons.items():
         print(f"== {name}", flush=True)
         compare.report([read_run(plan.run_dir) for plan in plans[name] if plan.run_dir not in failed], comparison.out)
     if failures:
-        reported = [name for name in options.datasets if (options.out / name / "results.json").is_file()]
+        reported = [name for name in options.datasets if any(plan.run_dir not in failed for plan in plans[name])]
         if reported:
             write_report(options.out, reported)
         raise compare.RunsFailed(failures)

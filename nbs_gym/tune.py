@@ -30,11 +30,15 @@ The shipped spaces, for ``ppo`` and ``a2c``, are ``nbs_gym/hyperparams/tune_<age
 
 Written to ``OUT`` (atomically): ``best.yml`` (the best trial's settings, as ``nbs_gym.train --config``
 reads them), ``trials.md`` and ``trials.csv`` (every trial: its settings, status, steps, reward and
-score), and Tune's own state under ``OUT/search/``, from which the same command resumes a stopped
-search: finished trials are kept, unfinished ones continue from their run's last checkpoint.
+score), ``search.json`` (what defines the search), and Tune's own state under ``OUT/search/``, from
+which the same command resumes a stopped search: finished trials are kept, unfinished ones continue
+from their run's last checkpoint; other settings for a search there are an error. ``best.yml`` keeps
+the search's ``--seed``, so it trains the best trial again.
 
-Exit status: 0 done, 2 bad input (one ``error:`` line: a flag, the space file, the address; nothing
-started), 130 interrupted (run the same command again to resume).
+Exit status: 0 done; 2 bad input (one ``error:`` line: a flag, the space file, the address, a resumed
+search's changed settings; nothing started), or a search that ended with failed trials or none scored
+(``trials.md`` lists them; Tune's log under ``OUT/search`` has the errors); 130 interrupted (run the
+same command again to resume).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import inspect
 import io
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,7 +64,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.registry import get_spec
 from nbs_gym import train
-from nbs_gym.backends import RunPlan, check_address, make_run, ray_available
+from nbs_gym.backends import RayBackend, RunPlan, check_address, make_run, ray_available
 from nbs_gym.cli import Interrupted, Parser, UsageError, run_resumable
 from nbs_gym.config import EnvConfig
 from nbs_gym.io import write_text_atomic
@@ -84,6 +89,8 @@ ENV_PREFIX = "env."
 # Run settings that a search's trials share; given as nbs_gym.train flags.
 _RUN_FLAGS = ("timesteps", "env_id", "dataset", "n_envs", "device", "checkpoint_freq")
 _RAY_EXTRA = "pip install -e \".[ray]\" (or pip install 'ray[tune]' optuna)"
+SETTINGS_FILE = "search.json"
+"""The file in ``OUT`` that records what defines a search, checked when it resumes."""
 
 
 @dataclass(frozen=True)
@@ -243,10 +250,14 @@ class TuneReport(BaseCallback):
             tune.report({"timesteps": int(self.model.num_timesteps), "reward": self.reward, "score": math.nan})
 
 
-def _trial(config: dict[str, Any], base: train.Args, trials_dir: str, metric: str) -> None:
-    """One trial in a Tune worker: its run (resumed where one was interrupted), then its score."""
+def _trial(config: dict[str, Any], base: train.Args, trials_dir: str, metric: str, driver_cwd: str) -> None:
+    """One trial in a Tune worker: its run (resumed where one was interrupted), then its score. It works in
+    the driver's folder where that exists (Tune starts it in the trial's own), so that relative paths in
+    the settings mean what they meant there."""
     from ray import tune
 
+    if Path(driver_cwd).is_dir():
+        os.chdir(driver_cwd)
     trial_id = tune.get_context().get_trial_id()
     run_dir = Path(trials_dir) / trial_id
     hyperparams = {key: value for key, value in config.items() if not key.startswith(ENV_PREFIX)}
@@ -277,7 +288,7 @@ def best_config(base: train.Args, config: dict[str, Any]) -> dict[str, Any]:
     hyperparams = {key: value for key, value in config.items() if not key.startswith(ENV_PREFIX)}
     env_kwargs = {key[len(ENV_PREFIX) :]: value for key, value in config.items() if key.startswith(ENV_PREFIX)}
     settings = dataclasses.asdict(base)
-    for name in ("run_dir", "resume", "config", "progress", "seed", "eval_uniform"):
+    for name in ("run_dir", "resume", "config", "progress", "eval_uniform"):
         settings.pop(name)
     settings["hyperparams"] = base.hyperparams | _plain(hyperparams)
     settings["env_kwargs"] = base.env_kwargs | _plain(env_kwargs)
@@ -338,7 +349,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         raise UsageError(f"--max-concurrent: must be >= 1, got {options.max_concurrent}")
     for flag in ("cpus_per_trial", "gpus_per_trial"):
         if not getattr(options, flag) >= 0 or (flag == "cpus_per_trial" and not options.cpus_per_trial > 0):
-            raise UsageError(f"--{flag.replace('_', '-')}: must be a number > 0, got {getattr(options, flag)}")
+            bound = "> 0" if flag == "cpus_per_trial" else ">= 0"
+            raise UsageError(f"--{flag.replace('_', '-')}: must be a number {bound}, got {getattr(options, flag)}")
     return options
 
 
@@ -392,24 +404,58 @@ def _optuna_available() -> bool:
     return True
 
 
+def _search_settings(options: argparse.Namespace, base: train.Args, space: SearchSpace, search: str) -> dict[str, Any]:
+    """What defines a search, as JSON: a resumed one must be the same (where it runs may change)."""
+    return {
+        "run": json.loads(json.dumps(dataclasses.asdict(base))),
+        "space": {"hyperparams": space.hyperparams, "env": space.env},
+        "trials": options.trials,
+        "metric": options.metric,
+        "search": search,
+        "scheduler": options.scheduler,
+        "grace_period": options.grace_period,
+        "max_concurrent": options.max_concurrent,
+    }
+
+
+def _check_same_search(out: Path, settings: dict[str, Any]) -> None:
+    """A search resumed in ``out`` must have the settings it started with.
+
+    Raises:
+        ValueError: It has other settings (the first named), or its saved settings are missing.
+    """
+    path = out / SETTINGS_FILE
+    if not path.is_file():
+        raise ValueError(f"--out {out}: holds a search without {SETTINGS_FILE}; use another --out")
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    for key in settings:
+        if saved.get(key) != json.loads(json.dumps(settings[key])):
+            raise ValueError(
+                f"--out {out}: the search there was started with other {key} settings ({path}); give them again "
+                "to resume it, or use another --out"
+            )
+
+
 def _search(options: argparse.Namespace, base: train.Args, space: SearchSpace, search: str, out: Path) -> Any:
     """Run (or resume) the Tune experiment in ``OUT/search``; returns its ``ResultGrid``."""
-    import ray
+    settings = _search_settings(options, base, space, search)
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-    if not ray.is_initialized():
-        if options.address is None:
-            ray.init(include_dashboard=False)
-        else:
-            ray.init(address=options.address)
+    experiment = out / "search"
+    resuming = tune.Tuner.can_restore(experiment)
+    if resuming:
+        _check_same_search(out, settings)
+    # Ray before the trainable, whose parameters go to Ray's object store.
+    RayBackend(address=options.address).start()  # a local Ray, or the cluster at --address (one error line)
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=base, trials_dir=str(out / "trials"), metric=options.metric),
+        tune.with_parameters(
+            _trial, base=base, trials_dir=str(out / "trials"), metric=options.metric, driver_cwd=os.getcwd()
+        ),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
     )
-    experiment = out / "search"
-    if tune.Tuner.can_restore(experiment):
+    if resuming:
         print(f"resuming the search in {experiment}", file=sys.stderr)
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -432,6 +478,7 @@ def _search(options: argparse.Namespace, base: train.Args, space: SearchSpace, s
             )
         else:
             scheduler = FIFOScheduler()
+        write_text_atomic(out / SETTINGS_FILE, json.dumps(settings, indent=1, sort_keys=True) + "\n")
         tuner = tune.Tuner(
             trainable,
             param_space=space.to_tune(),
@@ -466,7 +513,12 @@ def _write_outputs(options: argparse.Namespace, base: train.Args, results: Any, 
     for result in results:
         metrics = result.metrics or {}
         config = {key: value for key, value in (result.config or {}).items()}
-        status = "error" if result.error else ("scored" if _finite(metrics.get("score")) else "stopped")
+        if result.error:
+            status = "error"
+        elif _finite(metrics.get("score")):
+            status = "scored"
+        else:  # trained to the end without a score (nothing anomalous held out), or stopped by ASHA
+            status = "unscored" if metrics.get("timesteps", 0) >= base.timesteps else "stopped"
         rows.append(
             {
                 "trial": metrics.get("trial_id", Path(result.path).name if result.path else ""),
@@ -487,7 +539,7 @@ def _write_outputs(options: argparse.Namespace, base: train.Args, results: Any, 
     rows.sort(key=lambda row: (-(row["score"] if row["status"] == "scored" else -math.inf), str(row["trial"])))
     written = [_write_tables(rows, out, options.metric)]
     if not scored:
-        print("error: no trial was scored (every one stopped early or failed); nothing written as best.yml")
+        print("error: no trial was scored (each stopped early, failed or had no score); no best.yml", file=sys.stderr)
         return 2
     best = scored[0]
     settings = best_config(base, best["_config"])

@@ -59,9 +59,17 @@ def test_a_search_stopped_after_its_first_trial_resumes_and_writes_a_config_trai
     assert len(finished) == 3 and all(finished[trial] == mtime for trial, mtime in first.items())  # kept, not redone
     table = (out / "trials.md").read_text()
     assert table.count("| scored |") == 3
+    # The same folder with other settings is not the same search.
+    other = subprocess.run(
+        [*command, "--metric", "pixel_aupro"], cwd=REPO, env=environment, capture_output=True, text=True
+    )
+    assert other.returncode == 2 and other.stderr.strip().endswith(
+        "the search there was started with other metric settings (" + str(out / "search.json") + "); give them "
+        "again to resume it, or use another --out"
+    ), other.stderr
 
     best = yaml.safe_load((out / "best.yml").read_text())
-    assert set(best["hyperparams"]) == {"batch_size", "learning_rate", "n_steps"}
+    assert set(best["hyperparams"]) == {"batch_size", "learning_rate", "n_steps"} and best["seed"] == 0
     run_dir = tmp_path / "best_run"
     args = train.parse_args(["--config", str(out / "best.yml"), "--run-dir", str(run_dir), "--no-progress"])
     assert args.hyperparams == best["hyperparams"] and args.env_kwargs == best["env_kwargs"]
