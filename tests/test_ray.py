@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,6 +130,29 @@ def test_a_study_on_ray_runs_every_dataset_as_one_grid(local_ray: None, tmp_path
     for name in ("grid", "stochastic"):
         assert sorted(report["datasets"][name]["agents"]) == ["oracle", "uniform"]
         assert len(list((tmp_path / name / "runs").glob("*/metrics.json"))) == 4
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_runs_in_flight_which_checkpoint_and_resume(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    steps = ["--timesteps", "400", *SETTINGS[2:], "--checkpoint-freq", "20", *PPO_TINY]
+    command = [sys.executable, "-m", "nbs_gym.compare", "--agents", "ppo", "--seeds", "0", "1", *steps]
+    command += ["--out", str(out), "--backend", "ray"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    grid = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while len(list(out.glob("runs/*/checkpoints/agent_*_steps.zip"))) < 2 and grid.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.5)  # polls for both runs' first checkpoints; the signal waits on them, not on a fixed time
+    grid.send_signal(signal.SIGINT)
+    output = grid.communicate(timeout=300)[0].decode()
+    assert grid.returncode == 130, output
+    assert "run the same command again to resume" in output
+    assert metrics(out) == {} and partial_files(out) == []
+    resumed = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert resumed.stdout.count("continued the interrupted run") == 2
+    assert sorted(metrics(out)) == ["ppo__0", "ppo__1"]
 
 
 @pytest.mark.slow
