@@ -25,7 +25,7 @@ import sys
 import tarfile
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -99,30 +99,42 @@ def finished(run_dir: Path) -> bool:
 
 
 def make_run(
-    plan: RunPlan, *, progress: bool = True, report: bool = True, callbacks: Sequence[BaseCallback] = ()
+    plan: RunPlan,
+    *,
+    progress: bool = True,
+    report: bool = True,
+    callbacks: Sequence[BaseCallback] = (),
+    announce: Callable[[str], None] | None = None,
 ) -> str:
     """Make, continue or skip the run of ``plan``; returns what was done, for the grid's log.
 
     ``progress=False`` hides the training progress bar of a continued run too (its saved settings may
-    have shown it); ``report`` and ``callbacks`` are :func:`nbs_gym.train.run`'s.
+    have shown it); ``report`` and ``callbacks`` are :func:`nbs_gym.train.run`'s. ``announce`` is told
+    what is about to happen ("training in ...", "continuing ...", "restarting ...", "done already ...")
+    before the run starts.
 
     Raises:
         ValueError, OSError: The run failed on its settings or its files (named).
         nbs_gym.cli.Interrupted: Ctrl-C; the run continues from its checkpoint next time.
     """
     run_dir = plan.run_dir
+    tell = announce or (lambda _: None)
     if finished(run_dir):
+        tell(f"done already ({run_dir})")
         return f"done already ({run_dir})"
     args = plan.args
     if (run_dir / train.CONFIG_FILE).is_file():
         if _resumable(run_dir):
             # The rest of the settings are in the run's config.yaml, checked equal to the plan's.
             args = train.resume_args(run_dir, **({} if progress else {"progress": False}))
+            tell(f"continuing the interrupted run in {run_dir}")
             action = f"continued the interrupted run in {run_dir}"
         else:
+            tell(f"restarting {run_dir}, interrupted before its first checkpoint")
             shutil.rmtree(run_dir)
             action = f"restarted {run_dir}, interrupted before its first checkpoint"
     else:
+        tell(f"training in {run_dir}")
         action = f"trained in {run_dir}"
     if not progress:
         args = replace(args, progress=False)
@@ -151,20 +163,12 @@ class InProcess:
         """
         for index, plan in enumerate(plans, start=1):
             label = f"[{index}/{len(plans)}] {plan.label}"
-            if finished(plan.run_dir):
-                print(f"{label}: done already ({plan.run_dir})")
-                continue
-            print(f"{label}: {_planned_action(plan.run_dir)}", flush=True)
-            make_run(plan, progress=progress)
+
+            def announce(doing: str, label: str = label) -> None:
+                print(f"{label}: {doing}", flush=True)
+
+            make_run(plan, progress=progress, announce=announce)
         return []
-
-
-def _planned_action(run_dir: Path) -> str:
-    if not (run_dir / train.CONFIG_FILE).is_file():
-        return f"training in {run_dir}"
-    if _resumable(run_dir):
-        return f"continuing the interrupted run in {run_dir}"
-    return f"restarting {run_dir}, interrupted before its first checkpoint"
 
 
 def ray_available() -> bool:

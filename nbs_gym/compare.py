@@ -71,7 +71,17 @@ from nbs_gym.reporting import (
     write_results,
 )
 
-__all__ = ["Comparison", "RunsFailed", "add_backend_flags", "backend_of", "main", "plan", "report", "run"]
+__all__ = [
+    "Comparison",
+    "RunsFailed",
+    "add_backend_flags",
+    "backend_of",
+    "finished_runs",
+    "main",
+    "plan",
+    "report",
+    "run",
+]
 
 # Flags that define runs; --collect only reads runs, so giving one with it is a mistake worth reporting.
 _RUN_FLAGS = (
@@ -184,11 +194,16 @@ def run(settings: Comparison, backend: Backend | None = None) -> list[AgentSumma
         return report(runs, out)
     plans = plan(settings)
     failures = (backend or InProcess()).execute(plans, progress=settings.progress is not False)
-    failed = {failure.plan.run_dir for failure in failures}
-    summaries = report([read_run(item.run_dir) for item in plans if item.run_dir not in failed], out)
+    summaries = report(finished_runs(plans, failures), out)
     if failures:
         raise RunsFailed(failures)
     return summaries
+
+
+def finished_runs(plans: Sequence[RunPlan], failures: Sequence[RunFailure]) -> list[FinishedRun]:
+    """The runs of ``plans`` that did not fail, read back."""
+    failed = {failure.plan.run_dir for failure in failures}
+    return [read_run(item.run_dir) for item in plans if item.run_dir not in failed]
 
 
 def report(runs: Sequence[FinishedRun], out: str | Path) -> list[AgentSummary]:

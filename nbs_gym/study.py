@@ -60,7 +60,6 @@ from nbs_gym.reporting import (
     bracketed,
     markdown_rows,
     plus_minus,
-    read_run,
 )
 
 __all__ = [
@@ -361,12 +360,12 @@ def _run_on_ray(options: argparse.Namespace, backend: RayBackend) -> None:
         for name, comparison in comparisons.items()
     }
     failures = backend.execute([plan for group in plans.values() for plan in group], progress=options.progress)
-    failed = {failure.plan.run_dir for failure in failures}
+    reported = []
     for name, comparison in comparisons.items():
         print(f"== {name}", flush=True)
-        compare.report([read_run(plan.run_dir) for plan in plans[name] if plan.run_dir not in failed], comparison.out)
+        if compare.report(compare.finished_runs(plans[name], failures), comparison.out):
+            reported.append(name)
     if failures:
-        reported = [name for name in options.datasets if any(plan.run_dir not in failed for plan in plans[name])]
         if reported:
             write_report(options.out, reported)
         raise compare.RunsFailed(failures)

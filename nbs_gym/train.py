@@ -544,12 +544,18 @@ def check_settings(args: Args) -> None:
         ValueError: The first bad setting, named.
     """
     spec, *_ = validated_settings(args)
+    names = constructor_keywords(spec)
+    unknown = sorted(set(args.hyperparams) - names) if names is not None else []
+    if unknown:
+        raise ValueError(f"--hyperparams {unknown[0]}: agent {args.agent!r} takes no such setting")
+
+
+def constructor_keywords(spec: AgentSpec) -> set[str] | None:
+    """The keywords the agent's constructor takes (``--hyperparams`` names); ``None`` if it takes any."""
     parameters = inspect.signature(spec.agent_class).parameters.values()
-    if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
-        names = {parameter.name for parameter in parameters}
-        unknown = sorted(set(args.hyperparams) - names)
-        if unknown:
-            raise ValueError(f"--hyperparams {unknown[0]}: agent {args.agent!r} takes no such setting")
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return None
+    return {parameter.name for parameter in parameters}
 
 
 def _prepare(args: Args) -> _Run:

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import inspect
 import io
 import json
 import math
@@ -64,7 +63,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.registry import get_spec
 from nbs_gym import train
-from nbs_gym.backends import RayBackend, RunPlan, check_address, make_run, ray_available
+from nbs_gym.backends import RayBackend, RunPlan, make_run, ray_available
 from nbs_gym.cli import Interrupted, Parser, UsageError, run_resumable
 from nbs_gym.config import EnvConfig
 from nbs_gym.io import write_text_atomic
@@ -208,11 +207,10 @@ def check_space(space: SearchSpace, base: train.Args) -> None:
         if key in base.env_kwargs:
             raise ValueError(f"--space {space.source}: env.{key} is searched, so --env-kwargs cannot fix it")
     where = f"--space {space.source}"
-    parameters = inspect.signature(get_spec(base.agent).agent_class).parameters.values()
-    if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
-        for key in space.hyperparams:
-            if key not in {parameter.name for parameter in parameters}:
-                raise ValueError(f"{where}: {key}: agent {base.agent!r} takes no such setting")
+    names = train.constructor_keywords(get_spec(base.agent))
+    for key in space.hyperparams:
+        if names is not None and key not in names:
+            raise ValueError(f"{where}: {key}: agent {base.agent!r} takes no such setting")
     env_settings = {item.name for item in dataclasses.fields(EnvConfig)}
     for key in space.env:
         if key not in env_settings:
@@ -260,15 +258,7 @@ def _trial(config: dict[str, Any], base: train.Args, trials_dir: str, metric: st
         os.chdir(driver_cwd)
     trial_id = tune.get_context().get_trial_id()
     run_dir = Path(trials_dir) / trial_id
-    hyperparams = {key: value for key, value in config.items() if not key.startswith(ENV_PREFIX)}
-    env_kwargs = {key[len(ENV_PREFIX) :]: value for key, value in config.items() if key.startswith(ENV_PREFIX)}
-    args = dataclasses.replace(
-        base,
-        hyperparams=base.hyperparams | _plain(hyperparams),
-        env_kwargs=base.env_kwargs | _plain(env_kwargs),
-        run_dir=str(run_dir),
-        progress=False,
-    )
+    args = dataclasses.replace(_with_config(base, config), run_dir=str(run_dir), progress=False)
     reporter = TuneReport()
     make_run(RunPlan(f"trial {trial_id}", run_dir, args), progress=False, report=False, callbacks=[reporter])
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -278,6 +268,15 @@ def _trial(config: dict[str, Any], base: train.Args, trials_dir: str, metric: st
     tune.report(result)
 
 
+def _with_config(base: train.Args, config: dict[str, Any]) -> train.Args:
+    """``base`` with a trial's settings: agent keywords into ``hyperparams``, ``env.KEY`` into ``env_kwargs``."""
+    hyperparams = {key: value for key, value in config.items() if not key.startswith(ENV_PREFIX)}
+    env_kwargs = {key[len(ENV_PREFIX) :]: value for key, value in config.items() if key.startswith(ENV_PREFIX)}
+    return dataclasses.replace(
+        base, hyperparams=base.hyperparams | _plain(hyperparams), env_kwargs=base.env_kwargs | _plain(env_kwargs)
+    )
+
+
 def _plain(values: dict[str, Any]) -> dict[str, Any]:
     """Numpy scalars from the search algorithms as Python numbers (they go to YAML and JSON)."""
     return {key: value.item() if isinstance(value, np.generic) else value for key, value in values.items()}
@@ -285,13 +284,9 @@ def _plain(values: dict[str, Any]) -> dict[str, Any]:
 
 def best_config(base: train.Args, config: dict[str, Any]) -> dict[str, Any]:
     """The settings of the run that ``config`` (a trial's) gives over ``base``, as ``--config`` reads them."""
-    hyperparams = {key: value for key, value in config.items() if not key.startswith(ENV_PREFIX)}
-    env_kwargs = {key[len(ENV_PREFIX) :]: value for key, value in config.items() if key.startswith(ENV_PREFIX)}
-    settings = dataclasses.asdict(base)
+    settings = dataclasses.asdict(_with_config(base, config))
     for name in ("run_dir", "resume", "config", "progress", "eval_uniform"):
         settings.pop(name)
-    settings["hyperparams"] = base.hyperparams | _plain(hyperparams)
-    settings["env_kwargs"] = base.env_kwargs | _plain(env_kwargs)
     return settings
 
 
@@ -379,8 +374,6 @@ def _run(argv: Sequence[str] | None) -> int:
     search = options.search or ("optuna" if _optuna_available() else "random")
     if search == "optuna" and not _optuna_available():
         raise ValueError(f"--search optuna: optuna is not installed; {_RAY_EXTRA}")
-    if options.address is not None:
-        check_address(options.address)
     out = options.out.absolute()
     results = _search(options, base, space, search, out)
     return _write_outputs(options, base, results, out)
