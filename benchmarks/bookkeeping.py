@@ -2,10 +2,11 @@
 
 Runs ``NeuralBatchSamplingVectorEnv`` with its autoencoder work replaced by stand-ins that cost next to
 nothing: updates return random per-patch losses, snapshots return the loss maps of the freshly
-initialised first model. What is left is what every sub-environment does in Python and numpy on the
-host at each step: drawing the batch, gathering its patches, restratifying the pool, the observation,
-and at snapshots the strata refresh and the separation reward. On a GPU this part does not shrink, so
-its rate bounds the vector env's env steps per second from above.
+initialised first model (one contiguous batch of them, made once). What is left is the engine's
+bookkeeping of every sub-environment in Python and numpy on the host at each step: drawing the batch,
+gathering its patches, restratifying the pool, the observation and the info, and at snapshots the
+pooled patch losses, the profiles' copy of the probe maps, the strata refresh and the separation reward.
+On a GPU this part does not shrink, so its rate bounds the vector env's env steps per second from above.
 
 With ``--device cuda`` the stand-ins live on the GPU, so that pooling the snapshot maps runs there and
 their copies to the host cost what they cost on that machine.
@@ -39,18 +40,20 @@ def main() -> None:
 
     venv = gym.make_vec(ENV_ID, num_envs=args.n_envs, vectorization_mode="vector_entry_point", device=args.device)
     env = venv.unwrapped
-    engine = env.engine
+    engine = env.engine.trainer
     venv.reset(seed=0)
-    fresh_maps = engine.loss_maps(env._snapshot_images, models=[0])[0]
+    fresh_maps = engine.loss_maps(env.engine.pool.snapshot_images, models=[0])[0]
     scale = float(fresh_maps.mean())
     generator = torch.Generator().manual_seed(0)
 
     def update(patches: torch.Tensor) -> torch.Tensor:
         return (torch.rand(patches.shape[:2], generator=generator) * 2 * scale).to(patches.device)
 
+    # A contiguous batch of maps, as the trainer returns, made once: the stand-in itself costs nothing.
+    all_maps = fresh_maps.expand(args.n_envs, *fresh_maps.shape).contiguous()
+
     def loss_maps(images: torch.Tensor, chunk: int | None = None, models: list[int] | None = None) -> torch.Tensor:
-        count = len(models) if models is not None else args.n_envs
-        return fresh_maps.expand(count, *fresh_maps.shape)
+        return all_maps[: len(models) if models is not None else args.n_envs]
 
     engine.update, engine.loss_maps = update, loss_maps
     actions = np.zeros((args.n_envs, *venv.single_action_space.shape), np.float32)

@@ -40,15 +40,15 @@ class BareLoop:
     """The env's updates and snapshots with no environment around them."""
 
     def __init__(self, env: gym.Env) -> None:
-        unwrapped = env.unwrapped
-        self.config = cfg = unwrapped.config
-        self.trainer = AutoencoderTrainer(unwrapped._snapshot_images.shape[1], cfg.autoencoder)
+        pool = env.unwrapped.engine.pool
+        self.config = cfg = env.unwrapped.config
+        self.trainer = AutoencoderTrainer(pool.channels, cfg.autoencoder)
         device = self.trainer.device
-        self.images = unwrapped._snapshot_images
-        self.n_patches = len(unwrapped._patch_image)
-        self.image_of = torch.as_tensor(unwrapped._patch_image, device=device)
-        self.y_of = torch.as_tensor(unwrapped._patch_y, device=device)
-        self.x_of = torch.as_tensor(unwrapped._patch_x, device=device)
+        self.images = pool.snapshot_images
+        self.n_patches = pool.n_patches
+        self.image_of = torch.as_tensor(pool.patch_image, device=device)
+        self.y_of = torch.as_tensor(pool.patch_y, device=device)
+        self.x_of = torch.as_tensor(pool.patch_x, device=device)
         self.offsets = torch.arange(cfg.patch_size, device=device)
         self.snapshots = set(cfg.snapshot_steps)
         self.generator = torch.Generator().manual_seed(0)

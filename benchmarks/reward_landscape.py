@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
             terminated = False
             while not terminated:
                 _, _, terminated, _, info = env.step(np.asarray(action, np.float32))
-            plain = profile_separation(env._loss_maps[:, :n_labeled], env._labeled_masks, "auroc", 0, split_seed)
+            plain = profile_separation(
+                env.episode_loss_maps[:, :n_labeled], env.engine.labeled_masks, "auroc", 0, split_seed
+            )
             rows.append((info["initial_separation"], info["separation"], plain))
         values = np.array(rows)
         gain = values[:, 1] - values[:, 0]

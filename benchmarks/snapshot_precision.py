@@ -39,17 +39,17 @@ def precision(variant: str, device: str) -> Iterator[None]:
     """Run the block in one of the three precisions, restoring torch's settings afterwards."""
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = variant == "tf32"
-    fused = autoencoder._fused_cpu_ops
+    fused = autoencoder.fused_cpu_ops
     try:
         if variant == "bf16":
-            autoencoder._fused_cpu_ops = lambda: False  # type: ignore[assignment]
+            autoencoder.fused_cpu_ops = lambda: False  # type: ignore[assignment]
             with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
                 yield
         else:
             yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-        autoencoder._fused_cpu_ops = fused  # type: ignore[assignment]
+        autoencoder.fused_cpu_ops = fused  # type: ignore[assignment]
 
 
 def strata(patch_losses: np.ndarray, group_starts: np.ndarray) -> np.ndarray:
@@ -82,7 +82,7 @@ def main() -> None:
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            maps = env.engine.loss_maps(env._snapshot_images)
+            maps = env.engine.trainer.loss_maps(env.engine.pool.snapshot_images)
             if cuda:
                 torch.cuda.synchronize()
             return time.perf_counter() - start, maps.float()
@@ -98,10 +98,11 @@ def main() -> None:
             seconds[variant].append(elapsed)
 
     reference = maps["float32"]
-    group_starts = env.envs[0]._group_starts
-    reference_strata = strata(np.stack([losses for losses, _ in env._snapshots_to_host(reference)]), group_starts)
+    group_starts = env.engine.groups.starts
+    reference_strata = strata(env.engine.pool.patch_losses(reference), group_starts)
     name = torch.cuda.get_device_name() if cuda else "cpu"
-    print(f"device: {args.device} ({name}), models: {n_envs}, images per snapshot: {len(env._snapshot_images)}")
+    n_images = len(env.engine.pool.snapshot_images)
+    print(f"device: {args.device} ({name}), models: {n_envs}, images per snapshot: {n_images}")
     print(
         f"{'variant':8s} {'ms per model':>13s} {'speed-up':>10s} {'rel. error median':>18s} "
         f"{'rel. error p99':>15s} {'patches changing stratum':>25s}"
@@ -110,7 +111,7 @@ def main() -> None:
     for variant in variants:
         median = statistics.median(seconds[variant])
         relative = ((maps[variant] - reference).abs() / reference.abs().clamp_min(1e-12)).flatten().cpu().numpy()
-        losses = np.stack([losses for losses, _ in env._snapshots_to_host(maps[variant])])
+        losses = env.engine.pool.patch_losses(maps[variant])
         changed = float((strata(losses, group_starts) != reference_strata).mean())
         print(
             f"{variant:8s} {median / n_envs * 1e3:13.3f} {base / median:10.2f} {np.median(relative):18.2e} "

@@ -73,7 +73,7 @@ def sb3_variant(name: str, vec_env: Any, episode_length: int) -> Variant:
 
 def vector_variant(num_envs: int, device: str) -> Variant:
     venv = gym.make_vec(ENV_ID, num_envs=num_envs, vectorization_mode="vector_entry_point", device=device)
-    engine = venv.unwrapped.engine
+    engine = venv.unwrapped.engine.trainer
     loss_maps: Callable[..., torch.Tensor] = engine.loss_maps
     length = venv.unwrapped.config.episode_length
     actions = np.zeros((num_envs, *venv.single_action_space.shape), np.float32)

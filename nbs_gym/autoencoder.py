@@ -69,7 +69,7 @@ def _to_layout(x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
 
 
 @functools.cache
-def _fused_cpu_ops() -> bool:
+def fused_cpu_ops() -> bool:
     """Whether oneDNN's fused convolution-plus-activation ops run here and agree with the plain ones.
 
     They are PyTorch's internal CPU kernels for a convolution followed by an activation in one pass
@@ -135,7 +135,7 @@ def _grouped_forward(
 ) -> torch.Tensor:
     """The autoencoder's layers, each as one grouped call over the stacked models' channels.
 
-    With ``fused`` (inference on the CPU in channels-last, where :func:`_fused_cpu_ops`), each
+    With ``fused`` (inference on the CPU in channels-last, where :func:`fused_cpu_ops`), each
     convolution and the leaky ReLU after it run as one oneDNN call.
     """
     index = 0
@@ -184,7 +184,7 @@ def _grouped_loss_maps(
     Returns:
         Shape (models, M, H, W): each model's squared error averaged over the image channels.
     """
-    fused = layout == torch.channels_last and images.device.type == "cpu" and _fused_cpu_ops()
+    fused = layout == torch.channels_last and images.device.type == "cpu" and fused_cpu_ops()
     maps = torch.empty((models, len(images), *images.shape[2:]), device=images.device)
     for start in range(0, len(images), chunk):
         part = images[start : start + chunk]
@@ -246,6 +246,9 @@ class ConvAutoencoder(nn.Module):
 class AutoencoderTrainer:
     """One autoencoder with its Adam optimiser: updates on patch batches, loss maps of images.
 
+    The N = 1 case of :class:`BatchedAutoencoderTrainer`, whose Adam it uses (the package has one), with
+    the batch axis of the models dropped.
+
     Args:
         channels: Image channels.
         config: Architecture, learning rate and device.
@@ -253,35 +256,30 @@ class AutoencoderTrainer:
 
     def __init__(self, channels: int, config: AutoencoderConfig) -> None:
         self.config = config
-        self.device = resolve_device(config.device)
-        self._format = memory_format(self.device)
-        model = ConvAutoencoder(channels, config.width, config.depth, config.latent_channels)
-        self.model = model.to(self.device, memory_format=self._format)  # type: ignore[call-overload]  # torch's stub lacks it
-        self._layers = _layers(self.model)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        self.batched = BatchedAutoencoderTrainer(1, channels, config)
+        self.device = self.batched.device
 
     def reset(self, generator: torch.Generator) -> None:
         """Fresh weights drawn from ``generator`` and a fresh optimiser state."""
-        self.model.reset_parameters(generator)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.learning_rate)
+        self.batched.reset([0], [generator])
 
-    @torch.enable_grad()  # also inside a caller's no_grad block (ARS evaluates candidates in one)
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """The model's parameters by name (views, no copies), as ``ConvAutoencoder.named_parameters``."""
+        return {name: value[0] for name, value in self.batched.params.items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's parameters as a ``ConvAutoencoder`` state dict (copies)."""
+        return self.batched.state_dict(0)
+
     def update(self, patches: torch.Tensor) -> torch.Tensor:
         """One Adam step on the mean squared error of ``patches`` (B, C, p, p).
 
         Returns:
             The per-patch mean squared error before the step, shape (B,), detached.
         """
-        self.model.train()
-        patches = _to_layout(patches, self._format)
-        reconstruction = self.model(patches)
-        per_patch = (reconstruction - patches).square().mean(dim=(1, 2, 3))
-        self.optimizer.zero_grad(set_to_none=True)
-        per_patch.mean().backward()
-        self.optimizer.step()
-        return per_patch.detach()
+        return self.batched.update(patches[None])[0]
 
-    @torch.no_grad()
     def loss_maps(self, images: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """Per-pixel squared reconstruction error of whole ``images`` (N, C, H, W), averaged over channels.
 
@@ -292,10 +290,7 @@ class AutoencoderTrainer:
         Returns:
             Loss maps of shape (N, H, W) on the model's device.
         """
-        params = {name: p.detach().unsqueeze(0) for name, p in self.model.named_parameters()}
-        weights = _grouped_weights(self._layers, params, self._format, inference=True)
-        chunk = chunk or snapshot_chunk(self.device)
-        return _grouped_loss_maps(images, self._layers, weights, 1, self._format, chunk)[0]
+        return self.batched.loss_maps(images, chunk)[0]
 
 
 class BatchedAutoencoderTrainer:
@@ -305,9 +300,9 @@ class BatchedAutoencoderTrainer:
     and each layer of all N runs as one grouped convolution: the batch of patches is laid out as
     ``(B, N * C, p, p)`` and layer weights as ``(N * C_out, C_in, k, k)`` with ``groups=N``, so one
     update of all N costs one call of each layer instead of N. Each model has its own initialisation,
-    its own Adam state (moments and step count) and its own data; numerically each slot follows exactly
-    the update rule of :class:`AutoencoderTrainer` (same initialisation draws, same Adam arithmetic), up
-    to float rounding of the grouped kernels.
+    its own Adam state (moments and step count) and its own data. Adam is computed as ``torch.optim.Adam``
+    computes it; a model's numbers are those of the same model trained alone (N = 1, as
+    :class:`AutoencoderTrainer`) up to float rounding of the grouped kernels.
 
     Loss maps of the shared snapshot images go through ``models_per_pass`` models at a time (the images
     repeated along channels for each). On a GPU that is all N in one pass. On a CPU it is one: oneDNN's
@@ -338,7 +333,7 @@ class BatchedAutoencoderTrainer:
             raise ValueError(f"models_per_pass: must be >= 1, got {models_per_pass}")
         default_per_pass = n_models if self.device.type == "cuda" else 1
         self.models_per_pass = min(n_models, models_per_pass or default_per_pass)
-        # The template draws initial weights on the CPU exactly as a single trainer does, and supplies the
+        # The template draws initial weights on the CPU (ConvAutoencoder.reset_parameters) and supplies the
         # architecture: its layers, in order, with their strides and paddings.
         self._template = ConvAutoencoder(channels, config.width, config.depth, config.latent_channels)
         self._layers = _layers(self._template)
@@ -382,6 +377,18 @@ class BatchedAutoencoderTrainer:
         Returns:
             The per-patch mean squared error before the step, shape (N, B), detached.
         """
+        per_patch, grad = self._losses_and_gradient(patches)
+        self._adam_step(grad)
+        return per_patch
+
+    @torch.enable_grad()
+    def gradients(self, patches: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """What :meth:`update` computes before its Adam step, without the step: the per-patch losses
+        (N, B) and each model's gradient of its mean loss, by parameter name (``grads[name][i]``)."""
+        per_patch, grad = self._losses_and_gradient(patches)
+        return per_patch, self._views(grad)
+
+    def _losses_and_gradient(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, batch, channels = patches.shape[:3]
         if n != self.n_models or channels != self.channels:
             raise ValueError(
@@ -394,8 +401,11 @@ class BatchedAutoencoderTrainer:
         per_patch = (reconstruction - stacked).square().unflatten(1, (n, channels)).mean(dim=(2, 3, 4)).T
         # Summing the N mean losses gives each model exactly the gradient of its own loss.
         (grad,) = torch.autograd.grad(per_patch.mean(dim=1).sum(), [self._flat])
-        self._adam_step(grad)
-        return per_patch.detach()
+        return per_patch.detach(), grad
+
+    def state_dict(self, model: int) -> dict[str, torch.Tensor]:
+        """Model ``model``'s parameters as a ``ConvAutoencoder`` state dict (copies)."""
+        return {name: value[model].detach().clone() for name, value in self.params.items()}
 
     @torch.no_grad()
     def loss_maps(

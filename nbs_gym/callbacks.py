@@ -31,6 +31,7 @@ __all__ = [
     "replay_buffer_path",
     "save_atomic",
     "save_checkpoint",
+    "save_through_temporary",
 ]
 
 _CHECKPOINT = re.compile(r"^agent_(\d+)_steps(\.[^.]*)?$")
@@ -252,19 +253,19 @@ class StepProgressBar(BaseCallback):
     def __init__(self, start: int, end: int) -> None:
         super().__init__()
         self.start, self.end = start, end
-        self._bar: Any = None
+        self.bar: Any = None
 
     def _on_training_start(self) -> None:
-        self._bar = tqdm(total=self.end, initial=self.start, unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=self.end, initial=self.start, unit="step", dynamic_ncols=True)
 
     def _on_step(self) -> bool:
-        self._bar.update(self.num_timesteps - self._bar.n)
+        self.bar.update(self.num_timesteps - self.bar.n)
         return True
 
     def _on_training_end(self) -> None:
-        if self._bar is not None:
-            self._bar.update(self.num_timesteps - self._bar.n)
-            self._bar.close()
+        if self.bar is not None:
+            self.bar.update(self.num_timesteps - self.bar.n)
+            self.bar.close()
 
 
 def save_atomic(agent: Any, path: str | os.PathLike[str]) -> Path:
@@ -273,10 +274,10 @@ def save_atomic(agent: Any, path: str | os.PathLike[str]) -> Path:
     The temporary name keeps ``path``'s suffix, so that savers which append a missing suffix (SB3
     appends ``.zip``) write exactly the temporary file.
     """
-    return _save_through_temporary(agent.save, Path(path))
+    return save_through_temporary(agent.save, Path(path))
 
 
-def _save_through_temporary(save: Callable[[Path], object], path: Path) -> Path:
+def save_through_temporary(save: Callable[[Path], object], path: Path) -> Path:
     """``save(temporary)`` beside ``path``, keeping its suffix, then the temporary file moved into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
@@ -297,7 +298,7 @@ def save_checkpoint(agent: Any, path: str | os.PathLike[str]) -> Path:
     """
     path = save_atomic(agent, path)
     if getattr(agent, "replay_buffer", None) is not None and hasattr(agent, "save_replay_buffer"):
-        buffer_path = _save_through_temporary(agent.save_replay_buffer, replay_buffer_path(path))
+        buffer_path = save_through_temporary(agent.save_replay_buffer, replay_buffer_path(path))
         for older in path.parent.glob(f"*{_REPLAY_BUFFER_SUFFIX}"):
             if older != buffer_path:
                 older.unlink(missing_ok=True)

@@ -1,12 +1,12 @@
 """A natively batched vector environment, and its adapter for Stable-Baselines3.
 
 :class:`NeuralBatchSamplingVectorEnv` runs N copies of :class:`~nbs_gym.env.NeuralBatchSamplingEnv`
-whose autoencoders train as one batched network (:class:`~nbs_gym.autoencoder.BatchedAutoencoderTrainer`):
-per step, one batched update of all N models and, at snapshot steps, the loss maps of the snapshot
-images under all N (one grouped pass on a GPU; on the CPU one model after another, which is faster
-there). The sampling bookkeeping stays per sub-environment and is the single env's own code, so
-sub-environment ``i`` reset with seed ``s`` follows exactly the trajectory of a single env reset with
-``s`` (up to float rounding of the batched kernels).
+on one :class:`~nbs_gym.engine.EpisodeEngine`, the single env's own engine with N sub-environments:
+per step, one batched update of all N autoencoders and, at snapshot steps, the loss maps of the
+snapshot images under all N (one grouped pass on a GPU; on the CPU one model after another, which is
+faster there), with the bookkeeping as arrays over N. Each sub-environment draws from its own random
+stream, so sub-environment ``i`` reset with seed ``s`` follows the trajectory of a single env reset
+with ``s`` (up to float rounding of the batched kernels).
 
 It is the ``vector_entry_point`` of every registered id::
 
@@ -27,15 +27,16 @@ from typing import Any, cast
 import gymnasium as gym
 import numpy as np
 from gymnasium.error import ResetNeeded
+from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from stable_baselines3.common.env_util import is_wrapped
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
-from nbs_gym.autoencoder import BatchedAutoencoderTrainer
 from nbs_gym.config import EnvConfig
 from nbs_gym.data import AnomalyDataset
-from nbs_gym.env import NeuralBatchSamplingEnv, Snapshot
+from nbs_gym.engine import EngineSlot, EpisodeEngine, IndexedActionError
+from nbs_gym.env import build_engine
 
 
 class NeuralBatchSamplingVectorEnv(VectorEnv):
@@ -46,6 +47,10 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
     at its own steps, and only the models due are mapped. Autoreset mode: ``SAME_STEP`` — the step that terminates a
     sub-environment returns the first observation of its next episode, with the terminal observation
     and info in ``info["final_obs"]`` / ``info["final_info"]``.
+
+    ``envs[i]`` is sub-environment ``i`` (:class:`SubEnvironment`): the single env's accessors
+    (``patch_losses``, ``set_patch_draw``, ``progress``, ...) for that slot, as SB3's ``get_attr`` and
+    ``env_method`` reach them through :class:`SB3VecEnv`.
 
     Args:
         num_envs: Number of sub-environments N.
@@ -70,24 +75,21 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs: must be >= 1, got {num_envs}")
-        template = NeuralBatchSamplingEnv(render_mode, config=config, dataset_object=dataset_object, **kwargs)
-        self.envs = [
-            template._spawn(Path(profile_dir) / f"env_{i:03d}" if profile_dir is not None else None)
-            for i in range(num_envs)
-        ]
-        self.config = template.config
-        self.split = template.split  # one split for every sub-environment
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode: got {render_mode!r}, expected None or 'rgb_array'")
+        folders = [Path(profile_dir) / f"env_{i:03d}" if profile_dir is not None else None for i in range(num_envs)]
+        settings = (config if config is not None else EnvConfig()).replace(**kwargs)
+        self.engine = build_engine(num_envs, settings, dataset_object, list(folders))
+        self.envs = [SubEnvironment(self.engine, i) for i in range(num_envs)]
+        self.config = self.engine.config
+        self.split = self.engine.split  # one split for every sub-environment
         self.render_mode = render_mode
         self.num_envs = num_envs
-        self.engine = BatchedAutoencoderTrainer(num_envs, template._snapshot_images.shape[1], self.config.autoencoder)
         self.device = self.engine.device
-        self.single_observation_space = template.observation_space
-        self.single_action_space = template.action_space
+        self.single_observation_space = self.engine.observation_space
+        self.single_action_space = self.engine.action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self._snapshot_images = template._snapshot_images
-        self._gather_patches = template._gather_patches
-        self._snapshots_to_host = template._snapshots_to_host
         self._started = np.zeros(num_envs, dtype=bool)
 
     def reset(
@@ -118,13 +120,8 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
                 f"options['reset_mask']: sub-environments {never_reset.tolist()} have never been reset; "
                 "the first reset must include every sub-environment"
             )
-        slots = [int(i) for i in np.flatnonzero(mask)]
-        results = self._reset_slots(slots, [seeds[i] for i in slots])
-        observations = np.stack([env._observation() for env in self.envs])
-        infos: dict[str, Any] = {}
-        for slot in slots:
-            infos = self._add_info(infos, results[slot][1], slot)
-        return observations, infos
+        self._reset_slots(mask, seeds)
+        return self.engine.observations(), batched_info(self.engine.info_fields(), mask)
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """``decision_interval`` batched updates of every sub-environment's autoencoder, each on batches its
@@ -134,43 +131,34 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
         if len(actions) != self.num_envs:
             raise ValueError(f"actions: expected one action per sub-environment ({self.num_envs}), got {len(actions)}")
         # Every action is checked before any sub-environment draws, so that a bad one changes no state.
-        compositions = []
-        for i, (env, action) in enumerate(zip(self.envs, actions, strict=True)):
-            try:
-                compositions.append(env.batch_composition(action))
-            except ValueError as error:
-                raise ValueError(f"actions[{i}]: {error}") from None
-        for env, action in zip(self.envs, actions, strict=True):
-            env._begin_step(action)
-        for _ in range(self.config.decision_interval):
-            patch_ids = np.concatenate([env._begin_update(c) for env, c in zip(self.envs, compositions, strict=True)])
-            patches = self._gather_patches(patch_ids)
-            per_patch = self.engine.update(patches.view(self.num_envs, -1, *patches.shape[1:])).cpu().numpy()
-            # Sub-environments snapshot at the same steps unless a partial reset put them out of step.
-            due = [i for i, env in enumerate(self.envs) if env._snapshot_due]
-            snapshots = dict(zip(due, self._snapshots(due), strict=True)) if due else {}
-            for i, env in enumerate(self.envs):
-                env._finish_update(per_patch[i], snapshots.get(i))
-
-        observations, step_infos, rewards = [], [], np.zeros(self.num_envs)
-        terminations = np.zeros(self.num_envs, dtype=bool)
+        try:
+            compositions = self.engine.compositions(actions)
+        except IndexedActionError as error:
+            raise ValueError(f"actions[{error.index}]: {error}") from None
+        rewards, terminations, terms = self.engine.step(actions, compositions)
         truncations = np.zeros(self.num_envs, dtype=bool)
-        for i, env in enumerate(self.envs):
-            step = env._finish_step()
-            observation, rewards[i], terminations[i], truncations[i], info = step
-            observations.append(observation)
-            step_infos.append(info)
-        finished = [i for i in range(self.num_envs) if terminations[i] or truncations[i]]
-        resets = self._reset_slots(finished, [None] * len(finished)) if finished else {}
+        fields = self.engine.info_fields(terms)
+        if not terminations.any():
+            return self.engine.observations(), rewards, terminations, truncations, batched_info(fields, ~truncations)
         # As Gymnasium's SAME_STEP vector envs: a finished sub-environment reports its last step in
         # final_obs / final_info, and the observation and info of its next episode's start.
-        infos: dict[str, Any] = {}
-        for i, info in enumerate(step_infos):
-            if i in resets:
-                infos = self._add_info(infos, {"final_obs": observations[i], "final_info": info}, i)
-                observations[i], info = resets[i]
-            infos = self._add_info(infos, info, i)
-        return np.stack(observations), rewards, terminations, truncations, infos
+        final_obs = np.full(self.num_envs, None, dtype=object)
+        last = self.engine.observations()
+        for i in np.flatnonzero(terminations):
+            final_obs[i] = last[i]
+        final_info = batched_info(fields, terminations)
+        paths = {slot: self.engine.save_profiles(slot) for slot in np.flatnonzero(terminations).tolist()}
+        written = [slot for slot, path in paths.items() if path is not None]
+        if written:
+            final_info["profile_path"] = np.full(self.num_envs, None, dtype=object)
+            final_info["_profile_path"] = np.zeros(self.num_envs, dtype=bool)
+            for slot in written:
+                final_info["profile_path"][slot], final_info["_profile_path"][slot] = paths[slot], True
+        self._reset_slots(terminations, [None] * self.num_envs)
+        infos = batched_info(_rows_where(terminations, self.engine.info_fields(), fields), ~truncations)
+        infos["final_obs"], infos["_final_obs"] = final_obs, terminations.copy()
+        infos["final_info"], infos["_final_info"] = final_info, terminations.copy()
+        return self.engine.observations(), rewards, terminations, truncations, infos
 
     def render(self) -> tuple[Any, ...] | None:
         """One ``rgb_array`` frame per sub-environment."""
@@ -179,19 +167,63 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
             return None
         return tuple(env.render() for env in self.envs)
 
-    def _reset_slots(self, slots: list[int], seeds: list[int | None]) -> dict[int, tuple[np.ndarray, dict]]:
-        generators = []
-        for slot, seed in zip(slots, seeds, strict=True):
-            gym.Env.reset(self.envs[slot], seed=seed)  # seeds the sub-environment's np_random only
-            generators.append(self.envs[slot]._begin_episode())
-        self.engine.reset(slots, generators)
-        snapshots = self._snapshots(slots)
+    def _reset_slots(self, mask: np.ndarray, seeds: Sequence[int | None]) -> None:
+        slots = [int(i) for i in np.flatnonzero(mask)]
+        for slot in slots:
+            self.envs[slot].seed(seeds[slot])
+        self.engine.reset(slots, [self.envs[slot].np_random for slot in slots])
         self._started[slots] = True
-        return {slot: self.envs[slot]._finish_reset(snapshot) for slot, snapshot in zip(slots, snapshots, strict=True)}
 
-    def _snapshots(self, models: list[int]) -> list[Snapshot]:
-        """The snapshots of the given sub-environments' models: one batched pass, one copy to the host."""
-        return self._snapshots_to_host(self.engine.loss_maps(self._snapshot_images, models=models))
+
+class SubEnvironment(EngineSlot):
+    """Sub-environment ``slot`` of a vector env's engine: the single env's accessors for that slot, and
+    its own random stream (``np_random``, seeded as ``gymnasium.Env.reset`` seeds it)."""
+
+    def __init__(self, engine: EpisodeEngine, slot: int) -> None:
+        self.engine, self.slot = engine, slot
+        self._np_random: np.random.Generator | None = None
+        self.action_space = engine.action_space
+        self.observation_space = engine.observation_space
+
+    def seed(self, seed: int | None) -> None:
+        """A new stream from ``seed``; with None, the stream goes on (one is drawn from entropy at first)."""
+        if seed is not None:
+            self._np_random, _ = seeding.np_random(seed)
+
+    @property
+    def np_random(self) -> np.random.Generator:
+        if self._np_random is None:
+            self._np_random, _ = seeding.np_random()
+        return self._np_random
+
+    def get_wrapper_attr(self, name: str) -> Any:
+        return getattr(self, name)
+
+
+def _rows_where(mask: np.ndarray, chosen: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """Per key (nested dicts too), the rows of ``chosen`` where ``mask`` holds and of ``other`` elsewhere."""
+    merged: dict[str, Any] = {}
+    for key, value in other.items():
+        if isinstance(value, dict):
+            merged[key] = _rows_where(mask, chosen[key], value)
+        else:
+            merged[key] = np.where(mask.reshape(-1, *([1] * (value.ndim - 1))), chosen[key], value)
+    return merged
+
+
+def batched_info(fields: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
+    """A Gymnasium vector info dict from the engine's arrays over N: each key with its ``_key`` mask
+    (the sub-environments in ``mask``), nested dicts as nested infos; values outside the mask are zero."""
+    infos: dict[str, Any] = {}
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            infos[key] = batched_info(value, mask)
+        else:
+            kept = np.array(value, copy=True)
+            kept[~mask] = 0
+            infos[key] = kept
+        infos[f"_{key}"] = mask.copy()
+    return infos
 
 
 def unbatch_info(infos: dict[str, Any], index: int) -> dict[str, Any]:

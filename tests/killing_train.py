@@ -30,7 +30,7 @@ def _die() -> None:
 
 
 def _kill_at_step(limit: int) -> None:
-    on_step = nbs_gym.callbacks.EpisodeStatsCallback._on_step
+    on_step = nbs_gym.callbacks.EpisodeStatsCallback.on_step
     env_step = nbs_gym.callbacks.CheckpointingEnv.step
 
     def patched(self: Any) -> bool:
@@ -43,12 +43,12 @@ def _kill_at_step(limit: int) -> None:
             _die()
         return env_step(self, action)
 
-    nbs_gym.callbacks.EpisodeStatsCallback._on_step = patched
+    nbs_gym.callbacks.EpisodeStatsCallback.on_step = patched  # type: ignore[method-assign]
     nbs_gym.callbacks.CheckpointingEnv.step = patched_env_step
 
 
 def _kill_in_checkpoint(number: int) -> None:
-    save_through_temporary = nbs_gym.callbacks._save_through_temporary
+    save_through_temporary = nbs_gym.callbacks.save_through_temporary
     calls = 0
 
     def patched(save: Any, path: Path) -> Path:
@@ -62,7 +62,7 @@ def _kill_in_checkpoint(number: int) -> None:
         _die()
         raise AssertionError("unreachable")
 
-    nbs_gym.callbacks._save_through_temporary = patched
+    nbs_gym.callbacks.save_through_temporary = patched
 
 
 def _kill_in_evaluation() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -96,13 +97,13 @@ def test_same_seed_and_actions_give_identical_rollouts_and_profiles(env_id: str,
 def test_different_seeds_give_different_autoencoder_initialisations() -> None:
     env = make().unwrapped
     env.reset(seed=0)
-    first = [p.detach().clone() for p in env.trainer.model.parameters()]
+    first = env.engine.trainer.state_dict(0)
     env.reset(seed=1)
-    second = list(env.trainer.model.parameters())
-    assert any(not np.array_equal(a.numpy(), b.detach().numpy()) for a, b in zip(first, second, strict=True))
+    second = env.engine.trainer.state_dict(0)
+    assert any(not torch.equal(first[name], second[name]) for name in first)
     env.reset(seed=0)
-    again = list(env.trainer.model.parameters())
-    assert all(np.array_equal(a.numpy(), b.detach().numpy()) for a, b in zip(first, again, strict=True))
+    again = env.engine.trainer.state_dict(0)
+    assert all(torch.equal(first[name], again[name]) for name in first)
 
 
 @pytest.mark.parametrize(("measure", "window"), [("auroc", 0), ("fisher", 0), ("prediction_loss", 0), ("auroc", 5)])
@@ -128,15 +129,16 @@ def test_context_window_adds_the_box_mean_of_the_loss_map_as_a_reward_feature() 
     env.reset(seed=0)
     n_labeled, size = len(env.split.labeled), SMALL["image_size"]
     maps = np.random.default_rng(0).random((n_labeled, size, size)).astype(np.float32)
-    features = env._reward_features(maps)
-    assert features.shape == (len(env._separation_pixels), 2)
-    np.testing.assert_array_equal(features[:, 0], maps.reshape(-1)[env._separation_pixels])
+    features = env.engine.reward_features(maps)
+    pixels = env.engine.separation_pixels
+    assert features.shape == (len(pixels), 2)
+    np.testing.assert_array_equal(features[:, 0], maps.reshape(-1)[pixels])
     # An interior pixel's context feature is the plain mean of the 5 x 5 box around it.
-    image, y, x = np.unravel_index(env._separation_pixels, maps.shape)
+    image, y, x = np.unravel_index(pixels, maps.shape)
     row = int(np.flatnonzero((y >= 2) & (y < size - 2) & (x >= 2) & (x < size - 2))[0])
     box = maps[image[row], y[row] - 2 : y[row] + 3, x[row] - 2 : x[row] + 3]
     assert features[row, 1] == pytest.approx(box.mean(), rel=1e-5)
-    assert make().unwrapped._reward_features(maps).shape == (len(env._separation_pixels), 1)
+    assert make().unwrapped.engine.reward_features(maps).shape == (len(pixels), 1)
 
 
 @pytest.mark.parametrize("window", [0, 5])
@@ -148,7 +150,7 @@ def test_saved_profiles_score_the_same_final_separation_as_the_reward(window: in
     seed = env.unwrapped.config.data.split_seed
     score = profile_separation(maps.astype(np.float32), masks, "auroc", window, seed)
     assert score == pytest.approx(infos[-1]["separation"], abs=2e-3)
-    exact = profile_separation(env.unwrapped._loss_maps[:, : profiles.n_labeled], masks, "auroc", window, seed)
+    exact = profile_separation(env.unwrapped.episode_loss_maps[:, : profiles.n_labeled], masks, "auroc", window, seed)
     assert exact == pytest.approx(infos[-1]["separation"], abs=1e-12)
 
 
@@ -156,30 +158,32 @@ def test_zero_action_is_uniform_sampling_over_patches() -> None:
     env = make().unwrapped
     env.reset(seed=0)
     composition = env.batch_composition(np.zeros(env.action_space.shape, np.float32))
-    np.testing.assert_allclose(composition, env._group_sizes / env._group_sizes.sum())
+    sizes = env.engine.groups.sizes
+    np.testing.assert_allclose(composition, sizes / sizes.sum())
 
 
 def test_one_hot_discrete_action_draws_only_from_that_stratum() -> None:
     env = make("nbs_gym/NeuralBatchSamplingDiscrete-v0").unwrapped
     env.reset(seed=0)
     highest = env.config.n_strata - 1
-    _, _, _, _, info = env.step(highest)
+    observation, _, _, _, info = env.step(highest)
     np.testing.assert_array_equal(info["batch_composition"], np.eye(env.config.n_strata)[highest])
-    assert env._recent_counts[-1][highest] == SMALL["batch_size"]
+    # The batch was drawn from the highest stratum (training then moved its patches' losses).
+    assert observation[env.layout.batch_shares][highest] == 1.0
 
 
 def test_strata_are_equal_runs_of_the_pool_sorted_by_current_patch_loss() -> None:
     env = make("nbs_gym/NeuralBatchSamplingDiscrete-v0").unwrapped
     env.reset(seed=0)
-    n_strata, n_patches = env.config.n_strata, len(env._patch_loss)
+    n_strata, n_patches = env.config.n_strata, len(env.patch_losses)
     for action in [n_strata - 1, 0, n_strata] * 4:  # twelve steps, two of them followed by snapshots
         _, _, _, _, info = env.step(action)
-        losses = env._patch_loss[env._order]
-        np.testing.assert_array_equal(np.sort(env._order), np.arange(n_patches))
+        order, starts = env.strata
+        losses = env.patch_losses[order]
+        np.testing.assert_array_equal(np.sort(order), np.arange(n_patches))
         assert (np.diff(losses) >= 0).all()
-        np.testing.assert_array_equal(env._sorted_loss, losses)
-        groups = env._groups_of(env._order)
-        np.testing.assert_array_equal(np.bincount(groups, minlength=n_strata), env._group_sizes)
+        groups = env.groups_of(order)
+        np.testing.assert_array_equal(np.bincount(groups, minlength=n_strata), np.diff([*starts, n_patches]))
         assert (np.diff(groups) >= 0).all()
     assert info["n_snapshots"] == 2
 
@@ -207,8 +211,8 @@ def test_strata_after_a_seeded_reset_do_not_depend_on_earlier_episodes() -> None
     fresh.reset(seed=5)
     used.reset(seed=5)
     # Some pool patches have equal losses, and the order must break those ties the same way.
-    assert len(np.unique(fresh._patch_loss)) < len(fresh._patch_loss)
-    np.testing.assert_array_equal(used._order, fresh._order)
+    assert len(np.unique(fresh.patch_losses)) < len(fresh.patch_losses)
+    np.testing.assert_array_equal(used.strata[0], fresh.strata[0])
 
 
 def test_quantile_action_draws_every_batch_from_the_admitted_lowest_loss_patches() -> None:

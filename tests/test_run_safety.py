@@ -151,7 +151,7 @@ def test_the_progress_bar_counts_a_resumed_model_s_steps_to_where_it_stops() -> 
     bar = StepProgressBar(start, planned_end(model, start, target))
     model.learn(target - start, callback=bar, reset_num_timesteps=False)
     assert (bar.start, bar.end) == (64, 128)
-    assert bar._bar.n == bar._bar.total == model.num_timesteps
+    assert bar.bar.n == bar.bar.total == model.num_timesteps
 
 
 def test_checkpoints_are_also_taken_at_a_time_interval(tmp_path: Path) -> None:

@@ -236,7 +236,7 @@ def test_off_policy_resume_continues_with_the_replay_buffer(tmp_path: Path) -> N
 def test_episode_stats_pass_over_steps_that_report_no_infos() -> None:
     callback = EpisodeStatsCallback()
     callback.locals = {"candidate_weights": None}  # what ARS hands its callbacks: no infos, no dones
-    assert callback._on_step() is True
+    assert callback._on_step() is True  # SB3's hook, as the agent calls it (on_step needs a model)
 
 
 def test_number_values_with_exponents_are_numbers_and_wrong_types_are_errors(

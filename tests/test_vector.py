@@ -78,10 +78,10 @@ def test_trainer_matches_a_plain_float64_module(channels: int, fused: bool, monk
     """Channels-last, in-place activations, the depthwise output layer and the fused CPU kernels change
     the speed, not the numbers: losses, gradients and loss maps are those of a plain NCHW module in
     float64, to float32 rounding."""
-    if fused and not autoencoder._fused_cpu_ops():
+    if fused and not autoencoder.fused_cpu_ops():
         pytest.skip("this torch build has no usable fused oneDNN convolutions")
     if not fused:
-        monkeypatch.setattr(autoencoder, "_fused_cpu_ops", lambda: False)
+        monkeypatch.setattr(autoencoder, "fused_cpu_ops", lambda: False)
     config = AutoencoderConfig(device="cpu")
     trainer = AutoencoderTrainer(channels, config)
     trainer.reset(torch.Generator().manual_seed(4))
@@ -93,18 +93,19 @@ def test_trainer_matches_a_plain_float64_module(channels: int, fused: bool, monk
     # The weights are synced before each step: Adam's first steps move a parameter by about the learning
     # rate whatever the size of its gradient, so rounding alone would let two copies drift apart.
     for _ in range(5):
-        reference.load_state_dict(trainer.model.state_dict())
+        reference.load_state_dict(trainer.state_dict())
         patches = torch.rand(8, channels, 16, 16, generator=data)
         expected = (reference(patches.double()) - patches.double()).square().mean(dim=(1, 2, 3))
         reference.zero_grad()
         expected.mean().backward()
-        losses = trainer.update(patches)
-        torch.testing.assert_close(losses.double(), expected.detach(), rtol=1e-5, atol=1e-7)
+        losses, gradients = trainer.batched.gradients(patches[None])
+        torch.testing.assert_close(losses[0].double(), expected.detach(), rtol=1e-5, atol=1e-7)
         for name, parameter in reference.named_parameters():
             scale = parameter.grad.abs().max().item()
-            trained = trainer.model.get_parameter(name).grad.double()
+            trained = gradients[name][0].double()
             torch.testing.assert_close(trained, parameter.grad, rtol=1e-4, atol=1e-5 * scale)
-    reference.load_state_dict(trainer.model.state_dict())
+        torch.testing.assert_close(trainer.update(patches), losses[0], rtol=0, atol=0)
+    reference.load_state_dict(trainer.state_dict())
     images = torch.rand(5, channels, 32, 32, generator=data)
     with torch.no_grad():
         expected_maps = (reference(images.double()) - images.double()).square().mean(dim=1)
@@ -119,13 +120,13 @@ def test_missing_fused_kernels_fall_back_to_plain_convolutions(monkeypatch: pyte
     trainer.reset(torch.Generator().manual_seed(0))
     images = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
     expected = trainer.loss_maps(images)
-    autoencoder._fused_cpu_ops.cache_clear()
+    autoencoder.fused_cpu_ops.cache_clear()
     monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", missing)
     try:
-        assert not autoencoder._fused_cpu_ops()
+        assert not autoencoder.fused_cpu_ops()
         torch.testing.assert_close(trainer.loss_maps(images), expected, rtol=1e-5, atol=1e-7)
     finally:
-        autoencoder._fused_cpu_ops.cache_clear()
+        autoencoder.fused_cpu_ops.cache_clear()
 
 
 def test_batched_engine_rejects_patches_of_the_wrong_shape() -> None:
@@ -180,11 +181,11 @@ def test_updates_train_inside_a_callers_no_grad_block() -> None:
     single.reset(torch.Generator().manual_seed(0))
     batched.reset([0, 1], [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)])
     patches = torch.rand(2, 4, 1, 16, 16, generator=torch.Generator().manual_seed(2))
-    before = [p.detach().clone() for p in single.model.parameters()], batched.params["encoder.0.weight"].clone()
+    before = single.state_dict(), batched.params["encoder.0.weight"].clone()
     with torch.no_grad():
         single.update(patches[0])
         batched.update(patches)
-    assert all(not torch.equal(old, new) for old, new in zip(before[0], single.model.parameters(), strict=True))
+    assert all(not torch.equal(old, single.params[name]) for name, old in before[0].items())
     assert not torch.equal(before[1], batched.params["encoder.0.weight"])
 
 
@@ -196,7 +197,7 @@ def test_resetting_one_slot_leaves_the_others_untouched() -> None:
     batched.reset([0], [torch.Generator().manual_seed(7)])
     fresh = AutoencoderTrainer(1, AutoencoderConfig(device="cpu"))
     fresh.reset(torch.Generator().manual_seed(7))
-    for (name, value), (_, reference) in zip(batched.params.items(), fresh.model.named_parameters(), strict=True):
+    for (name, value), (_, reference) in zip(batched.params.items(), fresh.params.items(), strict=True):
         torch.testing.assert_close(value[1], before[name][1], rtol=0, atol=0)
         torch.testing.assert_close(value[0], reference.detach(), rtol=0, atol=0)
 
