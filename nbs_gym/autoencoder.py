@@ -74,9 +74,8 @@ def fused_cpu_ops() -> bool:
 
     They are PyTorch's internal CPU kernels for a convolution followed by an activation in one pass
     (``torch.ops.mkldnn._convolution_pointwise`` and its transposed twin, which ``torch.compile`` uses
-    on the CPU). Loss maps use them because each activation is then written once instead of twice:
-    a snapshot of the 130 default images took 0.53-0.58 of the time of the plain calls when the memory
-    allocator handed fresh pages to every activation, and about 0.95 when it reused them. Being
+    on the CPU). Loss maps use them because each activation is then written once instead of twice
+    (the timings are in docs/PERFORMANCE.md). Being
     internal, they are checked once on a small input; where they are missing or disagree, loss maps
     use the plain calls.
     """
@@ -109,9 +108,8 @@ def _grouped_weights(
 
     For inference in channels-last, the output convolution (C_in channels to the image's C_out) becomes a
     depthwise convolution with C_out outputs per input channel, summed over the input channels by
-    :func:`_grouped_forward`. On the CPU that took a snapshot of the 130 default images from about 34 ms
-    to about 30 ms: oneDNN runs a dense convolution with one output channel slowly, and at full
-    resolution it is the most expensive layer of a snapshot.
+    :func:`_grouped_forward`: oneDNN runs a dense convolution with one output channel slowly, and at
+    full resolution it is the most expensive layer of a snapshot (docs/PERFORMANCE.md).
     """
     weights = {}
     output_layer = [name for name, layer in layers if isinstance(layer, nn.Conv2d)][-1]

@@ -183,6 +183,8 @@ class NeuralBatchSamplingEnv(EngineSlot, gym.Env[np.ndarray, Any]):
       lowered the reward's signal-to-noise ratio there. Settings: :data:`nbs_gym.tasks.TASK_SETTINGS`.
     * The ``quantile`` action mode joined both versions as ids of their own (``...Quantile-v0``,
       ``...Quantile-v1``); the other ids' trajectories did not change, so their versions stayed.
+    * The env became slot 0 of an :class:`~nbs_gym.engine.EpisodeEngine`, the vector env's engine; every
+      trajectory stayed the same to the bit, so no version moved.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}

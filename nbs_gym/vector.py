@@ -80,7 +80,7 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
         folders = [Path(profile_dir) / f"env_{i:03d}" if profile_dir is not None else None for i in range(num_envs)]
         settings = (config if config is not None else EnvConfig()).replace(**kwargs)
         self.engine = build_engine(num_envs, settings, dataset_object, list(folders))
-        self.envs = [SubEnvironment(self.engine, i) for i in range(num_envs)]
+        self.envs = [SubEnvironment(self.engine, i, render_mode) for i in range(num_envs)]
         self.config = self.engine.config
         self.split = self.engine.split  # one split for every sub-environment
         self.render_mode = render_mode
@@ -179,8 +179,10 @@ class SubEnvironment(EngineSlot):
     """Sub-environment ``slot`` of a vector env's engine: the single env's accessors for that slot, and
     its own random stream (``np_random``, seeded as ``gymnasium.Env.reset`` seeds it)."""
 
-    def __init__(self, engine: EpisodeEngine, slot: int) -> None:
-        self.engine, self.slot = engine, slot
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, engine: EpisodeEngine, slot: int, render_mode: str | None = None) -> None:
+        self.engine, self.slot, self.render_mode = engine, slot, render_mode
         self._np_random: np.random.Generator | None = None
         self.action_space = engine.action_space
         self.observation_space = engine.observation_space
@@ -195,6 +197,10 @@ class SubEnvironment(EngineSlot):
         if self._np_random is None:
             self._np_random, _ = seeding.np_random()
         return self._np_random
+
+    @property
+    def unwrapped(self) -> SubEnvironment:
+        return self
 
     def get_wrapper_attr(self, name: str) -> Any:
         return getattr(self, name)
