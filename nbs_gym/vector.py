@@ -136,10 +136,11 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
         except IndexedActionError as error:
             raise ValueError(f"actions[{error.index}]: {error}") from None
         rewards, terminations, terms = self.engine.step(actions, compositions)
-        truncations = np.zeros(self.num_envs, dtype=bool)
+        truncations = np.zeros(self.num_envs, dtype=bool)  # the env never truncates (a TimeLimit may)
+        every = np.ones(self.num_envs, dtype=bool)
         fields = self.engine.info_fields(terms)
         if not terminations.any():
-            return self.engine.observations(), rewards, terminations, truncations, batched_info(fields, ~truncations)
+            return self.engine.observations(), rewards, terminations, truncations, batched_info(fields, every)
         # As Gymnasium's SAME_STEP vector envs: a finished sub-environment reports its last step in
         # final_obs / final_info, and the observation and info of its next episode's start.
         final_obs = np.full(self.num_envs, None, dtype=object)
@@ -155,7 +156,7 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
             for slot in written:
                 final_info["profile_path"][slot], final_info["_profile_path"][slot] = paths[slot], True
         self._reset_slots(terminations, [None] * self.num_envs)
-        infos = batched_info(_rows_where(terminations, self.engine.info_fields(), fields), ~truncations)
+        infos = batched_info(_rows_where(terminations, self.engine.info_fields(), fields), every)
         infos["final_obs"], infos["_final_obs"] = final_obs, terminations.copy()
         infos["final_info"], infos["_final_info"] = final_info, terminations.copy()
         return self.engine.observations(), rewards, terminations, truncations, infos
