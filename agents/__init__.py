@@ -22,7 +22,7 @@ from agents.baselines import (
 )
 from agents.protocol import BatchSampler, PluginError, load_sampler_class
 from agents.published import LossRankSampler, PatchRuleSampler, ReducibleLossSampler, SelfPacedSampler
-from agents.registry import AGENTS, ENV_ID_BY_MODE, AgentError, AgentSpec, get_spec, make_agent
+from agents.registry import AGENTS, ENV_ID_BY_MODE, TUNED, AgentError, AgentSpec, TaskDefaults, get_spec, make_agent
 
 __all__ = [
     "AGENTS",
@@ -41,6 +41,8 @@ __all__ = [
     "RandomSampler",
     "ReducibleLossSampler",
     "SelfPacedSampler",
+    "TUNED",
+    "TaskDefaults",
     "UniformSampler",
     "get_spec",
     "load_sampler_class",

@@ -325,7 +325,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[Comparison, Backend]:
         "--n-envs",
         type=int,
         metavar="N",
-        help="training envs of each learned agent (nbs_gym.train --n-envs; the batched vector env; default: 1)",
+        help="training envs of each learned agent (nbs_gym.train --n-envs, the batched vector env; default: its own)",
     )
     parser.add_argument(
         "--eval-freq",

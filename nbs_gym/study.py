@@ -288,6 +288,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     for flag in ("--env-kwargs", "--hyperparams", "--classifier-kwargs"):
         parser.add_argument(flag, nargs="*", default=[], metavar="KEY=VALUE", help="passed on to nbs_gym.compare")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument(
+        "--n-envs",
+        type=int,
+        metavar="N",
+        help="passed on to nbs_gym.compare: training envs of "
+        "each learned agent (default: its own; 4 for ppo and a2c on v1)",
+    )
     parser.add_argument("--eval-freq", type=int, metavar="N", help="passed on to nbs_gym.compare: the classifier's "
                         "learning curves of the learned agents (default: none)")  # fmt: skip
     parser.add_argument("--checkpoint-freq", type=int, metavar="N", help="passed on to nbs_gym.compare: env steps "
@@ -321,6 +328,7 @@ def _comparison(options: argparse.Namespace, name: str) -> compare.Comparison:
         env_id=options.env_id,
         eval_freq=options.eval_freq,
         checkpoint_freq=options.checkpoint_freq,
+        n_envs=options.n_envs,
         env_kwargs=options.env_kwargs or None,
         hyperparams=options.hyperparams or None,
         classifier_kwargs=options.classifier_kwargs or None,

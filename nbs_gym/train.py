@@ -181,8 +181,9 @@ class Args:
     """Labeled anomalous images per defect type (the set L); default the task's."""
     n_labeled_normal: int | None = None
     """Labeled normal test images (in L); default the task's."""
-    n_envs: int = 1
-    """Training envs, with seeds seed, seed + 1, ... (see --vec-env)."""
+    n_envs: int | None = None
+    """Training envs, with seeds seed, seed + 1, ... (see --vec-env); default the agent's on the task: 4 for
+    ppo and a2c in v1's quantile mode (their best settings found, agents.registry.TUNED), else 1."""
     vec_env: str = "auto"
     """How the training envs run: batched (one NeuralBatchSamplingVectorEnv whose autoencoders train as one
     batched network, the fast choice on a GPU), dummy (SB3 DummyVecEnv of single envs) or auto (batched
@@ -238,7 +239,7 @@ class Args:
             ("checkpoint_freq", 0),
         ):
             value = getattr(self, name)
-            if value is None and name.startswith("n_labeled"):
+            if value is None and (name.startswith("n_labeled") or name == "n_envs"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{_flag(name)}: must be an integer >= {minimum}, got {value!r}")
@@ -529,7 +530,7 @@ def validated_settings(args: Args) -> tuple[AgentSpec, dict[str, Any], EnvConfig
     _, task_mode = parse_env_id(args.env_id)
     # A Spatial or Discrete id fixes the mode; a plain id leaves it to the agent (dqn: discrete).
     mode = args.env_kwargs.get("action_mode", None if task_mode == "strata" else task_mode)
-    env_kwargs = {**args.env_kwargs, "action_mode": spec.resolve_action_mode(mode), "device": args.device}
+    env_kwargs = {**args.env_kwargs, "action_mode": spec.resolve_action_mode(mode, args.env_id), "device": args.device}
     for name in ("dataset", "n_labeled_anomalous_per_type", "n_labeled_normal"):
         if getattr(args, name) is not None:
             env_kwargs[name] = getattr(args, name)
@@ -568,14 +569,19 @@ def _prepare(args: Args) -> _Run:
     dataset = load_dataset(data.dataset, image_size=data.image_size, seed=data.dataset_seed, channels=data.channels)
     _check_labeled_counts(args, env_config, dataset)
     env_id = spec.env_id(env_config.action_mode, task=args.env_id)
+    # config.yaml keeps --n-envs as given: a default is resolved here again on --resume.
+    n_envs = args.n_envs if args.n_envs is not None else spec.n_envs(env_id)
     env_kwargs_with_data = {**env_kwargs, "dataset_object": dataset}
     train_env: Any
     if spec.env_api == "sb3":
-        train_env = _training_envs(args, env_id, env_kwargs_with_data)
+        train_env = _training_envs(args, env_id, n_envs, env_kwargs_with_data)
     else:
-        train_env = _gymnasium_training_env(args, run_dir, spec.file_suffix, env_id, env_kwargs_with_data)
+        train_env = _gymnasium_training_env(args, run_dir, spec.file_suffix, env_id, n_envs, env_kwargs_with_data)
     try:
-        agent = _load_agent(spec, args, run_dir, train_env) if args.resume else _new_agent(spec, args, train_env)
+        if args.resume:
+            agent = _load_agent(spec, args, run_dir, train_env, env_id)
+        else:
+            agent = _new_agent(spec, args, train_env, env_id)
     except BaseException:
         train_env.close()
         raise
@@ -650,19 +656,19 @@ def _clear_for_resumption(run_dir: Path) -> None:
             path.unlink()
 
 
-def _training_envs(args: Args, env_id: str, env_kwargs: dict[str, Any]) -> VecEnv:
-    """The SB3 VecEnv the agent trains on; env ``i`` is seeded with ``seed + i`` either way."""
-    batched = args.vec_env == "batched" or (args.vec_env == "auto" and args.n_envs > 1)
+def _training_envs(args: Args, env_id: str, n_envs: int, env_kwargs: dict[str, Any]) -> VecEnv:
+    """The SB3 VecEnv of ``n_envs`` envs the agent trains on; env ``i`` is seeded with ``seed + i`` either way."""
+    batched = args.vec_env == "batched" or (args.vec_env == "auto" and n_envs > 1)
     if not batched:
-        return make_vec_env(env_id, n_envs=args.n_envs, seed=args.seed, env_kwargs=env_kwargs, vec_env_cls=DummyVecEnv)
-    venv = gym.make_vec(env_id, num_envs=args.n_envs, vectorization_mode="vector_entry_point", **env_kwargs)
+        return make_vec_env(env_id, n_envs=n_envs, seed=args.seed, env_kwargs=env_kwargs, vec_env_cls=DummyVecEnv)
+    venv = gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **env_kwargs)
     vec_env = VecMonitor(SB3VecEnv(venv.unwrapped))  # VecMonitor: SB3's episode return/length logging
     vec_env.seed(args.seed)
     return vec_env
 
 
 def _gymnasium_training_env(
-    args: Args, run_dir: Path, suffix: str, env_id: str, env_kwargs: dict[str, Any]
+    args: Args, run_dir: Path, suffix: str, env_id: str, n_envs: int, env_kwargs: dict[str, Any]
 ) -> gym.Env | gym.vector.VectorEnv:
     """The Gymnasium env a plug-in trains on: the registered env in SB3's ``Monitor`` with ``--n-envs 1``,
     else a ``gymnasium.vector.VectorEnv`` (the batched one, or ``SyncVectorEnv`` with ``--vec-env dummy``)
@@ -674,14 +680,14 @@ def _gymnasium_training_env(
     """
     schedule = CheckpointSchedule(args.checkpoint_freq, run_dir / "checkpoints", suffix, args.checkpoint_minutes)
     checkpoints = bool(args.checkpoint_freq or args.checkpoint_minutes)
-    if args.n_envs == 1:
+    if n_envs == 1:
         env: gym.Env = Monitor(gym.make(env_id, **env_kwargs))
         env.reset(seed=args.seed)
         env.action_space.seed(args.seed)
         return CheckpointingEnv(env, schedule) if checkpoints else env
     mode = "sync" if args.vec_env == "dummy" else "vector_entry_point"
     venv: gym.vector.VectorEnv = gym.wrappers.vector.RecordEpisodeStatistics(
-        gym.make_vec(env_id, num_envs=args.n_envs, vectorization_mode=mode, **env_kwargs)
+        gym.make_vec(env_id, num_envs=n_envs, vectorization_mode=mode, **env_kwargs)
     )
     venv.reset(seed=args.seed)
     venv.action_space.seed(args.seed)
@@ -719,14 +725,14 @@ def _run_dir(args: Args) -> Path:
     return run_dir
 
 
-def _new_agent(spec: AgentSpec, args: Args, env: Any) -> Any:
+def _new_agent(spec: AgentSpec, args: Args, env: Any, env_id: str) -> Any:
     hyperparams = dict(args.hyperparams)
     if spec.kind == "sb3":
         hyperparams.setdefault("device", args.device)
-    return spec.build(env, seed=args.seed, **hyperparams)
+    return spec.build(env, seed=args.seed, env_id=env_id, **hyperparams)
 
 
-def _load_agent(spec: AgentSpec, args: Args, run_dir: Path, env: Any) -> Any:
+def _load_agent(spec: AgentSpec, args: Args, run_dir: Path, env: Any, env_id: str) -> Any:
     """The run's final agent or its newest checkpoint, whichever has more steps; a new agent if neither.
 
     A file that does not load (a truncated or empty checkpoint) is skipped with a warning naming it, and
@@ -748,7 +754,7 @@ def _load_agent(spec: AgentSpec, args: Args, run_dir: Path, env: Any) -> Any:
             RunWarning,
             stacklevel=2,
         )
-        return _new_agent(spec, args, env)
+        return _new_agent(spec, args, env, env_id)
     path, agent = max(found, key=lambda item: _num_timesteps(item[1]))
     print(f"resume: from {path} ({_num_timesteps(agent):,} steps)", file=sys.stderr)
     if getattr(agent, "replay_buffer", None) is not None and hasattr(agent, "load_replay_buffer"):
@@ -1063,7 +1069,7 @@ def _hparams(run: _Run) -> dict[str, Any]:
         if key not in ("env_kwargs", "hyperparams", "classifier_kwargs", "config", "resume")
     }
     flat |= {f"env/{key}": value for key, value in run.env_kwargs.items()}
-    flat |= {f"agent/{key}": value for key, value in {**run.spec.defaults, **run.args.hyperparams}.items()}
+    flat |= {f"agent/{key}": value for key, value in {**run.spec.settings(run.env_id), **run.args.hyperparams}.items()}
     flat |= {f"classifier/{key}": value for key, value in run.classifier_config.to_dict().items()}
     # TensorBoard's HParams accept numbers, strings and booleans only.
     return {key: value if isinstance(value, (bool, int, float, str)) else str(value) for key, value in flat.items()}

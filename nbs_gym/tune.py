@@ -332,7 +332,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timesteps", type=int, help=f"env steps per trial (default: {train.DEFAULT_TIMESTEPS})")
     parser.add_argument("--env-id", help=f"registered task id (default: {train.DEFAULT_ENV_ID})")
     parser.add_argument("--dataset", help="synthetic, synthetic:CATEGORY, photo:NAME or mvtec:PATH")
-    parser.add_argument("--n-envs", type=int, metavar="N", help="training envs per trial (default: 1)")
+    parser.add_argument(
+        "--n-envs", type=int, metavar="N", help="training envs per trial (default: the agent's, as nbs_gym.train's)"
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument("--checkpoint-freq", type=int, metavar="N", help="env steps between a trial's checkpoints")
     for flag in ("--env-kwargs", "--hyperparams", "--classifier-kwargs"):

@@ -17,6 +17,7 @@ from agents import (
     AGENTS,
     BASELINES,
     ENV_ID_BY_MODE,
+    TUNED,
     AgentError,
     BaselineSampler,
     CurriculumSampler,
@@ -82,8 +83,11 @@ def test_the_return_an_agent_discounts_is_the_documented_objective(name: str, en
 
 
 def test_agents_pick_their_env_mode() -> None:
-    assert get_spec("ppo").resolve_action_mode(None) == "strata"
-    assert get_spec("a2c").resolve_action_mode(None) == "strata"
+    # On v1, PPO and A2C take their tuned mode (quantile); on v0, which has none, the strata mode.
+    assert get_spec("ppo").resolve_action_mode(None) == "quantile"
+    assert get_spec("a2c").resolve_action_mode(None) == "quantile"
+    assert get_spec("ppo").resolve_action_mode(None, "nbs_gym/NeuralBatchSampling-v0") == "strata"
+    assert get_spec("sac").resolve_action_mode(None) == "strata"
     assert get_spec("dqn").resolve_action_mode(None) == "discrete"
     assert get_spec("ppo").resolve_action_mode("spatial") == "spatial"
     assert ENV_ID_BY_MODE["discrete"] == "nbs_gym/NeuralBatchSamplingDiscrete-v1"
@@ -93,6 +97,20 @@ def test_agents_pick_their_env_mode() -> None:
     assert get_spec("ppo").env_id("spatial", task="nbs_gym/NeuralBatchSampling-v1") == (
         "nbs_gym/NeuralBatchSamplingSpatial-v1"
     )
+
+
+def test_tuned_settings_apply_on_their_task_and_mode_only() -> None:
+    ppo = get_spec("ppo")
+    tuned = TUNED["ppo"]["v1"]
+    assert ppo.settings("nbs_gym/NeuralBatchSamplingQuantile-v1") == {**ppo.defaults, **tuned.hyperparams}
+    assert ppo.n_envs("nbs_gym/NeuralBatchSamplingQuantile-v1") == tuned.n_envs == 4
+    for env_id in ("nbs_gym/NeuralBatchSampling-v1", "nbs_gym/NeuralBatchSamplingQuantile-v0"):
+        assert ppo.settings(env_id) == dict(ppo.defaults) and ppo.n_envs(env_id) == 1
+    env = gym.make("nbs_gym/NeuralBatchSamplingQuantile-v1", **TINY)
+    agent = make_agent("ppo", env, env_id="nbs_gym/NeuralBatchSamplingQuantile-v1", n_steps=16, batch_size=16)
+    assert agent.use_sde and agent.sde_sample_freq == -1 and agent.gae_lambda == 1.0
+    assert agent.batch_size == 16  # the user's settings win over the tuned ones
+    assert not make_agent("ppo", env, n_steps=16, batch_size=16).use_sde  # without the id: the defaults
 
 
 @pytest.mark.parametrize(("name", "mode"), [("sac", "discrete"), ("td3", "discrete"), ("dqn", "strata")])
@@ -133,7 +151,8 @@ def test_shipped_zoo_hyperparameters_are_the_ones_train_uses(algorithm: str) -> 
         assert env_id in {spec.env_id(mode, task=task) for mode in spec.action_modes for task in nbs_gym.ENV_IDS}
         settings = {key: value for key, value in entry.items() if key not in ("n_timesteps", "n_envs")}
         assert settings.pop("policy") == spec.policy
-        assert settings == dict(spec.defaults), env_id
+        assert settings == spec.settings(env_id), env_id
+        assert entry["n_envs"] == spec.n_envs(env_id), env_id
 
 
 def test_bad_hyperparameter_names_the_agent(envs: dict[str, gym.Env]) -> None:

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 AGENTS = ["uniform", "random", "ppo"]
 SEEDS = ["0", "1"]
 COMMAND = [
-    "--agents", *AGENTS, "--seeds", *SEEDS, "--timesteps", "40",
+    "--agents", *AGENTS, "--seeds", *SEEDS, "--timesteps", "40", "--n-envs", "1",
     "--env-kwargs", "episode_length=20", "profile_length=4", "image_size=32", "patch_size=8", "batch_size=8",
     "--classifier-kwargs", "kind=per_pixel",
     # Plain KEY=VALUE reaches the RL agents only: uniform and random would reject n_steps.

@@ -27,7 +27,7 @@ BANDIT = "dying_sampler:DyingBandit"
 SETTINGS = [
     "--timesteps", "40",
     "--env-kwargs", "episode_length=20", "profile_length=4", "image_size=32", "patch_size=8", "batch_size=8",
-    "--classifier-kwargs", "kind=per_pixel", "--device", "cpu", "--no-progress",
+    "--classifier-kwargs", "kind=per_pixel", "--device", "cpu", "--no-progress", "--n-envs", "1",
 ]  # fmt: skip
 # Episodes of 20 updates of 5 per env step: 4 env steps per episode.
 TINY = ["--seeds", "0", "1", *SETTINGS]

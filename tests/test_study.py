@@ -23,7 +23,7 @@ DATASETS = ["grid", "mvtec"]
 # the test short.
 MVTEC_AGENTS = ["uniform", "ppo", "oracle"]
 TINY = [
-    "--seeds", "0", "1", "--timesteps", "20",
+    "--seeds", "0", "1", "--timesteps", "20", "--n-envs", "1",
     "--env-kwargs", "episode_length=20", "profile_length=4", "image_size=32", "patch_size=8", "batch_size=8",
     "--hyperparams", "ppo.n_steps=20", "ppo.batch_size=10",
     "--classifier-kwargs", "kind=per_pixel",

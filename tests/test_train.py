@@ -18,10 +18,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+import yaml
 from gymnasium import spaces
 from stable_baselines3 import A2C, DQN, PPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from agents import TUNED
 from agents.baselines import UniformSampler
 from nbs_gym.callbacks import EpisodeStatsCallback
 from nbs_gym.cli import Interrupted
@@ -33,10 +35,13 @@ TINY = [
     "--env-kwargs", "episode_length=20", "profile_length=4", "image_size=32", "patch_size=8", "batch_size=8",
     "--classifier-kwargs", "kind=per_pixel",
     "--device", "cpu", "--seed", "3", "--no-progress",
+    "--n-envs", "1",  # one env whatever the agent's default (ppo and a2c train on 4 on v1)
 ]  # fmt: skip
+ANY_ENVS = TINY[: TINY.index("--n-envs")]  # for the tests that set --n-envs themselves
 PPO_TINY = ["--agent", "ppo", "--timesteps", "40", "--hyperparams", "n_steps=20", "batch_size=10"]
 OBSERVATION = np.zeros(18, dtype=np.float32)  # 3 * 5 strata + 3
 BOX = spaces.Box(-1.0, 1.0, (5,), dtype=np.float32)
+QUANTILE_BOX = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)  # where ppo and a2c act on v1 by default
 # Tiny networks gain nothing from intra-op threads, and on a shared machine they oversubscribe the cores.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -149,7 +154,7 @@ def test_ppo_run_logs_checkpoints_and_evaluates(ppo_run: Path) -> None:
     ]
     agent = PPO.load(ppo_run / "agent.zip", device="cpu")
     assert agent.num_timesteps == 40
-    assert BOX.contains(agent.predict(OBSERVATION, deterministic=True)[0])
+    assert QUANTILE_BOX.contains(agent.predict(OBSERVATION, deterministic=True)[0])
 
     events = EventAccumulator(str(ppo_run), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     events.Reload()
@@ -209,6 +214,31 @@ def test_resume_drops_the_previous_evaluation_before_training(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("algorithm", [PPO, A2C])
+def test_ppo_and_a2c_train_with_their_best_settings_by_default(algorithm: type, tmp_path: Path) -> None:
+    """Without --n-envs, --env-id or --hyperparams, PPO and A2C on v1 train as docs/RESULTS.md's best
+    runs did: the quantile mode, four batched envs, exploration drawn once per episode."""
+    name = algorithm.__name__.lower()
+    tiny = ANY_ENVS  # the agent's own number of envs
+    run_dir = tmp_path / name
+    # One rollout: 20 env steps in each of the 4 envs (five tiny episodes each).
+    result = run_train(
+        "--agent", name, "--timesteps", "80", "--hyperparams", "n_steps=20", *tiny, "--run-dir", str(run_dir)
+    )
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["n_envs"] is None and config["hyperparams"] == {"n_steps": 20}  # as given; resolved at each start
+    agent = algorithm.load(run_dir / "agent.zip", device="cpu")
+    assert agent.n_envs == 4 and agent.num_timesteps == 80
+    assert agent.use_sde and agent.sde_sample_freq == -1 and agent.gae_lambda == 1.0
+    assert agent.action_space.shape == (1,)  # the quantile mode
+    tuned = TUNED[name]["v1"].hyperparams
+    stored = {key: value for key, value in tuned.items() if key not in ("policy_kwargs", "n_steps", "use_rms_prop")}
+    assert all(getattr(agent, key) == value for key, value in stored.items())
+    assert type(agent.policy.optimizer).__name__ == "Adam"  # A2C's tuned use_rms_prop=False; PPO's own
+
+
+@pytest.mark.slow
 def test_the_run_api_returns_what_the_command_writes(ppo_run: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "again"
     args = parse_args([*PPO_TINY, *TINY, "--checkpoint-freq", "20", "--run-dir", str(run_dir)])
@@ -253,7 +283,8 @@ def test_number_values_with_exponents_are_numbers_and_wrong_types_are_errors(
 @pytest.mark.parametrize(
     ("agent", "extra", "load"),
     [
-        ("a2c", [], lambda path: A2C.load(path, device="cpu")),
+        # 5-step rollouts (SB3's default; the tuned 200 would make one rollout of the whole run)
+        ("a2c", ["--hyperparams", "n_steps=5"], lambda path: A2C.load(path, device="cpu")),
         ("uniform", [], UniformSampler.load),
         ("test_train:ConstantSampler", ["--hyperparams", "value=0.25"], ConstantSampler.load),
     ],
@@ -265,7 +296,7 @@ def test_other_agents_train_and_load_back(agent: str, extra: list[str], load: An
     check_run_dir(run_dir)
     saved = next(path for path in run_dir.glob("agent.*"))
     action, _ = load(saved).predict(OBSERVATION, deterministic=True)
-    assert BOX.contains(np.asarray(action, dtype=np.float32))
+    assert (QUANTILE_BOX if agent == "a2c" else BOX).contains(np.asarray(action, dtype=np.float32))
     if agent == "a2c":  # its episode statistics reach TensorBoard (SB3's A2C alone would dump every 500 steps)
         events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
         events.Reload()
@@ -292,7 +323,7 @@ def test_a_plugin_whose_predictions_the_env_rejects_is_one_error_line(tmp_path: 
 def test_several_envs_train_on_the_batched_vector_env(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     ppo = ["--agent", "ppo", "--timesteps", "80", "--hyperparams", "n_steps=20", "batch_size=20"]
-    result = run_train(*ppo, "--n-envs", "2", *TINY, "--run-dir", str(run_dir))
+    result = run_train(*ppo, "--n-envs", "2", *ANY_ENVS, "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stderr
     check_run_dir(run_dir)
     assert "vec_env: auto" in (run_dir / "config.yaml").read_text()
@@ -307,7 +338,7 @@ def test_several_envs_train_on_the_batched_vector_env(tmp_path: Path) -> None:
 def test_a_plugin_steps_a_gymnasium_vector_env_with_several_envs(vec_env: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     plugin = ["--agent", "test_train:VectorStepper", "--timesteps", "8", "--n-envs", "2", "--vec-env", vec_env]
-    result = run_train(*plugin, *TINY, "--run-dir", str(run_dir))
+    result = run_train(*plugin, *ANY_ENVS, "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stderr
     check_run_dir(run_dir)
     assert json.loads((run_dir / "agent.json").read_text())["num_timesteps"] == 8
@@ -430,7 +461,9 @@ def test_config_file_sets_defaults_and_flags_win(tmp_path: Path, capsys: pytest.
 @pytest.mark.parametrize(
     ("argv", "env_id"),
     [
-        ([], "nbs_gym/NeuralBatchSampling-v1"),
+        ([], "nbs_gym/NeuralBatchSamplingQuantile-v1"),  # ppo's tuned mode on v1
+        (["--agent", "uniform"], "nbs_gym/NeuralBatchSampling-v1"),
+        (["--env-kwargs", "action_mode=strata"], "nbs_gym/NeuralBatchSampling-v1"),
         (["--agent", "dqn"], "nbs_gym/NeuralBatchSamplingDiscrete-v1"),
         (["--agent", "dqn", "--env-id", "nbs_gym/NeuralBatchSampling-v0"], "nbs_gym/NeuralBatchSamplingDiscrete-v0"),
         (["--env-id", "nbs_gym/NeuralBatchSamplingSpatial-v0"], "nbs_gym/NeuralBatchSamplingSpatial-v0"),

@@ -21,7 +21,7 @@ pytest.importorskip("ray.tune")
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "--timesteps", "16", "--checkpoint-freq", "8", "--grace-period", "8",
+    "--timesteps", "16", "--checkpoint-freq", "8", "--grace-period", "8", "--n-envs", "1",
     "--env-kwargs", "episode_length=20", "profile_length=4", "image_size=32", "patch_size=8", "batch_size=8",
     "--hyperparams", "batch_size=4", "--classifier-kwargs", "max_epochs=3", "--device", "cpu",
 ]  # fmt: skip
