@@ -162,13 +162,15 @@ class Args:
     env_id: str = DEFAULT_ENV_ID
     """Registered task id (nbs_gym/NeuralBatchSampling-v1, ...-v0, ...); its version fixes the dataset,
     episode and reward settings, which the flags below override. A plain id leaves the action mode to the
-    agent (dqn and qrdqn act in ...Discrete-v1, the others in the strata mode); a ...Spatial-...,
+    agent (dqn and qrdqn act in ...Discrete-v1, ppo and a2c on v1 in ...Quantile-v1 with their tuned
+    settings, the others in the strata mode); a ...Spatial-...,
     ...Discrete-... or ...Quantile-... id fixes it."""
     agent: str = "ppo"
     """Sampler: ppo, a2c, sac, td3, ddpg, dqn, the sb3-contrib ones when installed (recurrent_ppo, trpo,
     qrdqn, tqc, ars), the fixed rules uniform, random, hard_mining, curriculum, the published rules
     loss_rank, reducible_loss, self_paced, the mask-reading reference oracle, or package.module:ClassName.
-    The env action mode follows the agent (dqn, qrdqn: discrete; others: strata) unless env_kwargs sets it."""
+    The env action mode follows the agent (dqn, qrdqn: discrete; ppo, a2c on v1: quantile; others: strata)
+    unless env_kwargs sets it."""
     timesteps: int = DEFAULT_TIMESTEPS
     """Env steps (agent decisions; each is decision_interval autoencoder updates) to train for, summed over
     the envs."""
@@ -528,7 +530,8 @@ def validated_settings(args: Args) -> tuple[AgentSpec, dict[str, Any], EnvConfig
     """
     spec = get_spec(args.agent)
     _, task_mode = parse_env_id(args.env_id)
-    # A Spatial or Discrete id fixes the mode; a plain id leaves it to the agent (dqn: discrete).
+    # A Spatial, Discrete or Quantile id fixes the mode; a plain id leaves it to the agent (dqn: discrete;
+    # ppo and a2c on v1: their tuned quantile mode).
     mode = args.env_kwargs.get("action_mode", None if task_mode == "strata" else task_mode)
     env_kwargs = {**args.env_kwargs, "action_mode": spec.resolve_action_mode(mode, args.env_id), "device": args.device}
     for name in ("dataset", "n_labeled_anomalous_per_type", "n_labeled_normal"):
