@@ -158,8 +158,8 @@ class GroupStrategy(Protocol):
     sorted_by_loss: bool
     """Whether ``order`` is sorted by current loss (the quantile mode admits its first ranks)."""
 
-    def refresh(self, env: int, loss: np.ndarray, changed: np.ndarray | None) -> None:
-        """Sub-environment ``env``'s patch losses changed (at ``changed``; all of them when ``None``)."""
+    def refresh(self, env: int, loss: np.ndarray) -> None:
+        """Sub-environment ``env``'s patch losses changed (after an update or a snapshot)."""
         ...
 
     def restart(self, env: int, loss: np.ndarray) -> None:
@@ -199,10 +199,10 @@ class LossStrata:
 
     def restart(self, env: int, loss: np.ndarray) -> None:
         self.order[env] = np.arange(self.order.shape[1])
-        self.refresh(env, loss, None)
+        self.refresh(env, loss)
 
-    def refresh(self, env: int, loss: np.ndarray, changed: np.ndarray | None) -> None:
-        # The whole sort whatever changed: on a nearly sorted order it is the fastest exact form measured.
+    def refresh(self, env: int, loss: np.ndarray) -> None:
+        # The whole sort however few losses changed: on a nearly sorted order it is the fastest exact form measured.
         values = loss[self.order[env]]
         by_loss = np.argsort(values, kind="stable")
         self.order[env] = self.order[env][by_loss]
@@ -244,7 +244,7 @@ class SpatialCells:
     def restart(self, env: int, loss: np.ndarray) -> None:
         pass
 
-    def refresh(self, env: int, loss: np.ndarray, changed: np.ndarray | None) -> None:
+    def refresh(self, env: int, loss: np.ndarray) -> None:
         pass
 
     def levels(self, envs: np.ndarray, loss: np.ndarray) -> np.ndarray:
@@ -421,6 +421,8 @@ class EpisodeEngine:
                 sub-environment's.
         """
         cfg = self.config
+        if cfg.action_mode == "quantile":
+            return self._quantile_compositions(self._admitted_of(actions))
         if cfg.action_mode in ("strata", "spatial"):
             try:
                 values = np.asarray(actions, dtype=np.float64)
@@ -432,7 +434,7 @@ class EpisodeEngine:
                     logits = values / cfg.temperature + np.log(self.groups.sizes)
                     weights = np.exp(logits - logits.max(axis=1, keepdims=True))
                     return weights / weights.sum(axis=1, keepdims=True)
-        # One at a time: the discrete and quantile modes, and every batch with a bad action in it.
+        # One at a time: the discrete mode, and every batch with a bad action in it.
         return np.stack([self.composition_of(i, action) for i, action in enumerate(actions)])
 
     def composition_of(self, slot: int, action: Any) -> np.ndarray:
@@ -457,8 +459,7 @@ class EpisodeEngine:
                 composition[choice] = 1.0
                 return composition
             if cfg.action_mode == "quantile":
-                admitted = self.admitted_patches(action)
-                return np.clip(admitted - self.groups.starts.astype(np.float64), 0.0, sizes) / admitted
+                return self._quantile_compositions(np.array([self.admitted_patches(action)]))[0]
             value = _box_action(action, n_groups)
         except ValueError as error:
             raise IndexedActionError(slot, str(error)) from None
@@ -475,17 +476,24 @@ class EpisodeEngine:
         n_patches = self.pool.n_patches
         return int(min(n_patches, max(self.config.batch_size, round(share * n_patches))))
 
-    def step(self, actions: Any, compositions: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """One env step of every sub-environment: ``decision_interval`` batched updates, each on the
-        batches of its composition (checked, from :meth:`compositions`).
+        batches its action composes (:meth:`compositions`).
 
         Returns:
             The rewards (N,), the terminations (N,) and the reward terms: (N,) arrays by name, as
             ``info["rewards"]`` holds them.
+
+        Raises:
+            IndexedActionError: An action is not one of the action space; every action is checked
+                before any state changes.
         """
         cfg = self.config
         if cfg.action_mode == "quantile":
-            self.admitted[:] = [self.admitted_patches(action) for action in actions]
+            self.admitted[:] = self._admitted_of(actions)
+            compositions = self._quantile_compositions(self.admitted)
+        else:
+            compositions = self.compositions(actions)
         self.previous_separation[:] = self.separation
         self.previous_twin_separation[:] = self.twin_separation
         self.snapshot_in_step[:] = False
@@ -507,7 +515,7 @@ class EpisodeEngine:
             # Sub-environments snapshot at the same steps unless a partial reset put them out of step.
             due = every[self._snapshot_after[self.step_count]]
             for slot in np.setdiff1d(every, due, assume_unique=True):
-                self.groups.refresh(int(slot), self.patch_loss[slot], patch_ids[slot])
+                self.groups.refresh(int(slot), self.patch_loss[slot])
             if due.size:
                 self._snapshot(due)
         terms = self._reward_terms()
@@ -617,6 +625,21 @@ class EpisodeEngine:
 
     # ------------------------------------------------------------------ internals
 
+    def _admitted_of(self, actions: Any) -> np.ndarray:
+        """Quantile mode: :meth:`admitted_patches` of every action, (N,); names a bad one's index."""
+        admitted = np.empty(len(actions), dtype=np.int64)
+        for i, action in enumerate(actions):
+            try:
+                admitted[i] = self.admitted_patches(action)
+            except ValueError as error:
+                raise IndexedActionError(i, str(error)) from None
+        return admitted
+
+    def _quantile_compositions(self, admitted: np.ndarray) -> np.ndarray:
+        """Quantile mode: each stratum's share of the admitted patches, (n, S), from admitted counts (n,)."""
+        counts = admitted[:, None]
+        return np.clip(counts - self.groups.starts.astype(np.float64), 0.0, self.groups.sizes) / counts
+
     def _draw(self, compositions: np.ndarray) -> np.ndarray:
         """Patch ids of every sub-environment's next batch, (N, B), each from its own generator; records
         the batches' group counts and grid positions."""
@@ -657,7 +680,7 @@ class EpisodeEngine:
         for row, slot in enumerate(slots):
             k = self.n_snapshots[slot]
             self.patch_loss[slot] = losses[row]
-            self.groups.refresh(int(slot), self.patch_loss[slot], None)
+            self.groups.refresh(int(slot), self.patch_loss[slot])
             probe_maps = self.loss_maps[slot][k]
             self.pool.probe_maps_into(maps[row], probe_maps)
             self.display_maps[slot] = probe_maps[self.display_probe]

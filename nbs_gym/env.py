@@ -10,7 +10,7 @@ import numpy as np
 
 from nbs_gym.config import ConfigError, EnvConfig
 from nbs_gym.data import AnomalyDataset, SemiSupervisedSplit, load_dataset, make_split
-from nbs_gym.engine import EngineSlot, EpisodeEngine, PatchDraw
+from nbs_gym.engine import EngineSlot, EpisodeEngine, IndexedActionError, PatchDraw
 
 __all__ = ["NeuralBatchSamplingEnv", "PatchDraw", "build_engine"]
 
@@ -219,8 +219,10 @@ class NeuralBatchSamplingEnv(EngineSlot, gym.Env[np.ndarray, Any]):
             raise RuntimeError("step() called before reset(); call reset() first")
         if engine.step_count[0] >= self.config.episode_length:
             raise RuntimeError("step() called after the episode terminated; call reset() first")
-        composition = self.batch_composition(action)
-        rewards, terminated, terms = engine.step([action], composition[None])
+        try:
+            rewards, terminated, terms = engine.step([action])
+        except IndexedActionError as error:
+            raise ValueError(str(error)) from None
         info = self._info(engine.info_fields(terms))
         if terminated[0]:
             path = engine.save_profiles(0)

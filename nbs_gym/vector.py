@@ -132,10 +132,9 @@ class NeuralBatchSamplingVectorEnv(VectorEnv):
             raise ValueError(f"actions: expected one action per sub-environment ({self.num_envs}), got {len(actions)}")
         # Every action is checked before any sub-environment draws, so that a bad one changes no state.
         try:
-            compositions = self.engine.compositions(actions)
+            rewards, terminations, terms = self.engine.step(actions)
         except IndexedActionError as error:
             raise ValueError(f"actions[{error.index}]: {error}") from None
-        rewards, terminations, terms = self.engine.step(actions, compositions)
         truncations = np.zeros(self.num_envs, dtype=bool)  # the env never truncates (a TimeLimit may)
         every = np.ones(self.num_envs, dtype=bool)
         fields = self.engine.info_fields(terms)
