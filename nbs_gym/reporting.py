@@ -30,6 +30,7 @@ from nbs_gym.figures import save_figure
 from nbs_gym.io import path_safe, write_text_atomic
 from nbs_gym.metrics import METRIC_NAMES, metric_at
 from nbs_gym.scores import REFERENCE_METRICS
+from nbs_gym.tasks import task_config
 
 __all__ = [
     "CLASSIFIER_CURVE_TAG",
@@ -50,6 +51,7 @@ __all__ = [
     "markdown_tables",
     "csv_table",
     "run_dir_name",
+    "smoothed_curve",
     "summarize",
     "write_results",
 ]
@@ -68,7 +70,10 @@ CURVE_TAG = "nbs/separation"
 CLASSIFIER_CURVE_TAG = "eval/during_training/predictor/pixel_f1_max"
 """TensorBoard scalar of the classifier's learning curves (``nbs_gym.train --eval-freq``)."""
 CURVE_SMOOTHING = 10
-"""Episodes in the trailing moving average of each run's curve before the mean over seeds is taken."""
+"""Episodes in the trailing moving average of each run's curve before the mean over seeds is taken.
+
+The window spans ``CURVE_SMOOTHING`` episodes' worth of env steps, so that it covers as many episodes
+whether each logged point is one episode or the mean of several (several envs ending together)."""
 
 _NO_INTERVAL = "–"
 
@@ -157,6 +162,14 @@ class FinishedRun:
     curve: tuple[np.ndarray, np.ndarray] | None
     classifier_curve: tuple[np.ndarray, np.ndarray] | None = None
     normalized: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def episode_steps(self) -> int | None:
+        """Env steps per episode of the run's task and settings, or ``None`` where its config does not say."""
+        try:
+            return task_config(str(self.config["env_id"]), **(self.config.get("env_kwargs") or {})).n_steps
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 @dataclass(frozen=True)
@@ -460,13 +473,14 @@ def _learning_curve_figure(summaries: Sequence[AgentSummary], runs: Sequence[Fin
         right = max((float(steps[-1]) for steps in finite_steps), default=1.0)
         for row in summaries:
             curves = [
-                curve
+                (run, curve)
                 for run in runs
                 if run.agent == row.agent and (curve := getattr(run, attribute)) is not None and len(curve[0])
             ]
             colour = colours[row.agent]
             if curves:
-                grid, mean, low, high = _mean_curve([_smoothed(*curve) if smooth else curve for curve in curves])
+                smoothed = [smoothed_curve(*curve, run.episode_steps) if smooth else curve for run, curve in curves]
+                grid, mean, low, high = _mean_curve(smoothed)
                 marker = "o" if len(grid) < 2 or not smooth else None  # a curve of one point draws no line
                 axis.plot(grid, mean, color=colour, marker=marker, label=f"{row.agent} (n={len(curves)})")
                 axis.fill_between(grid, low, high, color=colour, alpha=0.2, linewidth=0)
@@ -488,11 +502,24 @@ def _learning_curve_figure(summaries: Sequence[AgentSummary], runs: Sequence[Fin
     return figure
 
 
-def _smoothed(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Trailing moving average over :data:`CURVE_SMOOTHING` logged episodes (fewer on a short curve)."""
-    window = max(1, min(CURVE_SMOOTHING, len(values)))
-    averaged = np.convolve(values, np.full(window, 1.0 / window), mode="valid")
-    return steps[window - 1 :], averaged
+def smoothed_curve(steps: np.ndarray, values: np.ndarray, episode_steps: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Trailing moving average over the last :data:`CURVE_SMOOTHING` episodes (all of a shorter curve).
+
+    A logged point at step ``t`` is the mean of the episodes that ended since the point before, so the
+    window is ``CURVE_SMOOTHING * episode_steps`` env steps ending at ``t``: the same number of episodes
+    whether one env or several log together. A point is shown once its window lies past step 0. Without
+    ``episode_steps`` the window is ``CURVE_SMOOTHING`` points.
+    """
+    if episode_steps is None:
+        window = max(1, min(CURVE_SMOOTHING, len(values)))
+        averaged = np.convolve(values, np.full(window, 1.0 / window), mode="valid")
+        return steps[window - 1 :], averaged
+    span = min(float(CURVE_SMOOTHING * episode_steps), float(steps[-1]))
+    shown = np.flatnonzero(steps >= span)
+    first = np.searchsorted(steps, steps[shown] - span, side="right")  # points in (t - span, t]
+    sums = np.concatenate([[0.0], np.cumsum(values)])
+    averaged = (sums[shown + 1] - sums[first]) / (shown + 1 - first)
+    return steps[shown], averaged
 
 
 def _mean_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:

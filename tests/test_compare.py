@@ -20,10 +20,12 @@ from scipy import stats
 from nbs_gym.compare import main
 from nbs_gym.reporting import (
     COLUMNS,
+    CURVE_SMOOTHING,
     RATIO_COLUMNS,
     FinishedRun,
     collect_runs,
     mean_ci,
+    smoothed_curve,
     summarize,
     write_results,
 )
@@ -226,6 +228,29 @@ def test_mean_ci_degenerate_cases() -> None:
     assert equal.low == equal.high == 0.25
     with pytest.raises(ValueError, match="no values"):
         mean_ci([])
+
+
+def test_curve_smoothing_spans_the_same_episodes_with_one_env_or_several() -> None:
+    episodes = np.random.default_rng(0).random(40)  # one value per finished episode of 100 env steps
+    one_env = (np.arange(1, 41) * 100.0, episodes)  # one point per episode
+    two_envs = (np.arange(1, 21) * 200.0, episodes.reshape(20, 2).mean(axis=1))  # two episodes per point
+    steps, values = smoothed_curve(*one_env, episode_steps=100)
+    steps_2, values_2 = smoothed_curve(*two_envs, episode_steps=100)
+    assert steps[0] == steps_2[0] == CURVE_SMOOTHING * 100  # shown once a whole window lies past step 0
+    assert values[-1] == pytest.approx(episodes[-CURVE_SMOOTHING:].mean())
+    np.testing.assert_allclose(values_2, values[::2])  # the same episodes' mean at every shared step
+    # Counting points as episodes, the two-env curve would average twice as many episodes.
+    _, by_points = smoothed_curve(*two_envs, episode_steps=None)
+    assert by_points[-1] == pytest.approx(episodes[-2 * CURVE_SMOOTHING :].mean())
+    # A curve shorter than a window is averaged whole, into one point.
+    short_steps, short = smoothed_curve(one_env[0][:3], episodes[:3], episode_steps=100)
+    assert list(short_steps) == [300.0] and short[0] == pytest.approx(episodes[:3].mean())
+
+
+def test_a_runs_episode_steps_come_from_its_task_and_settings() -> None:
+    config = {"env_id": "nbs_gym/NeuralBatchSampling-v1", "env_kwargs": {"episode_length": 60, "decision_interval": 3}}
+    assert dataclasses.replace(fake_run("ppo", 0, 0.5), config=config).episode_steps == 20
+    assert fake_run("ppo", 0, 0.5).episode_steps is None  # a config without env_id
 
 
 def fake_run(agent: str, seed: int, value: float) -> FinishedRun:
