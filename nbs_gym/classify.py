@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nbs_gym.classifier import PREDICTOR_KINDS, ClassifierConfig
-from nbs_gym.cli import Parser, bad_input, check_device, one_line_warnings
+from nbs_gym.cli import Parser, bad_input, check_device, exit_process, one_line_warnings
 from nbs_gym.evaluation import evaluate_profiles
 from nbs_gym.figures import profile_figure, segmentation_figure
 from nbs_gym.metrics import METRIC_NAMES
@@ -159,4 +159,4 @@ def _parser() -> Parser:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import os
 import sys
 import typing
 import warnings
@@ -93,3 +95,35 @@ def run_resumable(body: Callable[[], int], interrupted: str | None = RESUME_NOTE
         if interrupted is not None:
             print(f"\n{interrupted}", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def exit_process(status: int) -> typing.NoReturn:
+    """End a command's process with ``status``; after Ctrl-C at once, without the interpreter's shutdown.
+
+    What Ctrl-C interrupted is saved and closed by then (checkpoints are atomic, the message is printed).
+    An interrupt can land inside torch's or TensorBoard's own code, and about one exit in twenty after
+    that then hangs in torch's operator-library finalizers at interpreter shutdown; skipping shutdown
+    (``os._exit`` once stdout and stderr are flushed) ends the process as the status says.
+    """
+    if status == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
+def _console_script(module: str) -> Callable[[], typing.NoReturn]:
+    """The console script of ``module``'s ``main`` (``pyproject.toml``'s ``[project.scripts]``)."""
+
+    def run() -> typing.NoReturn:
+        exit_process(importlib.import_module(module).main())
+
+    run.__doc__ = f":func:`{module}.main` as a console script, ended by :func:`exit_process`."
+    return run
+
+
+train_script = _console_script("nbs_gym.train")
+classify_script = _console_script("nbs_gym.classify")
+compare_script = _console_script("nbs_gym.compare")
+study_script = _console_script("nbs_gym.study")
+tune_script = _console_script("nbs_gym.tune")

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +57,7 @@ import yaml
 from agents.registry import get_spec
 from nbs_gym import train
 from nbs_gym.backends import BACKENDS, Backend, InProcess, RayBackend, RunFailure, RunPlan
-from nbs_gym.cli import Parser, UsageError, run_resumable
+from nbs_gym.cli import Parser, UsageError, exit_process, run_resumable
 from nbs_gym.reporting import (
     REFERENCE_AGENT,
     AgentSummary,
@@ -453,4 +452,4 @@ def _check_existing(plan: RunPlan, args: train.Args) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

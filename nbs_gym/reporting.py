@@ -479,7 +479,9 @@ def _learning_curve_figure(summaries: Sequence[AgentSummary], runs: Sequence[Fin
             ]
             colour = colours[row.agent]
             if curves:
-                smoothed = [smoothed_curve(*curve, run.episode_steps) if smooth else curve for run, curve in curves]
+                smoothed = [
+                    smoothed_curve(curve[0], curve[1], run.episode_steps) if smooth else curve for run, curve in curves
+                ]
                 grid, mean, low, high = _mean_curve(smoothed)
                 marker = "o" if len(grid) < 2 or not smooth else None  # a curve of one point draws no line
                 axis.plot(grid, mean, color=colour, marker=marker, label=f"{row.agent} (n={len(curves)})")

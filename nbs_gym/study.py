@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,7 +48,7 @@ from scipy import stats
 
 from nbs_gym import compare
 from nbs_gym.backends import RayBackend
-from nbs_gym.cli import Parser, UsageError, run_resumable
+from nbs_gym.cli import Parser, UsageError, exit_process, run_resumable
 from nbs_gym.data import write_mvtec_folder
 from nbs_gym.data.synthetic import generate_synthetic
 from nbs_gym.io import write_text_atomic
@@ -380,4 +379,4 @@ def _run_on_ray(options: argparse.Namespace, backend: RayBackend) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

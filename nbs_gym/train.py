@@ -92,7 +92,7 @@ from nbs_gym.callbacks import (
     save_checkpoint,
 )
 from nbs_gym.classifier import ClassifierConfig
-from nbs_gym.cli import Interrupted, Parser, check_device, run_resumable
+from nbs_gym.cli import Interrupted, Parser, check_device, exit_process, run_resumable
 from nbs_gym.config import EnvConfig
 from nbs_gym.data import AnomalyDataset, load_dataset, make_split
 from nbs_gym.data.split import labeled_shortfall
@@ -1146,4 +1146,4 @@ def agent_profile_files(run_dir: str | Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -64,7 +64,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from agents.registry import get_spec
 from nbs_gym import train
 from nbs_gym.backends import RayBackend, RunPlan, make_run, ray_available
-from nbs_gym.cli import Interrupted, Parser, UsageError, run_resumable
+from nbs_gym.cli import Interrupted, Parser, UsageError, exit_process, run_resumable
 from nbs_gym.config import EnvConfig
 from nbs_gym.io import write_text_atomic
 
@@ -580,4 +580,4 @@ def _write_tables(rows: list[dict[str, Any]], out: Path, metric: str) -> Path:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

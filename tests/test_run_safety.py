@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import collections
+import importlib.metadata
 import json
 import os
 import subprocess
 import sys
+import unittest.mock
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -260,3 +262,40 @@ def test_without_the_uniform_evaluation_the_agent_s_results_are_the_same(tmp_pat
     metrics = json.loads((alone / "metrics.json").read_text())
     assert set(metrics) == {"agent"}
     assert metrics["agent"] == json.loads((beside / "metrics.json").read_text())["agent"]
+
+
+@pytest.mark.parametrize(("status", "finalized"), [(130, False), (0, True), (2, True)])
+def test_an_interrupted_command_exits_with_its_output_flushed_and_without_interpreter_shutdown(
+    status: int, finalized: bool
+) -> None:
+    # After Ctrl-C the process ends at once: atexit and finalizers (where torch's can hang) do not run,
+    # and what was printed, unflushed, still arrives. Other statuses exit normally.
+    code = (
+        "import atexit, sys\n"
+        "from nbs_gym.cli import exit_process\n"
+        "atexit.register(lambda: print('finalized', flush=True))\n"
+        "print('saved', end='')\n"
+        "print('interrupted', end='', file=sys.stderr)\n"
+        f"exit_process({status})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == status
+    assert result.stdout == ("savedfinalized\n" if finalized else "saved")
+    assert result.stderr == "interrupted"
+
+
+def test_the_console_scripts_run_each_command_s_main() -> None:
+    scripts = [
+        point for point in importlib.metadata.entry_points(group="console_scripts") if point.module == "nbs_gym.cli"
+    ]
+    assert sorted(point.name for point in scripts) == [
+        f"nbs-gym-{c}" for c in ("classify", "compare", "study", "train", "tune")
+    ]
+    for point in scripts:
+        name, script = point.name, point.load()
+        command = name.removeprefix("nbs-gym-")
+        assert script.__doc__.startswith(f":func:`nbs_gym.{command}.main`")
+        with pytest.raises(SystemExit) as exit_request:  # --help exits 0 through exit_process
+            with unittest.mock.patch.object(sys, "argv", [name, "--help"]):
+                script()
+        assert exit_request.value.code == 0

@@ -347,7 +347,8 @@ def test_a_plugin_steps_a_gymnasium_vector_env_with_several_envs(vec_env: str, t
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    environment = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(REPO)}
+    # faulthandler: a run that hangs after Ctrl-C is sent SIGABRT and prints every thread's stack.
+    environment = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1"}
     command = [
         sys.executable,
         "-m",
@@ -392,7 +393,11 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
     try:
         process.wait(timeout=120)
     except subprocess.TimeoutExpired:
-        process.kill()
+        process.send_signal(signal.SIGABRT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
         pytest.fail(f"train did not stop within 120 s of Ctrl-C; stderr: {log.read_text()}")
     stderr = log.read_bytes()
     assert process.returncode == 130, stderr.decode()
