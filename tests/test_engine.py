@@ -66,6 +66,7 @@ THIRD_PARTY_PRIVATES = {
     "torch.ops.mkldnn._convolution_transpose_pointwise",
     "nn.init._calculate_fan_in_and_fan_out",  # torch's default initialisation, drawn from a seeded generator
     "callback._on_step",  # SB3's callback hook, called as the agent calls it (tests/test_train.py)
+    "os._exit",  # the standard library's exit without interpreter shutdown (cli.exit_process), public
 }
 # An expression (a name, then attributes, calls or indexing) and the private attribute read on it.
 PRIVATE_READ = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\([^()]*\)|\[[^\]]*\]|\.\w+)*?)\.(_[a-z]\w*)")
