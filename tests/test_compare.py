@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import math
 import shutil
@@ -44,6 +45,7 @@ COMMAND = [
     "--eval-freq", "20",  # the learned agent's classifier curve; the fixed rules do not train
     "--device", "cpu", "--no-progress",
 ]  # fmt: skip
+REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("results.md", "results.csv", "results.json", "learning_curves.png", "metrics.png")
 
 
@@ -331,3 +333,24 @@ def test_normalised_scores_are_averaged_per_agent_and_reported_in_every_table() 
     assert "Normalised score" in tables and "0.600 [" in tables
     header = csv_table(list(rows.values())).splitlines()[0]
     assert f"{REFERENCE_METRICS[0]}_normalized_mean" in header
+
+
+def test_reclassify_rescores_the_saved_profiles_as_train_scored_them(comparison: Path, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("reclassify", REPO / "benchmarks" / "reclassify.py")
+    assert spec is not None and spec.loader is not None
+    reclassify = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reclassify)
+    out = tmp_path / "rescored"
+    assert reclassify.main(["--source", str(comparison), "--out", str(out), "--kind", "per_pixel"]) == 0
+    names = sorted(path.name for path in (comparison / "runs").iterdir())
+    assert sorted(path.name for path in (out / "runs").iterdir()) == names
+    for name in names:  # the same classifier settings and seed give train's numbers again
+        before = json.loads((comparison / "runs" / name / "metrics.json").read_text())["agent"]["predictor"]
+        after = json.loads((out / "runs" / name / "metrics.json").read_text())["agent"]["predictor"]
+        assert after["pixel_f1_max"] == pytest.approx(before["pixel_f1_max"], rel=1e-6)
+        assert after["pixel_aupro"] == pytest.approx(before["pixel_aupro"], rel=1e-6)
+    written = metrics_mtimes(out)
+    assert reclassify.main(["--source", str(comparison), "--out", str(out), "--kind", "per_pixel"]) == 0
+    assert metrics_mtimes(out) == written  # finished runs are skipped: an interrupted call resumes
+    assert main(["--out", str(out), "--collect"]) == 0
+    assert {row.agent for row in summarize(collect_runs(out / "runs"))} == set(AGENTS)
