@@ -135,7 +135,8 @@ def test_a_study_on_ray_runs_every_dataset_as_one_grid(local_ray: None, tmp_path
 @pytest.mark.slow
 def test_ctrl_c_cancels_the_runs_in_flight_which_checkpoint_and_resume(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    steps = ["--timesteps", "400", *SETTINGS[2:], "--checkpoint-freq", "20", *PPO_TINY]
+    # Runs long enough that on a loaded machine neither ends before both have checkpointed.
+    steps = ["--timesteps", "1200", *SETTINGS[2:], "--checkpoint-freq", "20", *PPO_TINY]
     command = [sys.executable, "-m", "nbs_gym.compare", "--agents", "ppo", "--seeds", "0", "1", *steps]
     command += ["--out", str(out), "--backend", "ray"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -143,7 +144,7 @@ def test_ctrl_c_cancels_the_runs_in_flight_which_checkpoint_and_resume(tmp_path:
     deadline = time.monotonic() + 300
     while len(list(out.glob("runs/*/checkpoints/agent_*_steps.zip"))) < 2 and grid.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.5)  # polls for both runs' first checkpoints; the signal waits on them, not on a fixed time
+        time.sleep(0.2)  # polls for both runs' first checkpoints; the signal waits on them, not on a fixed time
     grid.send_signal(signal.SIGINT)
     output = grid.communicate(timeout=300)[0].decode()
     assert grid.returncode == 130, output
