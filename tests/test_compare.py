@@ -335,22 +335,24 @@ def test_normalised_scores_are_averaged_per_agent_and_reported_in_every_table() 
     assert f"{REFERENCE_METRICS[0]}_normalized_mean" in header
 
 
-def test_reclassify_rescores_the_saved_profiles_as_train_scored_them(comparison: Path, tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("reclassify", REPO / "benchmarks" / "reclassify.py")
+def test_rescore_with_a_run_s_own_classifier_gives_its_scores_and_a_comparison_folder(
+    comparison: Path, tmp_path: Path
+) -> None:
+    spec = importlib.util.spec_from_file_location("rescore", REPO / "benchmarks" / "rescore.py")
     assert spec is not None and spec.loader is not None
-    reclassify = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reclassify)
+    rescore = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rescore)
     out = tmp_path / "rescored"
-    assert reclassify.main(["--source", str(comparison), "--out", str(out), "--kind", "per_pixel"]) == 0
+    assert rescore.main([str(comparison), "--out", str(out), "--classifier-kwargs", "kind=per_pixel"]) == 0
     names = sorted(path.name for path in (comparison / "runs").iterdir())
     assert sorted(path.name for path in (out / "runs").iterdir()) == names
-    for name in names:  # the same classifier settings and seed give train's numbers again
+    for name in names:  # the runs' own classifier settings and seeds give their numbers again
         before = json.loads((comparison / "runs" / name / "metrics.json").read_text())["agent"]["predictor"]
         after = json.loads((out / "runs" / name / "metrics.json").read_text())["agent"]["predictor"]
         assert after["pixel_f1_max"] == pytest.approx(before["pixel_f1_max"], rel=1e-6)
         assert after["pixel_aupro"] == pytest.approx(before["pixel_aupro"], rel=1e-6)
-    written = metrics_mtimes(out)
-    assert reclassify.main(["--source", str(comparison), "--out", str(out), "--kind", "per_pixel"]) == 0
-    assert metrics_mtimes(out) == written  # finished runs are skipped: an interrupted call resumes
-    assert main(["--out", str(out), "--collect"]) == 0
+    assert main(["--out", str(out), "--collect"]) == 0  # the re-scored runs are a comparison folder
     assert {row.agent for row in summarize(collect_runs(out / "runs"))} == set(AGENTS)
+    assert yaml.safe_load((out / "runs" / names[0] / "config.yaml").read_text())["classifier_kwargs"] == {
+        "kind": "per_pixel"
+    }
