@@ -103,9 +103,14 @@ def exit_process(status: int) -> typing.NoReturn:
     What Ctrl-C interrupted is saved and closed by then (checkpoints are atomic, the message is printed).
     An interrupt can land inside torch's or TensorBoard's own code, and about one exit in twenty after
     that then hangs in torch's operator-library finalizers at interpreter shutdown; skipping shutdown
-    (``os._exit`` once stdout and stderr are flushed) ends the process as the status says.
+    (``os._exit`` once stdout and stderr are flushed) ends the process as the status says. A local Ray
+    cluster the command started (compare's and study's ``--backend ray``, tune) is shut down first, as
+    its exit handler would have.
     """
     if status == EXIT_INTERRUPTED:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
