@@ -76,7 +76,7 @@ def _write_run(
         if entry == "uniform" and not uniform_run:
             del metrics[entry]  # another run's uniform evaluation (--eval-uniform) was not scored again
             continue
-        metrics[entry]["predictor"] = {**metrics[entry]["predictor"], **predictor}
+        metrics[entry]["predictor"] = dict(predictor)  # the new scores only, none of the old classifier's
         metrics[entry].pop("normalized", None)  # made against reference scores of the old classifier
     config = yaml.safe_load((source / "config.yaml").read_text(encoding="utf-8"))
     config["classifier_kwargs"] = settings
