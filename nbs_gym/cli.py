@@ -6,10 +6,13 @@ import argparse
 import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 import typing
 import warnings
 from collections.abc import Callable, Iterator
+from types import FrameType
 
 EXIT_BAD_INPUT = 2
 """Exit status of a command given bad input (flags, files, settings)."""
@@ -75,6 +78,48 @@ RESUME_NOTE = "interrupted; run the same command again to resume"
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, after the command saved what it could; the message (already printed) says how to go on."""
+
+
+class StopRequest:
+    """Ctrl-C as a request to stop at the next safe point, instead of a ``KeyboardInterrupt`` wherever it lands.
+
+    Inside ``with StopRequest(note) as stop:`` the first Ctrl-C sets :attr:`requested` and prints ``note`` on
+    stderr; the code polls it where stopping leaves everything whole (training: between env steps, so that
+    no interrupt lands inside torch's, SB3's or TensorBoard's own code and leaves a lock held). A second
+    Ctrl-C raises ``KeyboardInterrupt`` at once, as without it. Ray's ``ray.cancel`` of a task is a Ctrl-C
+    in the task's process and is handled the same way.
+
+    Python runs signal handlers on the main thread only: elsewhere (a Ray Tune trial runs on its own
+    thread), and where Ctrl-C is ignored, it changes nothing and :attr:`requested` stays ``False``.
+    """
+
+    def __init__(self, note: str) -> None:
+        self.note = note
+        self.requested = False
+        self._previous: Callable[[int, FrameType | None], object] | int | None = None
+        self._installed = False
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is not signal.SIG_IGN:
+                self._previous = previous
+                signal.signal(signal.SIGINT, self._request)
+                self._installed = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._restore()
+
+    def _request(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        self._restore()  # the next Ctrl-C interrupts at once
+        os.write(sys.stderr.fileno(), f"\n{self.note} (Ctrl-C again stops at once)\n".encode())
+
+    def _restore(self) -> None:
+        if self._installed:
+            self._installed = False
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
 
 
 def run_resumable(body: Callable[[], int], interrupted: str | None = RESUME_NOTE) -> int:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -66,7 +67,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, ConvertCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Figure, HParam, Image, Logger, configure
 from stable_baselines3.common.monitor import Monitor
@@ -92,7 +93,7 @@ from nbs_gym.callbacks import (
     save_checkpoint,
 )
 from nbs_gym.classifier import ClassifierConfig
-from nbs_gym.cli import Interrupted, Parser, check_device, exit_process, run_resumable
+from nbs_gym.cli import Interrupted, Parser, StopRequest, check_device, exit_process, run_resumable
 from nbs_gym.config import EnvConfig
 from nbs_gym.data import AnomalyDataset, load_dataset, make_split
 from nbs_gym.data.split import labeled_shortfall
@@ -316,13 +317,16 @@ def run(args: Args, *, report: bool = True, callbacks: Sequence[BaseCallback] = 
     phase = "training"
     try:
         try:
-            # Printed inside the handler, so that Ctrl-C right after it still checkpoints and says how to go on.
-            if report:
-                print(
-                    f"run directory: {prepared.run_dir}\nTensorBoard:   tensorboard --logdir {prepared.run_dir}",
-                    flush=True,
-                )
-            _train(prepared, callbacks)
+            # An SB3 agent stops between env steps on Ctrl-C (a plug-in's own learn loop cannot be asked to:
+            # it gets the KeyboardInterrupt where it lands). The run directory is printed inside the
+            # handler, so that Ctrl-C right after it still checkpoints and says how to go on.
+            with _stop_request(prepared.agent) as stop:
+                if report:
+                    print(
+                        f"run directory: {prepared.run_dir}\nTensorBoard:   tensorboard --logdir {prepared.run_dir}",
+                        flush=True,
+                    )
+                _train(prepared, callbacks, stop)
         except KeyboardInterrupt:
             phase = "checkpoint"
             steps = _num_timesteps(prepared.agent)
@@ -797,8 +801,20 @@ def _num_timesteps(agent: Any) -> int:
     return int(getattr(agent, "num_timesteps", 0))
 
 
-def _train(run: _Run, extra_callbacks: Sequence[BaseCallback] = ()) -> None:
-    """Log the hyperparameters, train up to ``--timesteps``, save the agent."""
+def _stop_request(agent: Any) -> contextlib.AbstractContextManager[StopRequest | None]:
+    """Ctrl-C as a request that an SB3 agent's training stops after the env step it is in; nothing for a plug-in."""
+    if isinstance(agent, BaseAlgorithm):
+        return StopRequest("Ctrl-C: stopping after this env step to save a checkpoint")
+    return contextlib.nullcontext()
+
+
+def _train(run: _Run, extra_callbacks: Sequence[BaseCallback] = (), stop: StopRequest | None = None) -> None:
+    """Log the hyperparameters, train up to ``--timesteps``, save the agent.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C, or ``stop`` requested (checked between env steps and before the agent
+            is saved as trained).
+    """
     args, agent = run.args, run.agent
     run.logger.record("hyperparameters", _markdown_table(_hparams(run)), exclude=_TB_EXCLUDE)
     run.logger.dump(_num_timesteps(agent))
@@ -815,6 +831,8 @@ def _train(run: _Run, extra_callbacks: Sequence[BaseCallback] = ()) -> None:
                     file=sys.stderr,
                 )
             callbacks: list[Any] = [EpisodeStatsCallback()]
+            if stop is not None:
+                callbacks.append(ConvertCallback(lambda _locals, _globals: not stop.requested))
             if args.checkpoint_freq or args.checkpoint_minutes:
                 callbacks.append(
                     AtomicCheckpointCallback(
@@ -838,6 +856,8 @@ def _train(run: _Run, extra_callbacks: Sequence[BaseCallback] = ()) -> None:
             run.logger.name_to_excluded.clear()
         else:
             agent.learn(remaining, callback=None, progress_bar=args.progress)
+    if stop is not None and stop.requested:
+        raise KeyboardInterrupt
     save_checkpoint(agent, run.agent_path)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from test_train import default_sigint
 
 from nbs_gym import compare, study
 from nbs_gym.backends import RayBackend, RunPlan, run_on_worker, unpack_run
@@ -140,9 +141,13 @@ def test_ctrl_c_cancels_the_runs_in_flight_which_checkpoint_and_resume(tmp_path:
     command = [sys.executable, "-m", "nbs_gym.compare", "--agents", "ppo", "--seeds", "0", "1", *steps]
     command += ["--out", str(out), "--backend", "ray"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    grid = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    grid = subprocess.Popen(
+        command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 300
-    while len(list(out.glob("runs/*/checkpoints/agent_*_steps.zip"))) < 2 and grid.poll() is None:
+    while (
+        len({path.parts[-3] for path in out.glob("runs/*/checkpoints/agent_*_steps.zip")}) < 2 and grid.poll() is None
+    ):
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
         time.sleep(0.2)  # polls for both runs' first checkpoints; the signal waits on them, not on a fixed time
     grid.send_signal(signal.SIGINT)

@@ -6,8 +6,10 @@ import collections
 import importlib.metadata
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import unittest.mock
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_train import ONE_THREAD, PPO_TINY, REPO, TINY, check_run_dir, run_train
 
 from nbs_gym.callbacks import AtomicCheckpointCallback, StepProgressBar
+from nbs_gym.cli import StopRequest
 from nbs_gym.data import load_dataset, write_mvtec_folder
 from nbs_gym.train import agent_profile_files, main, planned_end
 
@@ -299,3 +302,41 @@ def test_the_console_scripts_run_each_command_s_main() -> None:
             with unittest.mock.patch.object(sys, "argv", [name, "--help"]):
                 script()
         assert exit_request.value.code == 0
+
+
+def test_a_stop_request_turns_the_first_ctrl_c_into_a_flag_and_the_second_into_an_interrupt(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequest("stopping soon") as stop:
+        assert not stop.requested
+        signal.raise_signal(signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert capfd.readouterr().err == "\nstopping soon (Ctrl-C again stops at once)\n"
+    with StopRequest("stopping soon") as stop:
+        pass  # no Ctrl-C: nothing requested, the handler put back
+    assert not stop.requested and signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_stop_request_changes_nothing_off_the_main_thread_or_where_ctrl_c_is_ignored() -> None:
+    handlers: list[object] = []
+
+    def on_a_thread() -> None:
+        with StopRequest("never shown"):
+            handlers.append(signal.getsignal(signal.SIGINT))
+
+    thread = threading.Thread(target=on_a_thread)
+    thread.start()
+    thread.join()
+    assert handlers == [signal.getsignal(signal.SIGINT)]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopRequest("never shown") as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)  # ignored, as before
+        assert not stop.requested
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from gymnasium import spaces
 from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3.common.callbacks import BaseCallback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents import TUNED
@@ -44,6 +45,15 @@ BOX = spaces.Box(-1.0, 1.0, (5,), dtype=np.float32)
 QUANTILE_BOX = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)  # where ppo and a2c act on v1 by default
 # Tiny networks gain nothing from intra-op threads, and on a shared machine they oversubscribe the cores.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a command a test sends Ctrl-C: SIGINT's default disposition in the child.
+
+    A shell without job control starts background jobs with SIGINT ignored, and Python keeps an ignored
+    SIGINT ignored; the child must see Ctrl-C however pytest was started.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class ConstantSampler:
@@ -213,6 +223,40 @@ def test_resume_drops_the_previous_evaluation_before_training(
     assert "timesteps: 80" in (run_dir / "config.yaml").read_text()
 
 
+class CtrlCAt(BaseCallback):
+    """Sends this process Ctrl-C (SIGINT) in the env step that reaches ``steps``, once."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps == self.steps:
+            signal.raise_signal(signal.SIGINT)
+        return True
+
+
+def test_ctrl_c_in_training_stops_after_that_env_step_with_a_checkpoint_there(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    args = parse_args([*PPO_TINY, *TINY, "--run-dir", str(run_dir)])
+    # The signal arrives in the callbacks of step 8, after the stop check of that step: training stops
+    # after step 9, between env steps, instead of wherever a KeyboardInterrupt would have landed.
+    with pytest.raises(Interrupted, match=f"checkpoint .*agent_9_steps.zip; continue with --resume {run_dir}"):
+        run(args, report=False, callbacks=[CtrlCAt(8)])
+    assert (
+        "Ctrl-C: stopping after this env step to save a checkpoint (Ctrl-C again stops at once)"
+        in capfd.readouterr().err
+    )
+    assert [path.name for path in (run_dir / "checkpoints").iterdir()] == ["agent_9_steps.zip"]
+    assert not (run_dir / "agent.zip").exists()  # not saved as trained
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C interrupts again
+    resumed = run(resume_args(run_dir, progress=False), report=False)
+    # Training goes on in whole rollouts of 20 steps from step 9, as from any checkpoint.
+    assert resumed.num_timesteps == 49 and (run_dir / "agent.zip").is_file()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", [PPO, A2C])
 def test_ppo_and_a2c_train_with_their_best_settings_by_default(algorithm: type, tmp_path: Path) -> None:
@@ -360,8 +404,6 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
         "--timesteps",
         "1000000",
     ]
-    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps an ignored
-    # SIGINT ignored; the child gets the default disposition so that it sees Ctrl-C however pytest runs.
     log = tmp_path / "stderr.txt"
     with log.open("wb") as stderr_file:
         process = subprocess.Popen(
@@ -370,7 +412,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
             env=environment,
             stdout=subprocess.PIPE,
             stderr=stderr_file,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            preexec_fn=default_sigint,
         )
     # train prints the run directory once the run is set up, as the last thing before training starts;
     # the lines are read on a thread so that a run that never prints fails the test instead of hanging it.
@@ -398,10 +440,12 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
-        pytest.fail(f"train did not stop within 120 s of Ctrl-C; stderr: {log.read_text()}")
+        # Without pytest's traceback above it, the stacks faulthandler printed are what a CI log shows.
+        pytest.fail(f"train did not stop within 120 s of Ctrl-C; stderr: {log.read_text()}", pytrace=False)
     stderr = log.read_bytes()
     assert process.returncode == 130, stderr.decode()
     assert "--resume" in stderr.decode() and b"Traceback" not in stderr
+    assert b"Ctrl-C: stopping after this env step" in stderr
     checkpoints = list((run_dir / "checkpoints").glob("agent_*_steps.zip"))
     assert checkpoints and not list((run_dir / "checkpoints").glob(".*"))  # no temporary file left
 

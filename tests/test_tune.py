@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_train import default_sigint
 
 from nbs_gym import train, tune
 from nbs_gym.tune import check_space, default_space_path, load_space
@@ -41,7 +42,9 @@ def test_a_search_stopped_after_its_first_trial_resumes_and_writes_a_config_trai
     out = tmp_path / "search"
     command = tune_command(out, space, "--trials", "3", "--max-concurrent", "1", "--scheduler", "fifo")
     environment = {**os.environ, **ONE_THREAD}
-    search = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    search = subprocess.Popen(
+        command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 300
     while not list(out.glob("trials/*/metrics.json")) and search.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)  # polls for the first finished trial; the signal waits on it, not on a fixed time
