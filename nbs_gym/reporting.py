@@ -40,6 +40,7 @@ __all__ = [
     "RATIO_COLUMNS",
     "REFERENCE_AGENT",
     "AgentSummary",
+    "CurvePoint",
     "FinishedRun",
     "Interval",
     "bracketed",
@@ -173,6 +174,23 @@ class FinishedRun:
 
 
 @dataclass(frozen=True)
+class CurvePoint:
+    """The classifier's F1-max at one evaluation during training (``--eval-freq``), over an agent's seeds.
+
+    Attributes:
+        step: Env steps trained by then (summed over the envs).
+        f1_max: Mean and CI of the predictor's pixel F1-max on E over the seeds evaluated at ``step``.
+        ratio: Mean and CI of the per-seed ratio to :data:`REFERENCE_AGENT`'s F1-max on E (its table
+            value: the same evaluation episode seed and classifier seed), over the seeds both have;
+            ``None`` without such seeds.
+    """
+
+    step: int
+    f1_max: Interval
+    ratio: Interval | None
+
+
+@dataclass(frozen=True)
 class AgentSummary:
     """One table row: an agent's values over its seeds.
 
@@ -184,6 +202,8 @@ class AgentSummary:
             :data:`REFERENCE_AGENT` over the seeds both have; empty for the reference itself or without it.
         normalized: Metric of :data:`nbs_gym.scores.REFERENCE_METRICS` -> mean and CI of the per-seed
             normalised score; empty unless every run of the agent has one.
+        classifier_curve: The classifier's learning curve, one point per evaluation step of its runs
+            with ``--eval-freq``; empty without them.
     """
 
     agent: str
@@ -191,6 +211,7 @@ class AgentSummary:
     columns: dict[str, Interval]
     ratios: dict[str, Interval]
     normalized: dict[str, Interval] = field(default_factory=dict)
+    classifier_curve: tuple[CurvePoint, ...] = ()
 
 
 def run_dir_name(agent: str, seed: int) -> str:
@@ -259,8 +280,32 @@ def summarize(runs: Sequence[FinishedRun], confidence: float = CONFIDENCE) -> li
                 metric: mean_ci((run.normalized[metric] for run in seeds.values()), confidence)
                 for metric in REFERENCE_METRICS
             }
-        summaries.append(AgentSummary(agent, tuple(seeds), columns, ratios, normalized))
+        curve = _classifier_curve(seeds, reference, confidence)
+        summaries.append(AgentSummary(agent, tuple(seeds), columns, ratios, normalized, curve))
     return summaries
+
+
+def _classifier_curve(
+    seeds: dict[int, FinishedRun], reference: dict[int, FinishedRun], confidence: float
+) -> tuple[CurvePoint, ...]:
+    """Per evaluation step of the runs' classifier curves: F1-max over the seeds, and its ratio to the reference."""
+    by_step: dict[int, dict[int, float]] = {}
+    for seed, run in seeds.items():
+        if run.classifier_curve is not None:
+            for step, value in zip(*run.classifier_curve, strict=True):
+                by_step.setdefault(int(step), {})[seed] = float(value)
+    column = RATIO_COLUMNS[0]
+    points = []
+    for step, values in sorted(by_step.items()):
+        ratios = [
+            value / reference[seed].values[column]
+            for seed, value in values.items()
+            if seed in reference and reference[seed].values[column] != 0
+        ]
+        points.append(
+            CurvePoint(step, mean_ci(values.values(), confidence), mean_ci(ratios, confidence) if ratios else None)
+        )
+    return tuple(points)
 
 
 def write_results(summaries: Sequence[AgentSummary], runs: Sequence[FinishedRun], out: str | Path) -> list[Path]:
@@ -277,6 +322,14 @@ def write_results(summaries: Sequence[AgentSummary], runs: Sequence[FinishedRun]
                 "columns": {column: interval.to_dict() for column, interval in row.columns.items()},
                 f"ratio_to_{REFERENCE_AGENT}": {column: interval.to_dict() for column, interval in row.ratios.items()},
                 "normalized": {metric: interval.to_dict() for metric, interval in row.normalized.items()},
+                "classifier_curve": [
+                    {
+                        "step": point.step,
+                        "f1_max": point.f1_max.to_dict(),
+                        f"ratio_to_{REFERENCE_AGENT}": None if point.ratio is None else point.ratio.to_dict(),
+                    }
+                    for point in row.classifier_curve
+                ],
             }
             for row in summaries
         },
@@ -406,6 +459,31 @@ def markdown_tables(summaries: Sequence[AgentSummary]) -> str:
         ]
         score_rows = [[row.agent, *(bracketed(row.normalized[m]) for m in REFERENCE_METRICS)] for row in with_scores]
         lines += markdown_rows(["agent", *REFERENCE_METRICS], score_rows, numeric_from=1)
+    with_curves = [row for row in summaries if row.classifier_curve]
+    if with_curves:
+        lines += [
+            "",
+            "The classifier during training (`--eval-freq`): predictor pixel F1-max on E after one evaluation "
+            "episode of the sampler as trained by then (mean ± half-width over seeds), and its ratio to "
+            f"`{REFERENCE_AGENT}`'s F1-max above (per seed, then mean [{CONFIDENCE:.0%} CI]):",
+            "",
+        ]
+        curve_rows = [
+            [
+                row.agent,
+                f"{point.step:,}",
+                str(point.f1_max.n),
+                plus_minus(point.f1_max),
+                "" if point.ratio is None else bracketed(point.ratio),
+            ]
+            for row in with_curves
+            for point in row.classifier_curve
+        ]
+        lines += markdown_rows(
+            ["agent", "env steps", "seeds", "predictor/pixel_f1_max", f"ratio to {REFERENCE_AGENT}"],
+            curve_rows,
+            numeric_from=1,
+        )
     return "\n".join(lines)
 
 

@@ -293,6 +293,25 @@ def test_a_damaged_run_config_is_one_error_line(
     assert len(error) == 1 and f"{damaged}: not valid YAML" in error[0]
 
 
+def test_the_classifier_curve_is_tabulated_per_evaluation_step_with_its_ratio_to_uniform(tmp_path: Path) -> None:
+    runs = [fake_run("uniform", 0, 0.5), fake_run("uniform", 1, 0.4), fake_run("ppo", 0, 0.6), fake_run("ppo", 1, 0.6)]
+    steps = np.array([2000.0, 4000.0])
+    runs[2] = dataclasses.replace(runs[2], classifier_curve=(steps, np.array([0.5, 0.6])))
+    runs[3] = dataclasses.replace(runs[3], classifier_curve=(steps[:1], np.array([0.6])))  # stopped after one
+    uniform, ppo = summarize(runs)
+    assert uniform.classifier_curve == ()
+    first, second = ppo.classifier_curve
+    assert (first.step, first.f1_max.n, second.step, second.f1_max.n) == (2000, 2, 4000, 1)
+    assert first.f1_max.mean == pytest.approx(0.55)
+    assert first.ratio is not None and first.ratio.mean == pytest.approx((0.5 / 0.5 + 0.6 / 0.4) / 2)
+    assert second.ratio is not None and second.ratio.mean == pytest.approx(1.2) and second.ratio.n == 1
+    write_results([uniform, ppo], runs, tmp_path)
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| ppo | 2,000 | 2 | 0.5500 ± " in markdown and "| ppo | 4,000 | 1 | 0.6000 ± – | 1.200 [–] |" in markdown
+    curve = json.loads((tmp_path / "results.json").read_text())["agents"]["ppo"]["classifier_curve"]
+    assert [point["step"] for point in curve] == [2000, 4000] and curve[1]["ratio_to_uniform"]["mean"] == 1.2
+
+
 def test_one_seed_shows_a_dash_and_a_note(tmp_path: Path) -> None:
     runs = [fake_run("uniform", 0, 0.5), fake_run("random", 0, 0.6)]
     write_results(summarize(runs), runs, tmp_path)
