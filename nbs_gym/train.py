@@ -685,20 +685,21 @@ def _gymnasium_training_env(
     The env is reset once with ``--seed`` (sub-environment ``i`` with ``seed + i``), and its action
     space seeded, so that a plug-in that calls ``reset()`` without a seed still runs reproducibly.
     """
-    schedule = CheckpointSchedule(args.checkpoint_freq, run_dir / "checkpoints", suffix, args.checkpoint_minutes)
-    checkpoints = bool(args.checkpoint_freq or args.checkpoint_minutes)
+    schedule = None
+    if args.checkpoint_freq or args.checkpoint_minutes:
+        schedule = CheckpointSchedule(args.checkpoint_freq, run_dir / "checkpoints", suffix, args.checkpoint_minutes)
     if n_envs == 1:
         env: gym.Env = Monitor(gym.make(env_id, **env_kwargs))
         env.reset(seed=args.seed)
         env.action_space.seed(args.seed)
-        return CheckpointingEnv(env, schedule) if checkpoints else env
+        return env if schedule is None else CheckpointingEnv(env, schedule)
     mode = "sync" if args.vec_env == "dummy" else "vector_entry_point"
     venv: gym.vector.VectorEnv = gym.wrappers.vector.RecordEpisodeStatistics(
         gym.make_vec(env_id, num_envs=n_envs, vectorization_mode=mode, **env_kwargs)
     )
     venv.reset(seed=args.seed)
     venv.action_space.seed(args.seed)
-    return CheckpointingVectorEnv(venv, schedule) if checkpoints else venv
+    return venv if schedule is None else CheckpointingVectorEnv(venv, schedule)
 
 
 def classifier_config(args: Args) -> ClassifierConfig:
