@@ -5,7 +5,8 @@ own sampler gives one point: the final separation of L's loss profiles, recomput
 profiles as the reward would compute it for each ``--context-window``, against the classifier's metrics
 on E from the run's ``metrics.json``. Prints the Spearman rank correlation over all points, and within
 seeds (each point minus its seed's mean, which removes what every sampler of a seed shares: the
-evaluation episode's autoencoder initialisation and draws).
+evaluation episode's autoencoder initialisation and draws); then each agent's mean separation (the
+first window) and metrics, highest separation first, with the Spearman correlation over the agents.
 
     python benchmarks/reward_alignment.py results/study/fabric/runs --context-windows 0 7 15
 """
@@ -78,6 +79,20 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{key}{' within seed' if within else ''}"
             cells = [spearmanr(column(key, within), column(metric, within)).statistic for metric in METRICS]
             print(f"{label:24s}" + "".join(f"{cell:26.3f}" for cell in cells))
+    # What a learner of the reward is pulled towards: the samplers ranked by their mean separation.
+    key = f"S_T(w={args.context_windows[0]})"
+    means = {
+        agent: [float(np.mean([float(row[name]) for row in rows if row["agent"] == agent])) for name in (key, *METRICS)]
+        for agent in agents
+    }
+    print(f"\nper agent, mean over seeds, by {key} (highest first)")
+    print(f"{'agent':24s}{key:>26s}" + "".join(f"{metric:>26s}" for metric in METRICS))
+    for agent, values in sorted(means.items(), key=lambda item: -item[1][0]):
+        print(f"{agent:24s}" + "".join(f"{value:26.4f}" for value in values))
+    if len(agents) >= 3:
+        ranked = np.array(list(means.values()))
+        cells = [spearmanr(ranked[:, 0], ranked[:, 1 + index]).statistic for index in range(len(METRICS))]
+        print(f"{'Spearman over agents':24s}{'':26s}" + "".join(f"{cell:26.3f}" for cell in cells))
     return 0
 
 
