@@ -114,7 +114,12 @@ class StopRequest:
     def _request(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
         self._restore()  # the next Ctrl-C interrupts at once
-        os.write(sys.stderr.fileno(), f"\n{self.note} (Ctrl-C again stops at once)\n".encode())
+        message = f"\n{self.note} (Ctrl-C again stops at once)\n"
+        try:
+            sys.stderr.write(message)
+            sys.stderr.flush()
+        except (RuntimeError, OSError, ValueError):  # the signal came inside a write to stderr: no reentry
+            os.write(2, message.encode())
 
     def _restore(self) -> None:
         if self._installed:
