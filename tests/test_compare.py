@@ -17,6 +17,7 @@ import torch
 import yaml
 from matplotlib.image import imread
 from scipy import stats
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from nbs_gym.compare import main
 from nbs_gym.reporting import (
@@ -375,3 +376,27 @@ def test_rescore_with_a_run_s_own_classifier_gives_its_scores_and_a_comparison_f
     assert yaml.safe_load((out / "runs" / names[0] / "config.yaml").read_text())["classifier_kwargs"] == {
         "kind": "per_pixel"
     }
+
+
+def test_compositions_are_the_mean_of_each_learned_run_s_last_logged_shares(
+    comparison: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = importlib.util.spec_from_file_location("compositions", REPO / "benchmarks" / "compositions.py")
+    assert spec is not None and spec.loader is not None
+    compositions = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compositions)
+    runs = comparison / "runs"
+    assert compositions.main([str(runs), "--last", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    learned = sorted(path.name for path in runs.iterdir() if path.name.startswith("ppo"))
+    assert [line.split()[0] for line in lines[1:]] == learned  # the fixed rules log no compositions
+    for name in learned:
+        events = EventAccumulator(str(runs / name), size_guidance={"scalars": 0})
+        events.Reload()
+        shares = compositions.last_composition(runs / name, 1)
+        assert shares is not None and shares.sum() == pytest.approx(1.0, abs=1e-5)  # a distribution over strata
+        assert shares[0] == pytest.approx(events.Scalars("nbs/composition/group_0")[-1].value)
+        assert int(next(line for line in lines if line.startswith(name)).split()[-1]) == int(np.argmax(shares))
+    with pytest.raises(SystemExit) as usage:
+        compositions.main([str(runs), "--last", "0"])
+    assert usage.value.code == 2 and "--last: must be >= 1, got 0" in capsys.readouterr().err
