@@ -32,7 +32,8 @@ holds:
 =====================================  ==========================================================
 
 Exit status: 0 done, 2 bad arguments (one ``error:`` line on stderr), 130 interrupted (Ctrl-C saves
-a checkpoint first). From Python, :func:`run` does the same with typed :class:`Args` and returns a
+a checkpoint first: an SB3 agent's training stops after the env step the Ctrl-C comes in, a second
+Ctrl-C stops at once). From Python, :func:`run` does the same with typed :class:`Args` and returns a
 :class:`RunResult`. ``--resume RUN_DIR`` continues a run however it stopped, even killed: from the
 newest checkpoint (or trained agent) that loads, skipping damaged ones with a warning naming them, or
 from step 0 when it has none; its evaluation replaces the run's ``metrics.json`` and profile files and
