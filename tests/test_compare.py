@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 import shutil
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -355,13 +356,19 @@ def test_normalised_scores_are_averaged_per_agent_and_reported_in_every_table() 
     assert f"{REFERENCE_METRICS[0]}_normalized_mean" in header
 
 
+def load_benchmark(name: str) -> types.ModuleType:
+    """The script ``benchmarks/<name>.py`` as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_rescore_with_a_run_s_own_classifier_gives_its_scores_and_a_comparison_folder(
     comparison: Path, tmp_path: Path
 ) -> None:
-    spec = importlib.util.spec_from_file_location("rescore", REPO / "benchmarks" / "rescore.py")
-    assert spec is not None and spec.loader is not None
-    rescore = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rescore)
+    rescore = load_benchmark("rescore")
     out = tmp_path / "rescored"
     assert rescore.main([str(comparison), "--out", str(out), "--classifier-kwargs", "kind=per_pixel"]) == 0
     names = sorted(path.name for path in (comparison / "runs").iterdir())
@@ -381,10 +388,7 @@ def test_rescore_with_a_run_s_own_classifier_gives_its_scores_and_a_comparison_f
 def test_compositions_are_the_mean_of_each_learned_run_s_last_logged_shares(
     comparison: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = importlib.util.spec_from_file_location("compositions", REPO / "benchmarks" / "compositions.py")
-    assert spec is not None and spec.loader is not None
-    compositions = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compositions)
+    compositions = load_benchmark("compositions")
     runs = comparison / "runs"
     assert compositions.main([str(runs), "--last", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
