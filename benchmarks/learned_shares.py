@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import yaml
 
 import nbs_gym  # noqa: F401  (registers the env ids)
 from agents.registry import get_spec
+from nbs_gym.callbacks import vec_normalize_path
 from nbs_gym.train import EVAL_SEED_OFFSET
 
 
@@ -44,12 +46,18 @@ def shares(run_dir: Path) -> dict[str, float]:
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     spec = get_spec(config["agent"])
     model = spec.load(run_dir / "agent.zip", device="cpu")
+    statistics = vec_normalize_path(run_dir / "agent.zip")  # a run with --hyperparams normalize=...
+    if statistics.is_file():
+        with statistics.open("rb") as file:
+            normalize = pickle.load(file).normalize_obs  # VecNormalize pickles without its envs
+    else:
+        normalize = np.asarray
     env = gym.make(config["env_id"], device="cpu", **config.get("env_kwargs", {}))
     observation, _ = env.reset(seed=int(config["seed"]) + EVAL_SEED_OFFSET)
-    sd = exploration_sd(model, observation)
+    sd = exploration_sd(model, normalize(observation))
     taken, terminated = [], False
     while not terminated:
-        action, _ = model.predict(observation, deterministic=True)
+        action, _ = model.predict(normalize(observation), deterministic=True)
         taken.append((float(np.clip(action[0], -1.0, 1.0)) + 1.0) / 2.0)
         observation, _, terminated, _, _ = env.step(action)
     env.close()

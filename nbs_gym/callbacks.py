@@ -32,10 +32,12 @@ __all__ = [
     "save_atomic",
     "save_checkpoint",
     "save_through_temporary",
+    "vec_normalize_path",
 ]
 
 _CHECKPOINT = re.compile(r"^agent_(\d+)_steps(\.[^.]*)?$")
 _REPLAY_BUFFER_SUFFIX = "_replay_buffer.pkl"
+_VEC_NORMALIZE_SUFFIX = "_vecnormalize.pkl"
 
 
 class EpisodeStatsCallback(BaseCallback):
@@ -290,12 +292,19 @@ def save_through_temporary(save: Callable[[Path], object], path: Path) -> Path:
 
 
 def save_checkpoint(agent: Any, path: str | os.PathLike[str]) -> Path:
-    """Save ``agent`` atomically and, for off-policy SB3 agents, its replay buffer beside it.
+    """Save ``agent`` atomically and, for off-policy SB3 agents, its replay buffer beside it; an agent that
+    trains on a ``VecNormalize`` env also gets its normalisation statistics beside it.
 
     A resumed off-policy agent needs its transitions: with an empty buffer it would train at once on
     the first few new ones. Only the newest buffer in a folder is kept (:func:`replay_buffer_path`
-    names it); each can be as large as the buffer's capacity.
+    names it); each can be as large as the buffer's capacity. The statistics (a few hundred bytes,
+    :func:`vec_normalize_path`) are written before the agent, so that an agent file whose statistics
+    are missing was not written by this function.
     """
+    get_vec_normalize = getattr(agent, "get_vec_normalize_env", None)
+    vec_normalize = get_vec_normalize() if callable(get_vec_normalize) else None
+    if vec_normalize is not None:
+        save_through_temporary(vec_normalize.save, vec_normalize_path(path))
     path = save_atomic(agent, path)
     if getattr(agent, "replay_buffer", None) is not None and hasattr(agent, "save_replay_buffer"):
         buffer_path = save_through_temporary(agent.save_replay_buffer, replay_buffer_path(path))
@@ -309,6 +318,12 @@ def replay_buffer_path(agent_path: str | os.PathLike[str]) -> Path:
     """Where :func:`save_checkpoint` puts the replay buffer of the agent saved at ``agent_path``."""
     agent_path = Path(agent_path)
     return agent_path.with_name(agent_path.stem + _REPLAY_BUFFER_SUFFIX)
+
+
+def vec_normalize_path(agent_path: str | os.PathLike[str]) -> Path:
+    """Where :func:`save_checkpoint` puts the ``VecNormalize`` statistics of the agent saved at ``agent_path``."""
+    agent_path = Path(agent_path)
+    return agent_path.with_name(agent_path.stem + _VEC_NORMALIZE_SUFFIX)
 
 
 def checkpoint_path(save_dir: str | os.PathLike[str], num_timesteps: int, suffix: str) -> Path:

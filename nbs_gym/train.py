@@ -23,6 +23,8 @@ holds:
 ``agent.zip`` / ``agent.json``         the trained agent (SB3 / built-in baseline; a plug-in's suffix)
 ``*_replay_buffer.pkl``                off-policy agents' replay buffer, beside the newest checkpoint
                                        and the trained agent, so that ``--resume`` continues with it
+``*_vecnormalize.pkl``                 with ``--hyperparams normalize=...``: the VecNormalize
+                                       statistics beside each checkpoint and the trained agent
 ``profiles/{agent,uniform}/*.npz``     loss profiles of the evaluation episodes
 ``figures/*.png``                      loss profiles of L and segmentations of E, per sampler
 ``metrics.json``                       ``{"agent": ..., "uniform": ...}`` (no ``"uniform"`` with
@@ -75,7 +77,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor, VecNormalize
 
 from agents.baselines import UniformSampler
 from agents.protocol import PluginError
@@ -92,6 +94,7 @@ from nbs_gym.callbacks import (
     checkpoints_newest_first,
     replay_buffer_path,
     save_checkpoint,
+    vec_normalize_path,
 )
 from nbs_gym.classifier import ClassifierConfig
 from nbs_gym.cli import Interrupted, Parser, StopRequest, check_device, exit_process, run_resumable
@@ -151,6 +154,10 @@ _NOT_SAVED = ("config", "resume", "run_dir")
 # profiles, by ensemble size (benchmarks/classifier_noise.py on v0's fabric, docs/RESULTS_v0.md): a
 # difference between two samplers smaller than about twice this is not evidence of either.
 CLASSIFIER_NOISE_F1 = {1: 0.046, 4: 0.021}
+NORMALIZE_KEY = "normalize"
+"""The ``--hyperparams`` entry that wraps an SB3 agent's training envs in ``VecNormalize`` (rl-zoo3's name)."""
+VEC_NORMALIZE_KEYWORDS = ("norm_obs", "norm_reward", "clip_obs", "clip_reward", "epsilon")
+"""The ``VecNormalize`` settings a ``normalize`` mapping may set (its ``gamma`` is the agent's)."""
 
 
 class RunWarning(UserWarning):
@@ -199,7 +206,11 @@ class Args:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Env settings as KEY=VALUE (values parsed as YAML), e.g. episode_length=100 reward=fisher."""
     hyperparams: dict[str, Any] = field(default_factory=dict)
-    """Agent constructor overrides as KEY=VALUE (values parsed as YAML), e.g. n_steps=400 learning_rate=1e-4."""
+    """Agent constructor overrides as KEY=VALUE (values parsed as YAML), e.g. n_steps=400 learning_rate=1e-4;
+    and, as in rl-zoo3's files, normalize=true (SB3 agents: train on a VecNormalize of the envs, which
+    normalises observations and rewards by running statistics; the evaluation episodes see observations
+    normalised by the statistics at the end of training) or normalize={norm_obs: true, norm_reward: false}
+    (any of VecNormalize's norm_obs, norm_reward, clip_obs, clip_reward, epsilon)."""
     classifier_kwargs: dict[str, Any] = field(default_factory=dict)
     """Anomaly classifier settings as KEY=VALUE (nbs_gym.classifier.ClassifierConfig), e.g. kind=per_pixel
     max_epochs=100; its seed and device default to --seed and --device."""
@@ -553,10 +564,53 @@ def check_settings(args: Args) -> None:
         ValueError: The first bad setting, named.
     """
     spec, *_ = validated_settings(args)
-    names = constructor_keywords(spec)
+    names = hyperparameter_names(spec)
     unknown = sorted(set(args.hyperparams) - names) if names is not None else []
     if unknown:
         raise ValueError(f"--hyperparams {unknown[0]}: agent {args.agent!r} takes no such setting")
+    normalization(args, spec)
+
+
+def hyperparameter_names(spec: AgentSpec) -> set[str] | None:
+    """The ``--hyperparams`` names a run of ``spec`` takes: its constructor's keywords, and ``normalize``
+    for an agent that trains on an SB3 ``VecEnv``; ``None`` if the constructor takes any keyword."""
+    names = constructor_keywords(spec)
+    return None if names is None else names | {NORMALIZE_KEY}
+
+
+def normalization(args: Args, spec: AgentSpec) -> dict[str, Any] | None:
+    """The ``VecNormalize`` keywords that ``--hyperparams normalize=...`` asks for; ``None`` for none.
+
+    ``true`` is VecNormalize's defaults (observations and rewards); a mapping sets some of
+    :data:`VEC_NORMALIZE_KEYWORDS` over them.
+
+    Raises:
+        ValueError: A value that is neither a boolean nor such a mapping, or normalisation asked of an
+            agent that does not train on an SB3 ``VecEnv`` (a baseline, a plug-in with its own loop).
+    """
+    value = args.hyperparams.get(NORMALIZE_KEY, False)
+    where = f"--hyperparams {NORMALIZE_KEY}"
+    expected = f"expected true, false or a mapping of {', '.join(VEC_NORMALIZE_KEYWORDS)}"
+    if value is False or value is None:
+        return None
+    if value is True:
+        keywords: dict[str, Any] = {}
+    elif isinstance(value, dict):
+        unknown = sorted(set(map(str, value)) - set(VEC_NORMALIZE_KEYWORDS))
+        if unknown:
+            raise ValueError(f"{where}: unknown key {unknown[0]!r}; {expected}")
+        for key, setting in value.items():
+            flag = key in ("norm_obs", "norm_reward")
+            number = isinstance(setting, (int, float)) and not isinstance(setting, bool) and setting > 0
+            if not (isinstance(setting, bool) if flag else number):
+                kind = "true or false" if flag else "a number > 0"
+                raise ValueError(f"{where}: {key} must be {kind}, got {setting!r}")
+        keywords = dict(value)
+    else:
+        raise ValueError(f"{where}: {expected}, got {value!r}")
+    if spec.env_api != "sb3" or not issubclass(spec.agent_class, BaseAlgorithm):
+        raise ValueError(f"{where}: only an SB3 algorithm trains on a normalised VecEnv; {args.agent!r} is not one")
+    return keywords
 
 
 def constructor_keywords(spec: AgentSpec) -> set[str] | None:
@@ -570,6 +624,7 @@ def constructor_keywords(spec: AgentSpec) -> set[str] | None:
 def _prepare(args: Args) -> _Run:
     """Validate the whole configuration and build data, envs, agent and logger; writes config and split."""
     spec, env_kwargs, env_config, classifier_config = validated_settings(args)  # before any work
+    normalize = normalization(args, spec)
     check_device("--device", args.device)
     run_dir = _run_dir(args)
     data = env_config.data
@@ -583,6 +638,8 @@ def _prepare(args: Args) -> _Run:
     train_env: Any
     if spec.env_api == "sb3":
         train_env = _training_envs(args, env_id, n_envs, env_kwargs_with_data)
+        if normalize is not None:
+            train_env = VecNormalize(train_env, **normalize)
     else:
         train_env = _gymnasium_training_env(args, run_dir, spec.file_suffix, env_id, n_envs, env_kwargs_with_data)
     try:
@@ -593,6 +650,8 @@ def _prepare(args: Args) -> _Run:
     except BaseException:
         train_env.close()
         raise
+    if isinstance(train_env, VecNormalize):
+        train_env.gamma = float(getattr(agent, "gamma", train_env.gamma))  # returns discounted as the agent's
     if isinstance(train_env, (CheckpointingEnv, CheckpointingVectorEnv)):
         train_env.attach(agent)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -735,7 +794,7 @@ def _run_dir(args: Args) -> Path:
 
 
 def _new_agent(spec: AgentSpec, args: Args, env: Any, env_id: str) -> Any:
-    hyperparams = dict(args.hyperparams)
+    hyperparams = {key: value for key, value in args.hyperparams.items() if key != NORMALIZE_KEY}
     if spec.kind == "sb3":
         hyperparams.setdefault("device", args.device)
     return spec.build(env, seed=args.seed, env_id=env_id, **hyperparams)
@@ -764,7 +823,9 @@ def _load_agent(spec: AgentSpec, args: Args, run_dir: Path, env: Any, env_id: st
             stacklevel=2,
         )
         return _new_agent(spec, args, env, env_id)
-    path, agent = max(found, key=lambda item: _num_timesteps(item[1]))
+    path, agent, statistics = max(found, key=lambda item: _num_timesteps(item[1]))
+    if statistics is not None:  # the normalisation the agent was trained with, as it was at that step
+        env.obs_rms, env.ret_rms = statistics.obs_rms, statistics.ret_rms
     print(f"resume: from {path} ({_num_timesteps(agent):,} steps)", file=sys.stderr)
     if getattr(agent, "replay_buffer", None) is not None and hasattr(agent, "load_replay_buffer"):
         buffer = replay_buffer_path(path)
@@ -783,16 +844,24 @@ def _load_agent(spec: AgentSpec, args: Args, run_dir: Path, env: Any, env_id: st
     return agent
 
 
-def _loaded(spec: AgentSpec, args: Args, path: Path, env: Any) -> tuple[Path, Any] | None:
-    """``(path, agent)`` loaded from ``path``; ``None`` if it is absent, or damaged (with a warning)."""
+def _loaded(spec: AgentSpec, args: Args, path: Path, env: Any) -> tuple[Path, Any, Any] | None:
+    """``(path, agent, statistics)`` loaded from ``path``; ``None`` if it is absent, or damaged (with a
+    warning).
+
+    On a ``VecNormalize`` env the statistics saved beside ``path`` are part of the checkpoint (else
+    ``statistics`` is ``None``): a checkpoint without loadable statistics counts as damaged.
+    """
     if not path.is_file():
         return None
     try:
-        return path, spec.load(path, env=env, device=args.device)
+        normalized = isinstance(env, VecNormalize)
+        statistics = VecNormalize.load(str(vec_normalize_path(path)), env.venv) if normalized else None
+        agent = spec.load(path, env=env, device=args.device)
     except Exception as error:  # SB3 raises whatever its zip, torch and pickle readers raise
         reason = f"{type(error).__name__}: {error}".strip().rstrip(":")
         warnings.warn(f"skipping {path}: it does not load ({reason})", RunWarning, stacklevel=2)
         return None
+    return path, agent, statistics
 
 
 def _steps_in_name(path: Path) -> int:
@@ -875,7 +944,7 @@ def _evaluate_now(run: _Run, sampler: Any) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="nbs_gym_eval_") as scratch:
         env = _evaluation_env(run, Path(scratch))
         try:
-            episode = _run_episode(env, sampler, run.args.seed + EVAL_SEED_OFFSET)
+            episode = _run_episode(env, _acting(run, sampler), run.args.seed + EVAL_SEED_OFFSET)
         finally:
             env.close()
         profiles = load_profiles(episode.profile_path)
@@ -883,6 +952,28 @@ def _evaluate_now(run: _Run, sampler: Any) -> dict[str, float]:
     tag = "eval/during_training"
     scalars = {f"{tag}/predictor/{metric}": float(result["predictor"][metric]) for metric in METRIC_NAMES}
     return {**scalars, f"{tag}/final_separation": episode.final_separation}
+
+
+class _NormalizedObservations:
+    """A trained SB3 agent acting on an evaluation env's raw observations through the ``VecNormalize``
+    statistics of its training envs (as they stand: frozen once training is over)."""
+
+    def __init__(self, agent: BaseAlgorithm, statistics: VecNormalize) -> None:
+        self.agent, self.statistics = agent, statistics
+
+    def predict(
+        self, observation: np.ndarray, state: Any = None, episode_start: Any = None, deterministic: bool = False
+    ) -> tuple[Any, Any]:
+        normalized = self.statistics.normalize_obs(observation)
+        return self.agent.predict(normalized, state=state, episode_start=episode_start, deterministic=deterministic)
+
+
+def _acting(run: _Run, sampler: Any) -> Any:
+    """``sampler`` as it acts on an evaluation env: the run's agent sees observations normalised as in training."""
+    env = run.train_env
+    if sampler is run.agent and isinstance(env, VecNormalize) and env.norm_obs:
+        return _NormalizedObservations(sampler, env)
+    return sampler
 
 
 def _log_interval(run: _Run) -> int:
@@ -945,6 +1036,8 @@ def _evaluate(run: _Run, report: bool = True) -> dict[str, Any]:
         try:
             if sampler is None:
                 sampler = UniformSampler(env)
+            else:
+                sampler = _acting(run, sampler)
             if hasattr(sampler, "prepare_env"):  # a reference sampler that changes the env's draw (oracle)
                 sampler.prepare_env(env, run.dataset)
             episodes = [

@@ -207,7 +207,7 @@ def check_space(space: SearchSpace, base: train.Args) -> None:
         if key in base.env_kwargs:
             raise ValueError(f"--space {space.source}: env.{key} is searched, so --env-kwargs cannot fix it")
     where = f"--space {space.source}"
-    names = train.constructor_keywords(get_spec(base.agent))
+    names = train.hyperparameter_names(get_spec(base.agent))
     for key in space.hyperparams:
         if names is not None and key not in names:
             raise ValueError(f"{where}: {key}: agent {base.agent!r} takes no such setting")

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,13 @@ import yaml
 from gymnasium import spaces
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents import TUNED
 from agents.baselines import UniformSampler
+from nbs_gym import train as train_module
 from nbs_gym.callbacks import EpisodeStatsCallback
 from nbs_gym.cli import Interrupted
 from nbs_gym.tasks import TASK_SETTINGS
@@ -307,6 +311,65 @@ def test_off_policy_resume_continues_with_the_replay_buffer(tmp_path: Path) -> N
     assert agent.num_timesteps == 60 and agent.replay_buffer.size() == 60  # 40 before the resumption, 20 after
 
 
+@pytest.mark.slow
+def test_normalize_trains_on_running_statistics_that_checkpoints_keep_and_resume_restores(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    normalized = [*PPO_TINY, "normalize=true", *TINY, "--checkpoint-freq", "20", "--run-dir", str(run_dir)]
+    result = run_train(*normalized)
+    assert result.returncode == 0, result.stderr
+    check_run_dir(run_dir)
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == [
+        "agent_20_steps.zip",
+        "agent_20_steps_vecnormalize.pkl",
+        "agent_40_steps.zip",
+        "agent_40_steps_vecnormalize.pkl",
+    ]
+    statistics = VecNormalize.load(str(run_dir / "agent_vecnormalize.pkl"), DummyVecEnv([lambda: Monitor(_Box())]))
+    # One observation per step and per reset (the first one), one return per step; discounted as the agent.
+    assert round(statistics.obs_rms.count) == 41 and round(statistics.ret_rms.count) == 40
+    assert statistics.norm_obs and statistics.norm_reward and statistics.gamma == 1.0
+
+    # A checkpoint whose statistics are missing counts as damaged: the run resumes from the one before.
+    (run_dir / "agent.zip").unlink()
+    (run_dir / "checkpoints" / "agent_40_steps_vecnormalize.pkl").unlink()
+    result = run_train("--resume", str(run_dir), "--timesteps", "60", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "skipping" in result.stderr and "agent_40_steps_vecnormalize.pkl" in result.stderr
+    assert "resume: from" in result.stderr and "agent_20_steps.zip (20 steps)" in result.stderr
+    resumed = VecNormalize.load(str(run_dir / "agent_vecnormalize.pkl"), DummyVecEnv([lambda: Monitor(_Box())]))
+    assert round(resumed.obs_rms.count) == 21 + 41  # the 20-step statistics, then a reset and 40 steps
+
+
+class _Box(gym.Env[np.ndarray, np.ndarray]):
+    """An env with the quantile mode's spaces, for loading saved VecNormalize statistics."""
+
+    observation_space = spaces.Box(-np.inf, np.inf, (18,), dtype=np.float32)
+    action_space = QUANTILE_BOX
+
+
+def test_an_agent_on_normalised_envs_is_evaluated_on_observations_normalised_as_in_training() -> None:
+    statistics = VecNormalize(DummyVecEnv([lambda: Monitor(_Box())]), norm_reward=False)
+    statistics.obs_rms.mean = np.full(18, 2.0)
+    statistics.obs_rms.var = np.full(18, 4.0)
+    seen: list[np.ndarray] = []
+
+    class Agent:
+        def predict(self, observation: np.ndarray, **_: Any) -> tuple[np.ndarray, None]:
+            seen.append(observation)
+            return np.zeros(1, dtype=np.float32), None
+
+    agent = Agent()
+    run = types.SimpleNamespace(train_env=statistics, agent=agent)
+    acting = train_module._acting(run, agent)
+    action, _ = acting.predict(np.full(18, 4.0, dtype=np.float32), deterministic=True)
+    assert action.shape == (1,)
+    np.testing.assert_allclose(seen[0], np.ones(18), rtol=1e-6)  # (4 - 2) / sqrt(4)
+    other = UniformSampler(_Box())
+    assert train_module._acting(run, other) is other  # another sampler (uniform) acts on raw observations
+    statistics.norm_obs = False
+    assert train_module._acting(run, agent) is agent
+
+
 def test_episode_stats_pass_over_steps_that_report_no_infos() -> None:
     callback = EpisodeStatsCallback()
     callback.locals = {"candidate_weights": None}  # what ARS hands its callbacks: no infos, no dones
@@ -476,6 +539,10 @@ def test_bad_flag_in_a_subprocess_is_one_line_without_traceback() -> None:
         (["--resume", "/does/not/exist"], "--resume: no such file"),
         (["--env-id", "nbs_gym/NeuralBatchSampling-v9"], "env_id: unknown id"),
         (["--agent", "sac", "--env-id", "nbs_gym/NeuralBatchSamplingDiscrete-v1"], "'sac' cannot act"),
+        (["--hyperparams", "normalize=maybe"], "--hyperparams normalize: expected true, false or a mapping"),
+        (["--hyperparams", "normalize={norm_obs: true, scale: 2}"], "normalize: unknown key 'scale'"),
+        (["--hyperparams", "normalize={clip_obs: -1}"], "clip_obs must be a number > 0"),
+        (["--agent", "uniform", "--hyperparams", "normalize=true"], "'uniform' is not one"),
     ],
 )
 def test_bad_flags_exit_2_with_one_error_line(

@@ -105,6 +105,12 @@ def test_under_asha_a_trial_is_scored_exactly_when_it_trained_to_the_end(tmp_pat
         assert math.isfinite(float(row["score"])) == scored
 
 
+def test_a_space_may_search_observation_and_reward_normalisation(tmp_path: Path) -> None:
+    space = tmp_path / "space.yml"
+    space.write_text("normalize: {choice: [false, true]}\n")
+    check_space(load_space(space), train.parse_args(["--agent", "ppo"]))  # raises on a setting ppo does not take
+
+
 def test_the_shipped_spaces_name_settings_their_agents_take() -> None:
     for agent in ("ppo", "a2c"):
         path = default_space_path(agent)
@@ -125,6 +131,7 @@ def test_the_shipped_spaces_name_settings_their_agents_take() -> None:
         ("learning_rate: {loguniform: [0.0, 1.0]}\n", "loguniform needs low > 0"),
         ("n_steps: {randint: [8, 4]}\n", "randint needs low < high"),
         ("[1, 2]\n", "expected a mapping of SETTING"),
+        ("normalize: {choice: [false, maybe]}\n", ": with normalize='maybe': --hyperparams normalize: expected true"),
     ],
 )
 def test_a_bad_search_space_is_one_error_line_and_starts_nothing(
