@@ -228,7 +228,12 @@ def check_space(space: SearchSpace, base: train.Args) -> None:
 
 class TuneReport(BaseCallback):
     """Reports ``reward`` (mean return of the latest finished episodes) and ``timesteps`` to Ray Tune at
-    each rollout's end, for the scheduler to stop trials that trail."""
+    each rollout's end, for the scheduler to stop trials that trail.
+
+    Nothing is reported before the agent's first update: until then its episodes are those of its
+    initial policy, which with the search's one seed is the same for every trial of an architecture, so
+    a scheduler would compare trials by nothing their settings did.
+    """
 
     def __init__(self, episodes: int = 4) -> None:
         super().__init__()
@@ -241,6 +246,8 @@ class TuneReport(BaseCallback):
     def _on_rollout_end(self) -> None:
         from ray import tune
 
+        if getattr(self.model, "_n_updates", 1) == 0:
+            return
         buffer = list(self.model.ep_info_buffer or [])[-self.episodes :]
         if buffer:
             self.reward = float(np.mean([info["r"] for info in buffer]))

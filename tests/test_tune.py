@@ -9,14 +9,16 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from test_train import default_sigint
 
 from nbs_gym import train, tune
-from nbs_gym.tune import check_space, default_space_path, load_space
+from nbs_gym.tune import TuneReport, check_space, default_space_path, load_space
 
 pytest.importorskip("ray.tune")
 
@@ -26,8 +28,9 @@ TINY = [
     "--env-kwargs", "episode_length=20", "profile_length=4", "image_size=32", "patch_size=8", "batch_size=8",
     "--hyperparams", "batch_size=4", "--classifier-kwargs", "max_epochs=3", "--device", "cpu",
 ]  # fmt: skip
-# Episodes of 20 updates of 5 per env step: 4 env steps; 16 steps are 4 episodes.
-SPACE = "learning_rate: {loguniform: [1.0e-4, 1.0e-3]}\nn_steps: {choice: [4, 8]}\n"
+# Episodes of 20 updates of 5 per env step: 4 env steps; 16 steps are 4 episodes. A trial reports from
+# its first update on, at step 4 or 8, so ASHA decides at its 8-step rung before the last step.
+SPACE = "learning_rate: {loguniform: [1.0e-4, 1.0e-3]}\nn_steps: {choice: [2, 4]}\n"
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -103,6 +106,22 @@ def test_under_asha_a_trial_is_scored_exactly_when_it_trained_to_the_end(tmp_pat
         assert (int(row["timesteps"]) == 16) == scored  # ASHA stops a trailing trial at its 8-step rung
         assert (out / "trials" / row["trial"] / "metrics.json").is_file() == scored
         assert math.isfinite(float(row["score"])) == scored
+
+
+def test_the_reward_is_reported_from_the_agents_first_update_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray.tune
+
+    reported: list[dict[str, Any]] = []
+    monkeypatch.setattr(ray.tune, "report", reported.append)
+    callback = TuneReport()
+    model = types.SimpleNamespace(_n_updates=0, num_timesteps=800, ep_info_buffer=[{"r": 0.5}, {"r": 0.25}])
+    callback.model = model
+    callback._on_rollout_end()  # the initial policy's episodes: the same for every trial of one seed
+    assert reported == []
+    model._n_updates, model.num_timesteps = 10, 1600
+    callback._on_rollout_end()
+    assert len(reported) == 1 and reported[0]["timesteps"] == 1600 and reported[0]["reward"] == 0.375
+    assert math.isnan(reported[0]["score"])
 
 
 def test_a_space_may_search_observation_and_reward_normalisation(tmp_path: Path) -> None:
