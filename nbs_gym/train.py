@@ -573,9 +573,15 @@ def check_settings(args: Args) -> None:
 
 def hyperparameter_names(spec: AgentSpec) -> set[str] | None:
     """The ``--hyperparams`` names a run of ``spec`` takes: its constructor's keywords, and ``normalize``
-    for an agent that trains on an SB3 ``VecEnv``; ``None`` if the constructor takes any keyword."""
+    for an SB3 algorithm; ``None`` if the constructor takes any keyword."""
     names = constructor_keywords(spec)
-    return None if names is None else names | {NORMALIZE_KEY}
+    return None if names is None else names | ({NORMALIZE_KEY} if _normalizable(spec) else set())
+
+
+def _normalizable(spec: AgentSpec) -> bool:
+    """Whether ``spec`` is an SB3 algorithm, which ``normalize`` trains on a ``VecNormalize`` (for any other
+    agent ``normalize`` is a constructor keyword like the rest)."""
+    return spec.env_api == "sb3" and issubclass(spec.agent_class, BaseAlgorithm)
 
 
 def normalization(args: Args, spec: AgentSpec) -> dict[str, Any] | None:
@@ -585,9 +591,10 @@ def normalization(args: Args, spec: AgentSpec) -> dict[str, Any] | None:
     :data:`VEC_NORMALIZE_KEYWORDS` over them.
 
     Raises:
-        ValueError: A value that is neither a boolean nor such a mapping, or normalisation asked of an
-            agent that does not train on an SB3 ``VecEnv`` (a baseline, a plug-in with its own loop).
+        ValueError: A value that is neither a boolean nor such a mapping.
     """
+    if not _normalizable(spec):
+        return None  # a baseline or plug-in: a ``normalize`` keyword is its constructor's
     value = args.hyperparams.get(NORMALIZE_KEY, False)
     where = f"--hyperparams {NORMALIZE_KEY}"
     expected = f"expected true, false or a mapping of {', '.join(VEC_NORMALIZE_KEYWORDS)}"
@@ -608,8 +615,6 @@ def normalization(args: Args, spec: AgentSpec) -> dict[str, Any] | None:
         keywords = dict(value)
     else:
         raise ValueError(f"{where}: {expected}, got {value!r}")
-    if spec.env_api != "sb3" or not issubclass(spec.agent_class, BaseAlgorithm):
-        raise ValueError(f"{where}: only an SB3 algorithm trains on a normalised VecEnv; {args.agent!r} is not one")
     return keywords
 
 
@@ -794,7 +799,9 @@ def _run_dir(args: Args) -> Path:
 
 
 def _new_agent(spec: AgentSpec, args: Args, env: Any, env_id: str) -> Any:
-    hyperparams = {key: value for key, value in args.hyperparams.items() if key != NORMALIZE_KEY}
+    hyperparams = dict(args.hyperparams)
+    if _normalizable(spec):
+        hyperparams.pop(NORMALIZE_KEY, None)  # the training envs' wrapper, not a constructor keyword
     if spec.kind == "sb3":
         hyperparams.setdefault("device", args.device)
     return spec.build(env, seed=args.seed, env_id=env_id, **hyperparams)

@@ -29,6 +29,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from agents import TUNED
 from agents.baselines import UniformSampler
+from agents.registry import get_spec
 from nbs_gym import train as train_module
 from nbs_gym.callbacks import EpisodeStatsCallback
 from nbs_gym.cli import Interrupted
@@ -370,6 +371,26 @@ def test_an_agent_on_normalised_envs_is_evaluated_on_observations_normalised_as_
     assert train_module._acting(run, agent) is agent
 
 
+def test_normalize_is_an_sb3_algorithms_env_setting_and_any_other_agents_own_keyword() -> None:
+    ppo = parse_args(["--agent", "ppo", "--hyperparams", "normalize={norm_reward: false}"])
+    spec = get_spec("ppo")
+    assert train_module.normalization(ppo, spec) == {"norm_reward": False}
+    assert "normalize" in (train_module.hyperparameter_names(spec) or set())
+    plugin = parse_args(["--agent", "test_train:NormalizingSampler", "--hyperparams", "normalize=maybe"])
+    plugin_spec = get_spec(plugin.agent)
+    assert train_module.normalization(plugin, plugin_spec) is None  # the plug-in's own keyword, passed on
+    train_module.check_settings(plugin)
+    assert train_module.hyperparameter_names(get_spec("uniform")) == {"env", "seed"}
+
+
+class NormalizingSampler(ConstantSampler):
+    """A plug-in with a ``normalize`` keyword of its own."""
+
+    def __init__(self, env: Any, seed: int | None = None, normalize: str = "no") -> None:
+        super().__init__(env, seed)
+        self.normalize = normalize
+
+
 def test_episode_stats_pass_over_steps_that_report_no_infos() -> None:
     callback = EpisodeStatsCallback()
     callback.locals = {"candidate_weights": None}  # what ARS hands its callbacks: no infos, no dones
@@ -542,7 +563,7 @@ def test_bad_flag_in_a_subprocess_is_one_line_without_traceback() -> None:
         (["--hyperparams", "normalize=maybe"], "--hyperparams normalize: expected true, false or a mapping"),
         (["--hyperparams", "normalize={norm_obs: true, scale: 2}"], "normalize: unknown key 'scale'"),
         (["--hyperparams", "normalize={clip_obs: -1}"], "clip_obs must be a number > 0"),
-        (["--agent", "uniform", "--hyperparams", "normalize=true"], "'uniform' is not one"),
+        (["--agent", "uniform", "--hyperparams", "normalize=true"], "bad hyperparameters {'normalize': True}"),
     ],
 )
 def test_bad_flags_exit_2_with_one_error_line(
