@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import signal
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from test_compare import load_benchmark
 from test_train import default_sigint
 
 from nbs_gym import train, tune
@@ -192,3 +194,28 @@ def test_without_ray_the_search_is_one_error_line_naming_the_extra(
         "error: nbs_gym.tune needs Ray Tune, which is not installed; "
         "pip install -e \".[ray]\" (or pip install 'ray[tune]' optuna)\n"
     )
+
+
+def test_the_search_check_ranks_scored_trials_by_score_beside_their_test_metric(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    check = load_benchmark("search_check")
+    # (score on L's held-out images, F1-max on E): the test order is the reverse of the score's
+    trials = {"t1": (0.5, 0.60), "t2": (0.7, 0.55), "t3": (0.6, 0.58), "stopped": None}
+    for name, values in trials.items():
+        run_dir = tmp_path / "trials" / name
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(
+            yaml.safe_dump({"hyperparams": {"learning_rate": 0.001}, "env_kwargs": {}})
+        )
+        if values is not None:
+            agent = {"validation": {"pixel_f1_max": values[0]}, "predictor": {"pixel_f1_max": values[1]}}
+            (run_dir / "metrics.json").write_text(json.dumps({"agent": agent}))
+    rows = check.scored_trials(tmp_path, "pixel_f1_max")
+    assert [row["trial"] for row in rows] == ["t2", "t3", "t1"]  # best score first; the stopped trial left out
+    assert check.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| t2 | learning_rate=0.001 | 0.7000 | 0.5500 |" in out
+    assert "Spearman correlation of score and test over 3 trials: -1.00" in out
+    assert check.main([str(tmp_path / "nowhere")]) == 2
+    assert "no trials/ folder" in capsys.readouterr().err
