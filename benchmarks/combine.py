@@ -122,6 +122,24 @@ def markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def versus(table: dict[str, Any], rows: dict[str, dict[int, dict[str, float]]], label: str) -> str:
+    """Each other row's per-seed F1-max ratio to row ``label``'s, as a markdown table; each interval is also
+    added to ``table`` (``f1_ratio_to_<label>``)."""
+    lines = [f"| sampler | F1-max ratio to {label} [95 % CI] | seeds above / below |", "|---|---|---|"]
+    reference = rows[label]
+    column = RATIO_COLUMNS[0]
+    for name, by_seed in rows.items():
+        if name == label:
+            continue
+        seeds = sorted(set(by_seed) & set(reference))
+        ratios = [by_seed[seed][column] / reference[seed][column] for seed in seeds]
+        interval = mean_ci(ratios)
+        above, below = sum(r > 1 for r in ratios), sum(r < 1 for r in ratios)
+        table[name]["f1_ratio_to_" + label] = interval.to_dict()
+        lines.append(f"| {name} | {interval.mean:.3f} [{interval.low:.3f}, {interval.high:.3f}] | {above} / {below} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -159,19 +177,7 @@ def main() -> None:
     print(markdown(table))
     if args.versus is not None:
         print()
-        print(f"| sampler | F1-max ratio to {args.versus} [95 % CI] | seeds above / below |")
-        print("|---|---|---|")
-        reference = rows[args.versus]
-        column = RATIO_COLUMNS[0]
-        for label, by_seed in rows.items():
-            if label == args.versus:
-                continue
-            seeds = sorted(set(by_seed) & set(reference))
-            ratios = [by_seed[seed][column] / reference[seed][column] for seed in seeds]
-            interval = mean_ci(ratios)
-            above, below = sum(r > 1 for r in ratios), sum(r < 1 for r in ratios)
-            table[label]["f1_ratio_to_" + args.versus] = interval.to_dict()
-            print(f"| {label} | {interval.mean:.3f} [{interval.low:.3f}, {interval.high:.3f}] | {above} / {below} |")
+        print(versus(table, rows, args.versus))
     if args.out is not None:
         record = {"command": shlex.join(["python", "benchmarks/combine.py", *sys.argv[1:]]), "rows": table}
         write_text_atomic(args.out, json.dumps(record, indent=1) + "\n")
