@@ -532,7 +532,6 @@ def _write_outputs(options: argparse.Namespace, base: train.Args, results: Any, 
                 "_config": config,
             }
         )
-    scored = [row for row in rows if row["status"] == "scored"]
     failed = [row for row in rows if row["status"] == "error"]
     for row in failed:
         print(
@@ -540,6 +539,7 @@ def _write_outputs(options: argparse.Namespace, base: train.Args, results: Any, 
         )
     rows.sort(key=lambda row: (-(row["score"] if row["status"] == "scored" else -math.inf), str(row["trial"])))
     written = [_write_tables(rows, out, options.metric)]
+    scored = [row for row in rows if row["status"] == "scored"]  # best first
     if not scored:
         print("error: no trial was scored (each stopped early, failed or had no score); no best.yml", file=sys.stderr)
         return 2

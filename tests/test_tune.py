@@ -78,6 +78,10 @@ def test_a_search_stopped_after_its_first_trial_resumes_and_writes_a_config_trai
 
     best = yaml.safe_load((out / "best.yml").read_text())
     assert set(best["hyperparams"]) == {"batch_size", "learning_rate", "n_steps"} and best["seed"] == 0
+    with (out / "trials.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    top = max(rows, key=lambda row: float(row["score"]))  # the best score, wherever Tune listed that trial
+    assert best["hyperparams"]["learning_rate"] == pytest.approx(float(top["config/learning_rate"]), rel=1e-3)
     run_dir = tmp_path / "best_run"
     args = train.parse_args(["--config", str(out / "best.yml"), "--run-dir", str(run_dir), "--no-progress"])
     assert args.hyperparams == best["hyperparams"] and args.env_kwargs == best["env_kwargs"]
@@ -219,3 +223,16 @@ def test_the_search_check_ranks_scored_trials_by_score_beside_their_test_metric(
     assert "Spearman correlation of score and test over 3 trials: -1.00" in out
     assert check.main([str(tmp_path / "nowhere")]) == 2
     assert "no trials/ folder" in capsys.readouterr().err
+
+
+def test_best_yml_holds_the_best_scored_trial_whatever_order_tune_lists_them_in(tmp_path: Path) -> None:
+    def result(trial: str, score: float, learning_rate: float) -> types.SimpleNamespace:
+        metrics = {"trial_id": trial, "timesteps": 16, "reward": 0.0, "score": score}
+        return types.SimpleNamespace(metrics=metrics, config={"learning_rate": learning_rate}, error=None, path=None)
+
+    results = [result("first", 0.40, 1.0e-4), result("best", 0.55, 2.0e-4), result("stopped", math.nan, 3.0e-4)]
+    base = train.parse_args(["--agent", "ppo"])
+    assert tune._write_outputs(types.SimpleNamespace(metric="pixel_f1_max"), base, results, tmp_path) == 0
+    best = yaml.safe_load((tmp_path / "best.yml").read_text())
+    assert best["hyperparams"]["learning_rate"] == 2.0e-4
+    assert "(score: predictor pixel_f1_max on L's held-out images, 0.5500)" in (tmp_path / "best.yml").read_text()
