@@ -9,13 +9,14 @@ Examples::
 
 Each trial is one ``nbs_gym.train`` run with the trial's settings over the fixed ones (the flags below,
 as ``nbs_gym.train`` takes them), made in ``OUT/trials/<trial id>/`` with the same seed for every trial.
-While an SB3 agent trains, each rollout reports the mean return of its latest episodes (``reward``) and
-the env steps so far (``timesteps``) to the scheduler: ASHA (``--scheduler asha``, the default) stops
-the trials whose reward trails the others' at the same step. A trial that trains to the end is scored
-by its predictor's metric (``--metric``, pixel F1-max by default) on the images of the labeled set L
-that the anomaly classifier held out (:func:`nbs_gym.evaluation.validation_metrics`): never on E's
-masks, which stay the test. The search algorithm proposes each trial's settings from the scores so far:
-Optuna's TPE (``--search optuna``, the default where optuna is installed) or random sampling.
+While an SB3 agent trains, each rollout from its first update on reports the mean return of its latest
+episodes (``reward``) and the env steps so far (``timesteps``) to the scheduler: ASHA (``--scheduler
+asha``, the default) stops the trials whose reward trails the others' at the same step. A trial that
+trains to the end is scored by its predictor's metric (``--metric``, pixel F1-max by default) on the
+images of the labeled set L that the anomaly classifier held out
+(:func:`nbs_gym.evaluation.validation_metrics`): never on E's masks, which stay the test. The search
+algorithm proposes each trial's settings from the scores so far: Optuna's TPE (``--search optuna``, the
+default where optuna is installed) or random sampling.
 
 The search space is a YAML file, one entry per setting: an agent constructor keyword, or ``env.KEY``
 for an env setting (``decision_interval``, ``batch_size``, ...)::
