@@ -951,7 +951,9 @@ def _evaluate_now(run: _Run, sampler: Any) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="nbs_gym_eval_") as scratch:
         env = _evaluation_env(run, Path(scratch))
         try:
-            episode = _run_episode(env, _acting(run, sampler), run.args.seed + EVAL_SEED_OFFSET)
+            episode = _run_episode(
+                env, acting_as_trained(sampler, run.agent, run.train_env), run.args.seed + EVAL_SEED_OFFSET
+            )
         finally:
             env.close()
         profiles = load_profiles(episode.profile_path)
@@ -961,7 +963,7 @@ def _evaluate_now(run: _Run, sampler: Any) -> dict[str, float]:
     return {**scalars, f"{tag}/final_separation": episode.final_separation}
 
 
-class _NormalizedObservations:
+class NormalizedObservations:
     """A trained SB3 agent acting on an evaluation env's raw observations through the ``VecNormalize``
     statistics of its training envs (as they stand: frozen once training is over)."""
 
@@ -975,11 +977,12 @@ class _NormalizedObservations:
         return self.agent.predict(normalized, state=state, episode_start=episode_start, deterministic=deterministic)
 
 
-def _acting(run: _Run, sampler: Any) -> Any:
-    """``sampler`` as it acts on an evaluation env: the run's agent sees observations normalised as in training."""
-    env = run.train_env
-    if sampler is run.agent and isinstance(env, VecNormalize) and env.norm_obs:
-        return _NormalizedObservations(sampler, env)
+def acting_as_trained(sampler: Any, agent: Any, train_env: Any) -> Any:
+    """``sampler`` as it acts on an evaluation env: the trained ``agent`` sees observations normalised by the
+    ``VecNormalize`` statistics of ``train_env`` when it trained on normalised observations; any other
+    sampler acts on raw ones."""
+    if sampler is agent and isinstance(train_env, VecNormalize) and train_env.norm_obs:
+        return NormalizedObservations(agent, train_env)
     return sampler
 
 
@@ -1044,7 +1047,7 @@ def _evaluate(run: _Run, report: bool = True) -> dict[str, Any]:
             if sampler is None:
                 sampler = UniformSampler(env)
             else:
-                sampler = _acting(run, sampler)
+                sampler = acting_as_trained(sampler, run.agent, run.train_env)
             if hasattr(sampler, "prepare_env"):  # a reference sampler that changes the env's draw (oracle)
                 sampler.prepare_env(env, run.dataset)
             episodes = [

@@ -78,6 +78,7 @@ __all__ = [
     "default_space_path",
     "load_space",
     "main",
+    "write_outputs",
 ]
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
@@ -386,7 +387,7 @@ def _run(argv: Sequence[str] | None) -> int:
         raise ValueError(f"--search optuna: optuna is not installed; {_RAY_EXTRA}")
     out = options.out.absolute()
     results = _search(options, base, space, search, out)
-    return _write_outputs(options, base, results, out)
+    return write_outputs(results, base, out, options.metric)
 
 
 def _check_scored(base: train.Args) -> None:
@@ -511,7 +512,10 @@ def _final_score_optuna() -> type:
     return FinalScoreOptuna
 
 
-def _write_outputs(options: argparse.Namespace, base: train.Args, results: Any, out: Path) -> int:
+def write_outputs(results: Any, base: train.Args, out: Path, metric: str) -> int:
+    """Write ``trials.md``, ``trials.csv`` and the best-scored trial's ``best.yml`` to ``out`` from a search's
+    ``results`` (Tune's ``ResultGrid``, or any iterable of results with ``metrics``, ``config``, ``error`` and
+    ``path``); returns the exit status (2 when a trial failed or none was scored)."""
     rows = []
     for result in results:
         metrics = result.metrics or {}
@@ -539,7 +543,7 @@ def _write_outputs(options: argparse.Namespace, base: train.Args, results: Any, 
             f"error: trial {row['trial']} failed (its error is in Tune's log under {out / 'search'})", file=sys.stderr
         )
     rows.sort(key=lambda row: (-(row["score"] if row["status"] == "scored" else -math.inf), str(row["trial"])))
-    written = [_write_tables(rows, out, options.metric)]
+    written = [_write_tables(rows, out, metric)]
     scored = [row for row in rows if row["status"] == "scored"]  # best first
     if not scored:
         print("error: no trial was scored (each stopped early, failed or had no score); no best.yml", file=sys.stderr)
@@ -547,12 +551,12 @@ def _write_outputs(options: argparse.Namespace, base: train.Args, results: Any, 
     best = scored[0]
     settings = best_config(base, best["_config"])
     header = (
-        f"# Best of {len(rows)} trials of python -m nbs_gym.tune (score: predictor {options.metric} on L's "
+        f"# Best of {len(rows)} trials of python -m nbs_gym.tune (score: predictor {metric} on L's "
         f"held-out images, {best['score']:.4f}).\n"
         f"# Train it with: python -m nbs_gym.train --config {out / 'best.yml'}\n"
     )
     written.append(write_text_atomic(out / "best.yml", header + yaml.safe_dump(settings, sort_keys=False)))
-    print(f"best trial {best['trial']}: {options.metric} {best['score']:.4f} on L's held-out images")
+    print(f"best trial {best['trial']}: {metric} {best['score']:.4f} on L's held-out images")
     print("wrote " + ", ".join(str(path) for path in [*written[0:1], *written[1:]] if path))
     return 2 if failed else 0
 

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -360,15 +359,14 @@ def test_an_agent_on_normalised_envs_is_evaluated_on_observations_normalised_as_
             return np.zeros(1, dtype=np.float32), None
 
     agent = Agent()
-    run = types.SimpleNamespace(train_env=statistics, agent=agent)
-    acting = train_module._acting(run, agent)
+    acting = train_module.acting_as_trained(agent, agent, statistics)
     action, _ = acting.predict(np.full(18, 4.0, dtype=np.float32), deterministic=True)
     assert action.shape == (1,)
     np.testing.assert_allclose(seen[0], np.ones(18), rtol=1e-6)  # (4 - 2) / sqrt(4)
     other = UniformSampler(_Box())
-    assert train_module._acting(run, other) is other  # another sampler (uniform) acts on raw observations
+    assert train_module.acting_as_trained(other, agent, statistics) is other  # uniform acts on raw observations
     statistics.norm_obs = False
-    assert train_module._acting(run, agent) is agent
+    assert train_module.acting_as_trained(agent, agent, statistics) is agent
 
 
 def test_normalize_is_an_sb3_algorithms_env_setting_and_any_other_agents_own_keyword() -> None:

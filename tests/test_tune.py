@@ -120,12 +120,13 @@ def test_the_reward_is_reported_from_the_agents_first_update_on(monkeypatch: pyt
     reported: list[dict[str, Any]] = []
     monkeypatch.setattr(ray.tune, "report", reported.append)
     callback = TuneReport()
-    model = types.SimpleNamespace(_n_updates=0, num_timesteps=800, ep_info_buffer=[{"r": 0.5}, {"r": 0.25}])
-    callback.model = model
-    callback._on_rollout_end()  # the initial policy's episodes: the same for every trial of one seed
+    # SB3's count of gradient updates is the private _n_updates, which TuneReport reads
+    episodes = [{"r": 0.5}, {"r": 0.25}]
+    callback.model = types.SimpleNamespace(**{"_n_updates": 0, "num_timesteps": 800, "ep_info_buffer": episodes})
+    callback.on_rollout_end()  # the initial policy's episodes: the same for every trial of one seed
     assert reported == []
-    model._n_updates, model.num_timesteps = 10, 1600
-    callback._on_rollout_end()
+    callback.model = types.SimpleNamespace(**{"_n_updates": 10, "num_timesteps": 1600, "ep_info_buffer": episodes})
+    callback.on_rollout_end()
     assert len(reported) == 1 and reported[0]["timesteps"] == 1600 and reported[0]["reward"] == 0.375
     assert math.isnan(reported[0]["score"])
 
@@ -232,7 +233,7 @@ def test_best_yml_holds_the_best_scored_trial_whatever_order_tune_lists_them_in(
 
     results = [result("first", 0.40, 1.0e-4), result("best", 0.55, 2.0e-4), result("stopped", math.nan, 3.0e-4)]
     base = train.parse_args(["--agent", "ppo"])
-    assert tune._write_outputs(types.SimpleNamespace(metric="pixel_f1_max"), base, results, tmp_path) == 0
+    assert tune.write_outputs(results, base, tmp_path, "pixel_f1_max") == 0
     best = yaml.safe_load((tmp_path / "best.yml").read_text())
     assert best["hyperparams"]["learning_rate"] == 2.0e-4
     assert "(score: predictor pixel_f1_max on L's held-out images, 0.5500)" in (tmp_path / "best.yml").read_text()
