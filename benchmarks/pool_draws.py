@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nbs_gym.io import write_text_atomic
+
 SEEDS_PER_DRAW = 1000
 """Sample ``d * SEEDS_PER_DRAW + seed`` is seed ``seed`` of draw ``d`` (the ``--draws`` position)."""
 
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         label, _, names = entry.partition("=")
         if not label or not names:
             parser.error(f"--rows: expected LABEL=ROW,ROW,..., got {entry!r}")
+        if label in ("uniform", "oracle"):
+            parser.error(f"--rows: {label!r} names a reference; give the row another label")
         rows[label] = names.split(",")
     if args.versus is not None and args.versus not in rows:
         parser.error(f"--versus {args.versus}: not a label of --rows ({', '.join(rows)})")
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(combine.versus(table, values, args.versus))
     if args.out is not None:
         command = shlex.join(["python", "benchmarks/pool_draws.py", *(sys.argv[1:] if argv is None else argv)])
-        combine.write_text_atomic(args.out, json.dumps({"command": command, "rows": table}, indent=1) + "\n")
+        write_text_atomic(args.out, json.dumps({"command": command, "rows": table}, indent=1) + "\n")
         print(f"wrote {args.out}")
     return 0
 

@@ -134,7 +134,11 @@ def test_the_reward_is_reported_from_the_agents_first_update_on(monkeypatch: pyt
 def test_a_space_may_search_observation_and_reward_normalisation(tmp_path: Path) -> None:
     space = tmp_path / "space.yml"
     space.write_text("normalize: {choice: [false, true]}\n")
-    check_space(load_space(space), train.parse_args(["--agent", "ppo"]))  # raises on a setting ppo does not take
+    searched = load_space(space)
+    assert searched.hyperparams == {"normalize": ("choice", [False, True])} and not searched.env
+    check_space(searched, train.parse_args(["--agent", "ppo"]))  # an SB3 algorithm's env setting: accepted
+    with pytest.raises(ValueError, match="normalize: agent 'uniform' takes no such setting"):
+        check_space(searched, train.parse_args(["--agent", "uniform"]))  # a built-in sampler has no such keyword
 
 
 def test_the_shipped_spaces_name_settings_their_agents_take() -> None:
