@@ -57,6 +57,7 @@ __all__ = [
     "OracleSampler",
     "RandomSampler",
     "UniformSampler",
+    "defective_patches",
     "env_dataset",
     "window_sums",
 ]
@@ -381,12 +382,8 @@ class OracleSampler(UniformSampler):
                 needs both.
         """
         base = env.unwrapped
-        dataset = env_dataset(base, dataset)
-        image, top, left = base.patch_windows
-        size = base.config.patch_size
-        # A window holds an anomalous pixel when its mask sum is positive.
-        window = window_sums(dataset.masks.astype(np.int64), image, top, left, size)
-        defect, clean = np.flatnonzero(window > 0), np.flatnonzero(window == 0)
+        defective = defective_patches(base, dataset)
+        defect, clean = np.flatnonzero(defective), np.flatnonzero(~defective)
         if (self.defect_share > 0 and not defect.size) or (self.defect_share < 1 and not clean.size):
             raise ValueError(f"oracle: the pool has {defect.size} defective and {clean.size} defect-free patches")
         share = self.defect_share
@@ -396,6 +393,17 @@ class OracleSampler(UniformSampler):
             return np.concatenate([rng.choice(defect, n_defect), rng.choice(clean, batch - n_defect)])
 
         base.set_patch_draw(draw)
+
+
+def defective_patches(env: Any, dataset: AnomalyDataset | None = None) -> np.ndarray:
+    """Whether each pool patch of ``env`` (an unwrapped env), by patch id, holds an anomalous pixel.
+
+    Reads every mask of the env's dataset (``dataset`` when given, else loaded again from its config):
+    privileged, for the references that train by the masks, never for a labeled-only sampler.
+    """
+    dataset = env_dataset(env, dataset)
+    image, top, left = env.patch_windows
+    return window_sums(dataset.masks.astype(np.int64), image, top, left, env.config.patch_size) > 0
 
 
 def env_dataset(env: Any, dataset: AnomalyDataset | None = None) -> AnomalyDataset:

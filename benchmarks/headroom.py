@@ -15,6 +15,17 @@ environment settings and dataset-generator settings), this script runs evaluatio
 ``fixed:NAME``     a fixed label-free strata composition (an action held for the whole episode):
                    ``no_top`` (all strata but the highest-loss one), ``bottom``, ``top``, ``middle``,
                    or ``fixed:a0,a1,...`` for any action
+``share:SCHEDULE`` label-free, patch by patch: every batch uniform over the lowest-loss share of the
+                   pool (the patch losses the published rules read), the share following SCHEDULE
+``band:Q@P``       label-free: the lowest-loss share Q admitted, drawn by loss rank within it, its
+                   highest-loss patch P times as likely as its lowest (``loss_rank``'s law in the band)
+``clean_rank:P``   the oracle's defect-free patches drawn by loss rank, the highest P times as likely
+                   as the lowest: whether hard normal patches buy anything beyond the oracle
+``defects=SCHEDULE`` the oracle with a defect share that follows SCHEDULE
+
+A SCHEDULE is a value over the episode's progress (updates done / episode length): ``V`` throughout,
+``V1>V2@T`` (V1 before progress T, V2 from it), or ``V1/V2@F`` (V1 and V2 in turns, each for a
+fraction F of the episode, V1 first: with F = 1 / profile_length the turns end at the snapshots).
 
 and scores each episode's saved profiles with the predictor (an ensemble of ``--ensemble`` networks)
 and the ``final_loss`` baseline on E. Every (task, sampler, seed) is one small JSON file under
@@ -47,6 +58,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +66,12 @@ import numpy as np
 import torch
 import yaml
 
-from agents.baselines import BASELINES, OracleSampler
+from agents.baselines import BASELINES, OracleSampler, defective_patches
+from agents.published import LossRankSampler
 from nbs_gym.classifier import ClassifierConfig, fit_predictor, score_maps, score_metrics
 from nbs_gym.config import EnvConfig
 from nbs_gym.data import load_dataset
-from nbs_gym.env import NeuralBatchSamplingEnv
+from nbs_gym.env import NeuralBatchSamplingEnv, PatchDraw
 from nbs_gym.io import write_text_atomic
 from nbs_gym.profiles import load_profiles
 from nbs_gym.reporting import bracketed, mean_ci, plus_minus
@@ -93,6 +106,100 @@ def sampler_action(sampler: str, n_groups: int) -> np.ndarray:
     return np.asarray(values, np.float32)
 
 
+def schedule(spec: str, what: str) -> Callable[[float], float]:
+    """A value in [0, 1] over the episode's progress, from ``V``, ``V1>V2@T`` or ``V1/V2@F`` (module docstring).
+
+    Raises:
+        SystemExit: A malformed spec, or a value, switch point or turn length out of its range; the
+            message names the sampler ``what``.
+    """
+
+    def number(text: str, low: float, high: float, name: str, open_low: bool = False) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (low < value <= high if open_low else low <= value <= high):
+            bounds = f"({low:g}, {high:g}]" if open_low else f"[{low:g}, {high:g}]"
+            raise SystemExit(f"error: --samplers {what}: {name} must be a number in {bounds}, got {text!r}")
+        return value
+
+    body, at, point = spec.partition("@")
+    if not at:
+        value = number(spec, 0.0, 1.0, "the value")
+        return lambda progress: value
+    separator = ">" if ">" in body else "/"
+    first, found, second = body.partition(separator)
+    if not found:
+        raise SystemExit(f"error: --samplers {what}: expected V, V1>V2@T or V1/V2@F, got {spec!r}")
+    a, b = number(first, 0.0, 1.0, "a value"), number(second, 0.0, 1.0, "a value")
+    if separator == ">":
+        switch = number(point, 0.0, 1.0, "the switch point T", open_low=True)
+        return lambda progress: a if progress < switch else b
+    turn = number(point, 0.0, 1.0, "the turn length F", open_low=True)
+    # The small offset keeps a progress of exactly k * F in turn k despite its float rounding.
+    return lambda progress: a if int(progress / turn + 1e-9) % 2 == 0 else b
+
+
+def schedule_draw(sampler: str, env: NeuralBatchSamplingEnv, dataset: Any) -> PatchDraw | None:
+    """The patch draw of a ``share:``, ``band:``, ``clean_rank:`` or scheduled ``defects=`` sampler; None
+    for any other sampler."""
+    if sampler.startswith("share:"):
+        share = schedule(sampler.removeprefix("share:"), sampler)
+
+        def by_share(rng: np.random.Generator, batch: int) -> np.ndarray:
+            losses = env.patch_losses
+            admitted = np.argsort(losses, kind="stable")[: max(1, int(np.ceil(share(env.progress) * len(losses))))]
+            return admitted[rng.integers(0, len(admitted), size=batch)]
+
+        return by_share
+    if sampler.startswith("band:"):
+        band, at, pressure = sampler.removeprefix("band:").partition("@")
+        if not at:
+            raise SystemExit(f"error: --samplers {sampler}: expected band:Q@P, e.g. band:0.7@10")
+        admit = schedule(band, sampler)(0.0)
+        rule = _rank_rule(pressure, sampler, env)
+        probabilities = rule.rank_probabilities(max(1, int(np.ceil(admit * len(env.patch_losses)))))
+
+        def by_band(rng: np.random.Generator, batch: int) -> np.ndarray:
+            losses = env.patch_losses
+            admitted = np.argsort(losses, kind="stable")[: len(probabilities)]
+            by_loss = admitted[np.argsort(-losses[admitted], kind="stable")]  # highest admitted loss first
+            return by_loss[rng.choice(len(by_loss), size=batch, p=probabilities)]
+
+        return by_band
+    if sampler.startswith("clean_rank:"):
+        clean = np.flatnonzero(~defective_patches(env, dataset))
+        probabilities = _rank_rule(sampler.removeprefix("clean_rank:"), sampler, env).rank_probabilities(len(clean))
+
+        def by_clean_rank(rng: np.random.Generator, batch: int) -> np.ndarray:
+            by_loss = clean[np.argsort(-env.patch_losses[clean], kind="stable")]
+            return by_loss[rng.choice(len(by_loss), size=batch, p=probabilities)]
+
+        return by_clean_rank
+    if sampler.startswith("defects=") and "@" in sampler:
+        defect_share = schedule(sampler.removeprefix("defects="), sampler)
+        defective = defective_patches(env, dataset)
+        defect, clean = np.flatnonzero(defective), np.flatnonzero(~defective)
+
+        def by_defect_share(rng: np.random.Generator, batch: int) -> np.ndarray:
+            n_defect = int(rng.binomial(batch, defect_share(env.progress)))
+            return np.concatenate([rng.choice(defect, n_defect), rng.choice(clean, batch - n_defect)])
+
+        return by_defect_share
+    return None
+
+
+def _rank_rule(pressure: str, sampler: str, env: NeuralBatchSamplingEnv) -> LossRankSampler:
+    """``loss_rank``'s law with selection pressure ``pressure`` (the text after ``@`` or ``:``)."""
+    try:
+        return LossRankSampler(env, selection_pressure=float(pressure))
+    except ValueError:
+        raise SystemExit(
+            f"error: --samplers {sampler}: the selection pressure must be a number >= 1, got {pressure!r}"
+        ) from None
+
+
 def run_cell(task: str, settings: dict[str, Any], sampler: str, seed: int, ensemble: int) -> dict[str, Any]:
     """One evaluation episode of ``sampler`` on a task and the classifier's metrics on E."""
     config = _config(settings)
@@ -101,7 +208,10 @@ def run_cell(task: str, settings: dict[str, Any], sampler: str, seed: int, ensem
     with tempfile.TemporaryDirectory(prefix="nbs_gym_headroom_") as scratch:
         env = NeuralBatchSamplingEnv(config=config, dataset_object=dataset, profile_dir=scratch)
         policy: Any = None
-        if sampler == "clean" or sampler.startswith("defects="):
+        draw = schedule_draw(sampler, env, dataset)
+        if draw is not None:
+            env.set_patch_draw(draw)
+        elif sampler == "clean" or sampler.startswith("defects="):
             share = 0.0 if sampler == "clean" else float(sampler.removeprefix("defects="))
             OracleSampler(env, defect_share=share).prepare_env(env, dataset)
         elif sampler in BASELINES and sampler != "uniform":
@@ -152,8 +262,8 @@ def _config(settings: dict[str, Any]) -> EnvConfig:
 
 
 def cell_path(out: Path, task: str, sampler: str, seed: int, ensemble: int) -> Path:
-    name = f"{task}__{sampler.replace(':', '-').replace(',', '_')}__e{ensemble}__{seed}.json"
-    return out / "cells" / name
+    safe = sampler.translate(str.maketrans({":": "-", ",": "_", "/": "~", ">": "+", "@": "_at_"}))
+    return out / "cells" / f"{task}__{safe}__e{ensemble}__{seed}.json"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -185,25 +295,31 @@ def report(args: argparse.Namespace) -> int:
     cells: dict[tuple[str, int], dict[str, dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
     for path in sorted((args.out / "cells").glob("*.json")):
         cell = json.loads(path.read_text())
-        if cell["seed"] in args.seeds:
+        if cell["seed"] in args.seeds and (not args.tasks or cell["task"] in args.tasks):
             cells[(cell["task"], cell["ensemble"])][cell["sampler"]][cell["seed"]] = cell
-    print(
-        "| task | settings | classifier | sampler | seeds | predictor pixel AUROC | predictor AUPRO "
-        "| predictor F1-max | final_loss pixel AUROC | F1-max ratio [95 % CI] | AUPRO ratio [95 % CI] "
-        "| return S_T - S_0 | minutes per seed |"
-    )
-    print("|" + "---|" * 13)
+    versus = [f"{name} ratio to {args.versus} [95 % CI]" for name in ("F1-max", "AUPRO")] if args.versus else []
+    columns = [
+        "task", "settings", "classifier", "sampler", "seeds", "predictor pixel AUROC", "predictor AUPRO",
+        "predictor F1-max", "final_loss pixel AUROC", "F1-max ratio [95 % CI]", "AUPRO ratio [95 % CI]",
+        *versus, "return S_T - S_0", "minutes per seed",
+    ]  # fmt: skip
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for (task, ensemble), samplers in sorted(cells.items()):
-        uniform = samplers.get("uniform", {})
+        references = ["uniform", *([args.versus] if args.versus else [])]
         for sampler, by_seed in sorted(samplers.items(), key=lambda item: _sampler_order(item[0])):
             rows = [by_seed[seed] for seed in sorted(by_seed)]
             settings = " ".join(f"{k}={v}" for k, v in rows[0]["settings"].items()) or "defaults"
             cells_text = [plus_minus(mean_ci(row["metrics"][key] for row in rows)) for key in METRICS[:-1]]
-            for key in RATIO_METRICS:
-                paired = [
-                    by_seed[seed]["metrics"][key] / uniform[seed]["metrics"][key] for seed in by_seed if seed in uniform
-                ]
-                cells_text.append(bracketed(mean_ci(paired)) if sampler != "uniform" and paired else "1")
+            for name in references:
+                reference = samplers.get(name, {})
+                for key in RATIO_METRICS:
+                    paired = [
+                        by_seed[seed]["metrics"][key] / reference[seed]["metrics"][key]
+                        for seed in by_seed
+                        if seed in reference
+                    ]
+                    cells_text.append("1" if sampler == name else bracketed(mean_ci(paired)) if paired else "–")
             cells_text.append(plus_minus(mean_ci(row["return"] for row in rows)))
             minutes = np.mean([row["episode_seconds"] + row["classifier_seconds"] for row in rows]) / 60
             line = [task, settings, f"ensemble {ensemble}", sampler, str(len(rows)), *cells_text, f"{minutes:.1f}"]
@@ -270,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     reporter = commands.add_parser("report", help="print the map as a Markdown table")
     reporter.add_argument("--out", type=Path, required=True)
     reporter.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="the cells' seeds to report")
+    reporter.add_argument("--tasks", nargs="+", default=[], help="report only these tasks (default: every task)")
+    reporter.add_argument(
+        "--versus", metavar="SAMPLER", help="also each sampler's F1-max and AUPRO ratios to this one, seed by seed"
+    )
     referencer = commands.add_parser("reference", help="write a registered task's reference scores")
     referencer.add_argument("--out", type=Path, required=True)
     referencer.add_argument("--task", required=True, help="a task of the map whose settings are the id's")
