@@ -143,10 +143,15 @@ def versus(table: dict[str, Any], rows: dict[str, dict[int, dict[str, float]]], 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--uniform", required=True, metavar="SOURCE", help="compare folder whose uniform runs are the reference"
+        "--uniform",
+        required=True,
+        metavar="SOURCE",
+        help="compare folder whose uniform runs are the reference, FILE.json:ROW, or several joined with +",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--oracle", help="compare folder holding oracle runs")
+    source.add_argument(
+        "--oracle", metavar="SOURCE", help="compare folder holding oracle runs (a source, as --uniform's)"
+    )
     source.add_argument("--oracle-cells", help="headroom cell prefix, e.g. docs/headroom/cells/v1__clean__e1")
     parser.add_argument("--rows", nargs="+", required=True, metavar="LABEL=SOURCE:AGENT")
     parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds, in every row and reference")
@@ -165,7 +170,7 @@ def main() -> None:
             parser.error(f"--rows: {label!r} names a reference; give the row another label")
         rows[label] = source_values(folder, agent)
     uniform = source_values(args.uniform, "uniform")
-    oracle = agent_values(args.oracle, "oracle") if args.oracle else cell_values(args.oracle_cells)
+    oracle = source_values(args.oracle, "oracle") if args.oracle else cell_values(args.oracle_cells)
     if args.seeds is not None:
         keep = set(args.seeds)
         rows = {label: {s: v for s, v in by_seed.items() if s in keep} for label, by_seed in rows.items()}

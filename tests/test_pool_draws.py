@@ -61,3 +61,25 @@ def test_pooled_samples_are_paired_with_their_own_draws_references(
     paths[1].write_text(json.dumps(second))
     assert pool.main(["--draws", *map(str, paths), "--rows", "ppo=ppo_4_envs,ppo", "rule=-,rule"]) == 2
     assert "different uniform runs" in capsys.readouterr().err
+
+
+def test_combine_joins_earlier_outputs_of_other_seeds_for_rows_and_both_references(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    combine = load_benchmark("combine")
+    # Seeds 0-1 in one earlier output, 2-3 in another (runs whose folders are gone).
+    first = draw({0: 0.5, 1: 0.4}, {"oracle": {0: 0.6, 1: 0.5}, "ppo": {0: 0.55, 1: 0.44}})
+    second = draw({2: 0.8, 3: 0.5}, {"oracle": {2: 0.88, 3: 0.6}, "ppo": {2: 0.8, 3: 0.6}})
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "joined.json"
+    a.write_text(json.dumps(first))
+    b.write_text(json.dumps(second))
+    argv = ["combine.py", "--uniform", f"{a}:ppo+{b}:ppo", "--oracle", f"{a}:oracle+{b}:oracle"]
+    # A row is LABEL=SOURCE:AGENT, its SOURCE here two earlier outputs' rows.
+    monkeypatch.setattr("sys.argv", [*argv, "--rows", f"ppo={a}:ppo+{b}:ppo:ppo", "--out", str(out)])
+    combine.main()
+    table = json.loads(out.read_text())["rows"]
+    assert table["ppo"]["seeds"] == [0, 1, 2, 3]
+    ratios = [0.55 / 0.5, 0.44 / 0.4, 0.8 / 0.8, 0.6 / 0.5]
+    assert table["ppo"]["ratio_to_uniform"][COLUMNS[0]]["mean"] == pytest.approx(np.mean(ratios))
+    assert table["oracle"]["ratio_to_uniform"][COLUMNS[0]]["mean"] == pytest.approx(np.mean([1.2, 1.25, 1.1, 1.2]))
+    assert "| ppo |" in capsys.readouterr().out
