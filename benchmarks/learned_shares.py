@@ -13,6 +13,7 @@ of the same seed there.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pickle
 import sys
@@ -24,9 +25,8 @@ import torch
 import yaml
 
 import nbs_gym  # noqa: F401  (registers the env ids)
-from agents.registry import get_spec
 from nbs_gym.callbacks import vec_normalize_path
-from nbs_gym.train import EVAL_SEED_OFFSET
+from nbs_gym.train import EVAL_SEED_OFFSET, resume_args, validated_settings
 
 
 def exploration_sd(model: object, observation: np.ndarray) -> float:
@@ -43,8 +43,11 @@ def exploration_sd(model: object, observation: np.ndarray) -> float:
 
 def shares(run_dir: Path) -> dict[str, float]:
     """Admitted shares at the start, middle and end of the run's evaluation episode, and the noise sd."""
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    spec = get_spec(config["agent"])
+    args = dataclasses.replace(resume_args(run_dir), device="cpu")
+    # The env as the run resolved it: its dataset, and the action mode its agent chose on a plain id.
+    spec, env_kwargs, env_config, _ = validated_settings(args)
+    if env_config.action_mode != "quantile":
+        raise SystemExit(f"error: {run_dir}: its agent acted in the {env_config.action_mode!r} mode, not 'quantile'")
     model = spec.load(run_dir / "agent.zip", device="cpu")
     statistics = vec_normalize_path(run_dir / "agent.zip")  # a run with --hyperparams normalize=...
     if statistics.is_file():
@@ -52,8 +55,8 @@ def shares(run_dir: Path) -> dict[str, float]:
             normalize = pickle.load(file).normalize_obs  # VecNormalize pickles without its envs
     else:
         normalize = np.asarray
-    env = gym.make(config["env_id"], device="cpu", **config.get("env_kwargs", {}))
-    observation, _ = env.reset(seed=int(config["seed"]) + EVAL_SEED_OFFSET)
+    env = gym.make(spec.env_id(env_config.action_mode, task=args.env_id), **env_kwargs)
+    observation, _ = env.reset(seed=args.seed + EVAL_SEED_OFFSET)
     sd = exploration_sd(model, normalize(observation))
     taken, terminated = [], False
     while not terminated:

@@ -404,3 +404,20 @@ def test_compositions_are_the_mean_of_each_learned_run_s_last_logged_shares(
     with pytest.raises(SystemExit) as usage:
         compositions.main([str(runs), "--last", "0"])
     assert usage.value.code == 2 and "--last: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_learned_shares_replays_a_run_in_the_action_mode_its_agent_chose(
+    comparison: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The comparison's ppo ran on the plain v1 id, in the quantile mode its registry entry picks there.
+    learned_shares = load_benchmark("learned_shares")
+    runs = comparison / "runs"
+    assert learned_shares.main([str(runs), "--uniform", str(runs)]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert sorted(row[0].strip() for row in rows) == [f"ppo__{seed}" for seed in SEEDS]
+    for row in rows:
+        start, middle, end, noise_sd, f1_ratio, _ = (float(cell) for cell in row[1:])
+        assert all(0.0 <= share <= 1.0 for share in (start, middle, end)) and noise_sd > 0
+        run, uniform = (json.loads((runs / name / "metrics.json").read_text())["agent"]["predictor"]
+                        for name in (row[0].strip(), f"uniform__{row[0].strip().split('__')[1]}"))  # fmt: skip
+        assert f1_ratio == pytest.approx(run["pixel_f1_max"] / uniform["pixel_f1_max"], abs=5e-4)
