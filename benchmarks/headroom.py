@@ -154,12 +154,10 @@ def schedule_draw(sampler: str, env: NeuralBatchSamplingEnv, dataset: Any) -> Pa
 
         return by_share
     if sampler.startswith("band:"):
-        band, at, pressure = sampler.removeprefix("band:").partition("@")
-        if not at:
-            raise SystemExit(f"error: --samplers {sampler}: expected band:Q@P, e.g. band:0.7@10")
-        admit = schedule(band, sampler)(0.0)
-        rule = _rank_rule(pressure, sampler, env)
-        probabilities = rule.rank_probabilities(max(1, int(np.ceil(admit * len(env.patch_losses)))))
+        admit, pressure = _band(sampler)
+        probabilities = LossRankSampler(env, selection_pressure=pressure).rank_probabilities(
+            max(1, int(np.ceil(admit * len(env.patch_losses))))
+        )
 
         def by_band(rng: np.random.Generator, batch: int) -> np.ndarray:
             losses = env.patch_losses
@@ -169,8 +167,9 @@ def schedule_draw(sampler: str, env: NeuralBatchSamplingEnv, dataset: Any) -> Pa
 
         return by_band
     if sampler.startswith("clean_rank:"):
+        pressure = _pressure(sampler.removeprefix("clean_rank:"), sampler)
         clean = np.flatnonzero(~defective_patches(env, dataset))
-        probabilities = _rank_rule(sampler.removeprefix("clean_rank:"), sampler, env).rank_probabilities(len(clean))
+        probabilities = LossRankSampler(env, selection_pressure=pressure).rank_probabilities(len(clean))
 
         def by_clean_rank(rng: np.random.Generator, batch: int) -> np.ndarray:
             by_loss = clean[np.argsort(-env.patch_losses[clean], kind="stable")]
@@ -190,14 +189,36 @@ def schedule_draw(sampler: str, env: NeuralBatchSamplingEnv, dataset: Any) -> Pa
     return None
 
 
-def _rank_rule(pressure: str, sampler: str, env: NeuralBatchSamplingEnv) -> LossRankSampler:
-    """``loss_rank``'s law with selection pressure ``pressure`` (the text after ``@`` or ``:``)."""
+def check_sampler(sampler: str) -> None:
+    """Exit with an error naming a malformed ``share:``, ``band:``, ``clean_rank:`` or scheduled ``defects=``
+    sampler, before any cell runs."""
+    if sampler.startswith("share:"):
+        schedule(sampler.removeprefix("share:"), sampler)
+    elif sampler.startswith("band:"):
+        _band(sampler)
+    elif sampler.startswith("clean_rank:"):
+        _pressure(sampler.removeprefix("clean_rank:"), sampler)
+    elif sampler.startswith("defects=") and "@" in sampler:
+        schedule(sampler.removeprefix("defects="), sampler)
+
+
+def _band(sampler: str) -> tuple[float, float]:
+    """The admitted share and the selection pressure of ``band:Q@P``."""
+    band, at, pressure = sampler.removeprefix("band:").partition("@")
+    if not at:
+        raise SystemExit(f"error: --samplers {sampler}: expected band:Q@P, e.g. band:0.7@10")
+    return schedule(band, sampler)(0.0), _pressure(pressure, sampler)
+
+
+def _pressure(text: str, sampler: str) -> float:
+    """A selection pressure of ``loss_rank``'s law: a finite number >= 1."""
     try:
-        return LossRankSampler(env, selection_pressure=float(pressure))
+        value = float(text)
     except ValueError:
-        raise SystemExit(
-            f"error: --samplers {sampler}: the selection pressure must be a number >= 1, got {pressure!r}"
-        ) from None
+        value = float("nan")
+    if not 1.0 <= value < float("inf"):
+        raise SystemExit(f"error: --samplers {sampler}: the selection pressure must be a number >= 1, got {text!r}")
+    return value
 
 
 def run_cell(task: str, settings: dict[str, Any], sampler: str, seed: int, ensemble: int) -> dict[str, Any]:
@@ -275,6 +296,8 @@ def run(args: argparse.Namespace) -> int:
         if not separator or not key:
             raise SystemExit(f"error: --task: expected key=value after the task's name, got {pair!r}")
         settings[key] = yaml.safe_load(value)
+    for sampler in args.samplers:
+        check_sampler(sampler)
     (args.out / "cells").mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for sampler in args.samplers:

@@ -124,3 +124,14 @@ def test_other_samplers_have_no_scheduled_draw_and_new_cells_get_file_names(env:
         headroom.schedule_draw("band:0.7@x", env.unwrapped, None)
     with pytest.raises(SystemExit, match=r"expected band:Q@P"):
         headroom.schedule_draw("band:0.7", env.unwrapped, None)
+
+
+def test_a_bad_sampler_stops_the_run_before_any_cell(tmp_path: Path) -> None:
+    argv = ["run", "--out", str(tmp_path), "--task", "tiny", "episode_length=20", "--seeds", "0", "--samplers"]
+    for bad, message in [
+        ("clean_rank:0.5", "clean_rank:0.5: the selection pressure must be a number >= 1, got '0.5'"),
+        ("defects=0/2@0.1", "defects=0/2@0.1: a value must be a number in [0, 1], got '2'"),
+    ]:
+        with pytest.raises(SystemExit, match=message.replace("[", r"\[")):
+            headroom.main([*argv, "uniform", bad])
+        assert not (tmp_path / "cells").exists()  # not even the uniform cell before it ran
