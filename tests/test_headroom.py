@@ -9,27 +9,17 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from test_compare import load_benchmark
+from test_published import ENV_ID, TINY  # one update per env step: a batch is drawn from the losses read before it
 
 import nbs_gym  # noqa: F401  (registers the ids)
 from agents.baselines import defective_patches
 
 headroom = load_benchmark("headroom")
 
-# One update per env step, so that the losses read before a step are those its one batch was drawn from.
-TINY = {
-    "episode_length": 20,
-    "decision_interval": 1,
-    "profile_length": 4,
-    "image_size": 32,
-    "patch_size": 8,
-    "batch_size": 16,
-    "device": "cpu",
-}
-
 
 @pytest.fixture
 def env() -> Iterator[gym.Env]:
-    made = gym.make("nbs_gym/NeuralBatchSampling-v1", **TINY)
+    made = gym.make(ENV_ID, **TINY)
     yield made
     made.close()
 
