@@ -328,8 +328,8 @@ def report(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
+    references = ["uniform", *([args.versus] if args.versus else [])]
     for (task, ensemble), samplers in sorted(cells.items()):
-        references = ["uniform", *([args.versus] if args.versus else [])]
         for sampler, by_seed in sorted(samplers.items(), key=lambda item: _sampler_order(item[0])):
             rows = [by_seed[seed] for seed in sorted(by_seed)]
             settings = " ".join(f"{k}={v}" for k, v in rows[0]["settings"].items()) or "defaults"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,3 +126,29 @@ def test_a_bad_sampler_stops_the_run_before_any_cell(tmp_path: Path) -> None:
         with pytest.raises(SystemExit, match=message.replace("[", r"\[")):
             headroom.main([*argv, "uniform", bad])
         assert not (tmp_path / "cells").exists()  # not even the uniform cell before it ran
+
+
+def test_the_report_pairs_each_sampler_with_uniform_and_the_versus_sampler_of_its_task(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f1 = {
+        ("a", "uniform"): [0.5, 0.4],
+        ("a", "rule"): [0.6, 0.5],
+        ("a", "share:0.5"): [0.66, 0.45],
+        ("b", "uniform"): [0.9, 0.9],
+    }
+    (tmp_path / "cells").mkdir()
+    for (task, sampler), values in f1.items():
+        for seed, value in enumerate(values):
+            metrics = dict.fromkeys(headroom.METRICS, 0.9) | {"predictor/pixel_f1_max": value}
+            cell = {"task": task, "settings": {}, "sampler": sampler, "seed": seed, "ensemble": 1, "metrics": metrics,
+                    "return": 0.0, "episode_seconds": 1.0, "classifier_seconds": 1.0}  # fmt: skip
+            headroom.cell_path(tmp_path, task, sampler, seed, 1).write_text(json.dumps(cell))
+    headroom.main(["report", "--out", str(tmp_path), "--seeds", "0", "1", "--tasks", "a", "--versus", "rule"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "| F1-max ratio to rule [95 % CI] | AUPRO ratio to rule [95 % CI] |" in lines[0]
+    rows = {line.split(" | ")[3]: line.split(" | ") for line in lines[2:]}
+    assert set(rows) == {"uniform", "rule", "share:0.5"}  # task b left out
+    # share:0.5 against rule, seed by seed: 0.66 / 0.6 = 1.1 and 0.45 / 0.5 = 0.9, mean 1.0
+    assert rows["share:0.5"][11].startswith("1.000 [") and rows["share:0.5"][9].startswith("1.223 [")
+    assert rows["rule"][11] == "1" and rows["uniform"][11].startswith("0.817 [")
