@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -46,6 +47,7 @@ import numpy as np
 from gymnasium import spaces
 
 from nbs_gym.data import AnomalyDataset, load_dataset
+from nbs_gym.env import PatchDraw
 from nbs_gym.io import write_atomic
 from nbs_gym.spaces import ObservationLayout, action_space
 
@@ -57,6 +59,7 @@ __all__ = [
     "OracleSampler",
     "RandomSampler",
     "UniformSampler",
+    "defect_share_draw",
     "defective_patches",
     "env_dataset",
     "window_sums",
@@ -387,12 +390,20 @@ class OracleSampler(UniformSampler):
         if (self.defect_share > 0 and not defect.size) or (self.defect_share < 1 and not clean.size):
             raise ValueError(f"oracle: the pool has {defect.size} defective and {clean.size} defect-free patches")
         share = self.defect_share
+        base.set_patch_draw(defect_share_draw(base, defect, clean, lambda progress: share))
 
-        def draw(rng: np.random.Generator, batch: int) -> np.ndarray:
-            n_defect = int(rng.binomial(batch, share))
-            return np.concatenate([rng.choice(defect, n_defect), rng.choice(clean, batch - n_defect)])
 
-        base.set_patch_draw(draw)
+def defect_share_draw(
+    env: Any, defect: np.ndarray, clean: np.ndarray, defect_share: Callable[[float], float]
+) -> PatchDraw:
+    """Batches of the unwrapped ``env`` with a binomial share ``defect_share(progress)`` of patches drawn from
+    ``defect`` (patch ids holding anomalous pixels) and the rest from ``clean`` (the oracle's draw)."""
+
+    def draw(rng: np.random.Generator, batch: int) -> np.ndarray:
+        n_defect = int(rng.binomial(batch, defect_share(env.progress)))
+        return np.concatenate([rng.choice(defect, n_defect), rng.choice(clean, batch - n_defect)])
+
+    return draw
 
 
 def defective_patches(env: Any, dataset: AnomalyDataset | None = None) -> np.ndarray:

@@ -41,6 +41,7 @@ is a quantile of the current patch losses (a share of the pool that grows from `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,7 @@ from nbs_gym.autoencoder import AutoencoderTrainer
 from nbs_gym.data import AnomalyDataset
 from nbs_gym.env import PatchDraw
 
-__all__ = ["LossRankSampler", "PatchRuleSampler", "ReducibleLossSampler", "SelfPacedSampler"]
+__all__ = ["LossRankSampler", "PatchRuleSampler", "ReducibleLossSampler", "SelfPacedSampler", "lowest_loss_draw"]
 
 
 class PatchRuleSampler(UniformSampler):
@@ -153,12 +154,19 @@ class SelfPacedSampler(PatchRuleSampler):
         return max(1, int(np.ceil(share * n_patches)))
 
     def patch_draw(self, env: Any, dataset: AnomalyDataset | None) -> PatchDraw:
-        def draw(rng: np.random.Generator, batch: int) -> np.ndarray:
-            losses = env.patch_losses
-            easy = np.argsort(losses, kind="stable")[: self.admitted(env.progress, len(losses))]
-            return easy[rng.integers(0, len(easy), size=batch)]
+        return lowest_loss_draw(env, self.admitted)
 
-        return draw
+
+def lowest_loss_draw(env: Any, admitted: Callable[[float, int], int]) -> PatchDraw:
+    """Every batch patch drawn uniformly from the lowest-loss patches of the unwrapped ``env``'s pool, as
+    many as ``admitted(progress, n_patches)`` says at the time of the draw (self-paced learning's draw)."""
+
+    def draw(rng: np.random.Generator, batch: int) -> np.ndarray:
+        losses = env.patch_losses
+        easy = np.argsort(losses, kind="stable")[: admitted(env.progress, len(losses))]
+        return easy[rng.integers(0, len(easy), size=batch)]
+
+    return draw
 
 
 class ReducibleLossSampler(PatchRuleSampler):

@@ -66,8 +66,8 @@ import numpy as np
 import torch
 import yaml
 
-from agents.baselines import BASELINES, OracleSampler, defective_patches
-from agents.published import LossRankSampler
+from agents.baselines import BASELINES, OracleSampler, defect_share_draw, defective_patches
+from agents.published import LossRankSampler, lowest_loss_draw
 from nbs_gym.classifier import ClassifierConfig, fit_predictor, score_maps, score_metrics
 from nbs_gym.config import EnvConfig
 from nbs_gym.data import load_dataset
@@ -146,13 +146,7 @@ def schedule_draw(sampler: str, env: NeuralBatchSamplingEnv, dataset: Any) -> Pa
     for any other sampler."""
     if sampler.startswith("share:"):
         share = schedule(sampler.removeprefix("share:"), sampler)
-
-        def by_share(rng: np.random.Generator, batch: int) -> np.ndarray:
-            losses = env.patch_losses
-            admitted = np.argsort(losses, kind="stable")[: max(1, int(np.ceil(share(env.progress) * len(losses))))]
-            return admitted[rng.integers(0, len(admitted), size=batch)]
-
-        return by_share
+        return lowest_loss_draw(env, lambda progress, n_patches: max(1, int(np.ceil(share(progress) * n_patches))))
     if sampler.startswith("band:"):
         admit, pressure = _band(sampler)
         probabilities = LossRankSampler(env, selection_pressure=pressure).rank_probabilities(
@@ -177,15 +171,9 @@ def schedule_draw(sampler: str, env: NeuralBatchSamplingEnv, dataset: Any) -> Pa
 
         return by_clean_rank
     if sampler.startswith("defects=") and "@" in sampler:
-        defect_share = schedule(sampler.removeprefix("defects="), sampler)
         defective = defective_patches(env, dataset)
-        defect, clean = np.flatnonzero(defective), np.flatnonzero(~defective)
-
-        def by_defect_share(rng: np.random.Generator, batch: int) -> np.ndarray:
-            n_defect = int(rng.binomial(batch, defect_share(env.progress)))
-            return np.concatenate([rng.choice(defect, n_defect), rng.choice(clean, batch - n_defect)])
-
-        return by_defect_share
+        defect_share = schedule(sampler.removeprefix("defects="), sampler)
+        return defect_share_draw(env, np.flatnonzero(defective), np.flatnonzero(~defective), defect_share)
     return None
 
 
